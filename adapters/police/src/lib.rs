@@ -1,0 +1,479 @@
+//! The police adapter: connects a police station's computer-aided dispatch
+//! (CAD) system to govhub.
+//!
+//! - `ingest`: a CAD incident (JSON: incident number, call time, category
+//!   code, address, coordinates, reporter, description) becomes
+//!   `gov.incident.reported`, with the category code mapped to the shared
+//!   taxonomy by [`CATEGORIES`] (the table is also in this crate's README).
+//! - `deliver`: any event routed to the police becomes a dispatch request,
+//!   `POST {base_url}/dispatch`, with the event id as `Idempotency-Key` so a
+//!   redelivered event is not dispatched twice.
+//!
+//! Config (manifest `[config]`):
+//! - `base_url` (required for delivery), e.g. `http://127.0.0.1:9101`;
+//! - `token` (optional): sent as `authorization: Bearer <token>`;
+//! - `source` (optional): the events' `source`, default `urn:govhub:police`;
+//! - `utc_offset` (optional): offset for CAD times without one, default `+08:00`.
+
+use govhub_sdk::{
+    config, export_adapter, http, log, Adapter, AdapterError, Description, Event, Inbound, Outcome,
+    Severity,
+};
+use serde::{Deserialize, Serialize};
+
+/// One row of the police category table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Category {
+    /// The CAD category code.
+    pub code: &'static str,
+    /// What the police call it.
+    pub name: &'static str,
+    /// The shared taxonomy category.
+    pub taxonomy: &'static str,
+    /// Severity when the CAD gives no priority.
+    pub severity: Severity,
+}
+
+const fn row(
+    code: &'static str,
+    name: &'static str,
+    taxonomy: &'static str,
+    severity: Severity,
+) -> Category {
+    Category {
+        code,
+        name,
+        taxonomy,
+        severity,
+    }
+}
+
+/// CAD category codes → shared taxonomy. Keep README.md's table in step
+/// (a test checks it). Unknown codes map to [`OTHER`].
+pub const CATEGORIES: &[Category] = &[
+    row(
+        "0101",
+        "治安案件 public order",
+        "safety.public-order",
+        Severity::Major,
+    ),
+    row("0102", "打架斗殴 fight", "safety.fight", Severity::Major),
+    row(
+        "0201",
+        "交通事故 traffic accident",
+        "traffic.accident",
+        Severity::Major,
+    ),
+    row(
+        "0202",
+        "交通拥堵 traffic congestion",
+        "traffic.congestion",
+        Severity::Minor,
+    ),
+    row("0301", "火灾 fire", "fire.smoke", Severity::Critical),
+    row(
+        "0304",
+        "水上险情 danger on water",
+        "safety.water",
+        Severity::Critical,
+    ),
+    row(
+        "0401",
+        "邻里纠纷 neighbour dispute",
+        "dispute.neighbour",
+        Severity::Minor,
+    ),
+    row(
+        "0402",
+        "物业纠纷 property dispute",
+        "dispute.property",
+        Severity::Minor,
+    ),
+    row(
+        "0501",
+        "人员走失 missing person",
+        "person.missing",
+        Severity::Major,
+    ),
+    row(
+        "0601",
+        "占道经营 street vending",
+        "vendor.street",
+        Severity::Minor,
+    ),
+];
+
+/// What an unknown code maps to; its code is also what `deliver` sends for
+/// a taxonomy category with no row of its own.
+pub const OTHER: Category = row("9999", "其他 other", "other", Severity::Minor);
+
+/// The row for a CAD code, or [`OTHER`].
+pub fn by_code(code: &str) -> Category {
+    CATEGORIES
+        .iter()
+        .copied()
+        .find(|c| c.code == code)
+        .unwrap_or(OTHER)
+}
+
+/// The row for a taxonomy category: exact match first, then the row whose
+/// taxonomy shares the first segment (`safety.*`), then [`OTHER`].
+pub fn by_taxonomy(category: &str) -> Category {
+    if let Some(c) = CATEGORIES.iter().find(|c| c.taxonomy == category) {
+        return *c;
+    }
+    let head = category.split('.').next().unwrap_or_default();
+    CATEGORIES
+        .iter()
+        .copied()
+        .find(|c| c.taxonomy.split('.').next() == Some(head))
+        .unwrap_or(OTHER)
+}
+
+/// A CAD incident as the police system posts it.
+#[derive(Debug, Deserialize)]
+pub struct Incident {
+    incident_no: String,
+    call_time: String,
+    category_code: String,
+    #[serde(default)]
+    priority: Option<u8>,
+    #[serde(default)]
+    station: Option<String>,
+    address: String,
+    #[serde(default)]
+    coordinates: Option<Coordinates>,
+    #[serde(default)]
+    reporter: Option<Reporter>,
+    description: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct Coordinates {
+    lat: f64,
+    lon: f64,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct Reporter {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    phone: Option<String>,
+}
+
+/// The police dispatch request `deliver` sends.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Dispatch {
+    /// The govhub event id (also the `Idempotency-Key` header).
+    pub dispatch_id: String,
+    /// The govhub case, when known.
+    pub case_id: Option<String>,
+    /// The govhub event type that caused the dispatch.
+    pub event_type: String,
+    /// CAD category code.
+    pub category_code: String,
+    /// 1 (highest) to 4.
+    pub priority: u8,
+    /// Grid code.
+    pub grid: Option<String>,
+    /// Address, when the event carries one.
+    pub address: Option<String>,
+    /// Latitude.
+    pub lat: Option<f64>,
+    /// Longitude.
+    pub lon: Option<f64>,
+    /// What happened.
+    pub description: Option<String>,
+    /// When it was reported (RFC 3339).
+    pub reported_at: Option<String>,
+}
+
+fn priority_to_severity(p: u8) -> Result<Severity, AdapterError> {
+    Ok(match p {
+        1 => Severity::Critical,
+        2 => Severity::Major,
+        3 => Severity::Minor,
+        4 => Severity::Info,
+        other => {
+            return Err(AdapterError::InvalidInput(format!(
+                "field `priority`: {other} is not a CAD priority (1 highest .. 4 lowest)"
+            )))
+        }
+    })
+}
+
+fn severity_to_priority(s: Severity) -> u8 {
+    match s {
+        Severity::Critical => 1,
+        Severity::Major => 2,
+        Severity::Minor => 3,
+        Severity::Info => 4,
+    }
+}
+
+/// CAD times come as RFC 3339 or as `YYYY-MM-DD HH:MM:SS` local time; the
+/// latter gets the configured `utc_offset` (default `+08:00`).
+fn normalize_time(t: &str) -> Result<String, AdapterError> {
+    use time::format_description::well_known::Rfc3339;
+    let t = t.trim();
+    if time::OffsetDateTime::parse(t, &Rfc3339).is_ok() {
+        return Ok(t.to_string());
+    }
+    let local = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let offset = config::get("utc_offset").unwrap_or_else(|| "+08:00".to_string());
+    let stamped = time::PrimitiveDateTime::parse(t, local)
+        .ok()
+        .map(|_| format!("{}T{}{offset}", &t[..10], &t[11..]));
+    match stamped {
+        Some(s) if time::OffsetDateTime::parse(&s, &Rfc3339).is_ok() => Ok(s),
+        Some(_) => Err(AdapterError::Unavailable(format!(
+            "config key `utc_offset`: `{offset}` is not an offset like +08:00"
+        ))),
+        None => Err(AdapterError::InvalidInput(format!(
+            "field `call_time`: `{t}` is neither RFC 3339 nor `YYYY-MM-DD HH:MM:SS`"
+        ))),
+    }
+}
+
+/// The police adapter.
+pub struct Police;
+
+impl Adapter for Police {
+    fn describe() -> Description {
+        Description::new(
+            "police",
+            env!("CARGO_PKG_VERSION"),
+            "police station computer-aided dispatch (CAD)",
+        )
+    }
+
+    fn ingest(message: Inbound) -> Result<Vec<Event>, AdapterError> {
+        let incident: Incident = message.json()?;
+        if incident.incident_no.trim().is_empty() {
+            return Err(AdapterError::InvalidInput(
+                "field `incident_no` must not be empty".into(),
+            ));
+        }
+        let category = by_code(&incident.category_code);
+        if category == OTHER {
+            log::write(
+                log::LogLevel::Warn,
+                "unknown CAD category code, mapped to `other`",
+                &[("category_code", &incident.category_code)],
+            );
+        }
+        let severity = match incident.priority {
+            Some(p) => priority_to_severity(p)?,
+            None => category.severity,
+        };
+        let source = config::get("source").unwrap_or_else(|| "urn:govhub:police".to_string());
+        let mut event = Event::new("gov.incident.reported")
+            .with_id(&incident.incident_no)
+            .with_source(source)
+            .with_subject(&incident.incident_no)
+            .with_time(normalize_time(&incident.call_time)?)
+            .with_category(category.taxonomy)
+            .with_severity(severity);
+        if let Some(c) = &incident.coordinates {
+            if !(-90.0..=90.0).contains(&c.lat) || !(-180.0..=180.0).contains(&c.lon) {
+                return Err(AdapterError::InvalidInput(format!(
+                    "field `coordinates`: ({}, {}) is not a WGS-84 position",
+                    c.lat, c.lon
+                )));
+            }
+            event = event.with_location(c.lat, c.lon);
+        }
+        event = event.with_json(&serde_json::json!({
+            "incident_no": incident.incident_no,
+            "station": incident.station,
+            "category_code": incident.category_code,
+            "category_name": category.name,
+            "address": incident.address,
+            "reporter": incident.reporter,
+            "description": incident.description,
+        }));
+        Ok(vec![event])
+    }
+
+    fn deliver(event: Event) -> Result<Outcome, AdapterError> {
+        let base_url = config::require("base_url")?;
+        let data: serde_json::Value = event
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_slice(d).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let text = |key: &str| data.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        let category = by_taxonomy(event.category.as_deref().unwrap_or("other"));
+        let dispatch = Dispatch {
+            dispatch_id: event.id.clone(),
+            case_id: event.caseid.clone(),
+            event_type: event.type_.clone(),
+            category_code: category.code.to_string(),
+            priority: severity_to_priority(event.severity.unwrap_or(category.severity)),
+            grid: event.grid.clone(),
+            address: text("address"),
+            lat: event.lat,
+            lon: event.lon,
+            description: text("description").or_else(|| text("text")),
+            reported_at: event.time.clone(),
+        };
+        let mut request =
+            http::Request::post(&format!("{}/dispatch", base_url.trim_end_matches('/')))
+                .header("idempotency-key", &event.id)
+                .json(&dispatch);
+        if let Some(token) = config::get("token") {
+            request = request.header("authorization", &format!("Bearer {token}"));
+        }
+        let response = request.send()?.error_for_status()?;
+        #[derive(Deserialize)]
+        struct Answer {
+            dispatch_no: Option<String>,
+        }
+        let answer: Answer = response.json().unwrap_or(Answer { dispatch_no: None });
+        let mut outcome = Outcome::delivered().with_note(format!(
+            "dispatch requested, category {} priority {}",
+            dispatch.category_code, dispatch.priority
+        ));
+        if let Some(no) = answer.dispatch_no {
+            outcome = outcome.with_reference(no);
+        }
+        Ok(outcome)
+    }
+}
+
+export_adapter!(Police);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use govhub_sdk::http::Response;
+    use govhub_sdk::testing::Harness;
+
+    const SAMPLE: &str = include_str!("../samples/incident-river.json");
+
+    #[test]
+    fn river_incident_maps_to_a_reported_event() {
+        let events = Harness::new()
+            .ingest::<Police>(Inbound::post_json(SAMPLE))
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(e.type_, "gov.incident.reported");
+        assert_eq!(e.id, "330102-20250801-0042");
+        assert_eq!(e.source, "urn:govhub:police");
+        assert_eq!(e.time.as_deref(), Some("2025-08-01T14:05:00+08:00"));
+        assert_eq!(e.category.as_deref(), Some("safety.water"));
+        assert_eq!(e.severity, Some(Severity::Critical));
+        assert_eq!((e.lat, e.lon), (Some(30.2398), Some(120.2026)));
+        let data: serde_json::Value = e.json().unwrap();
+        assert_eq!(
+            data["description"],
+            "台风预警期间，有人驾驶小船进入钱塘江江面"
+        );
+        assert_eq!(data["category_code"], "0304");
+    }
+
+    #[test]
+    fn local_call_time_and_priority() {
+        let body = SAMPLE
+            .replace("2025-08-01T14:05:00+08:00", "2025-08-01 14:05:00")
+            .replace(
+                "\"category_code\": \"0304\"",
+                "\"category_code\": \"0202\", \"priority\": 2",
+            );
+        let e = &Harness::new()
+            .config("utc_offset", "+08:00")
+            .ingest::<Police>(Inbound::post_json(body))
+            .unwrap()[0];
+        assert_eq!(e.time.as_deref(), Some("2025-08-01T14:05:00+08:00"));
+        assert_eq!(e.category.as_deref(), Some("traffic.congestion"));
+        assert_eq!(e.severity, Some(Severity::Major));
+    }
+
+    #[test]
+    fn malformed_incidents_name_the_field() {
+        let cases = [
+            (
+                SAMPLE.replace("\"incident_no\"", "\"incident\""),
+                "incident_no",
+            ),
+            (
+                SAMPLE.replace("\"2025-08-01T14:05:00+08:00\"", "\"yesterday\""),
+                "call_time",
+            ),
+            (SAMPLE.replace("30.2398", "\"north\""), "coordinates.lat"),
+            (SAMPLE.replace("30.2398", "130.2"), "coordinates"),
+            (
+                SAMPLE.replace("\"0304\"", "\"0304\", \"priority\": 9"),
+                "priority",
+            ),
+            ("not json".to_string(), "body"),
+        ];
+        for (body, field) in cases {
+            match Harness::new().ingest::<Police>(Inbound::post_json(body)) {
+                Err(AdapterError::InvalidInput(m)) => assert!(m.contains(field), "{field}: {m}"),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_code_maps_to_other_and_warns() {
+        let h = Harness::new();
+        let body = SAMPLE.replace("\"0304\"", "\"7777\"");
+        let e = &h.ingest::<Police>(Inbound::post_json(body)).unwrap()[0];
+        assert_eq!(e.category.as_deref(), Some("other"));
+        assert_eq!(h.logs()[0].level, "warn");
+    }
+
+    #[test]
+    fn deliver_posts_a_dispatch_with_the_event_id_as_idempotency_key() {
+        let h = Harness::new()
+            .config("base_url", "http://127.0.0.1:9101/")
+            .config("token", "s3cret")
+            .respond(|_| Response::json_body(201, &serde_json::json!({"dispatch_no": "D-7"})));
+        let event = Harness::new()
+            .ingest::<Police>(Inbound::post_json(SAMPLE))
+            .unwrap()
+            .remove(0)
+            .with_case("case-1")
+            .with_grid("yingfeng/yingyi/2");
+        let outcome = h.deliver::<Police>(event).unwrap();
+        assert_eq!(outcome.reference.as_deref(), Some("D-7"));
+        let sent = &h.requests()[0];
+        assert_eq!(sent.url, "http://127.0.0.1:9101/dispatch");
+        assert_eq!(
+            sent.header_value("idempotency-key"),
+            Some("330102-20250801-0042")
+        );
+        assert_eq!(sent.header_value("authorization"), Some("Bearer s3cret"));
+        let d: Dispatch = serde_json::from_slice(&sent.body).unwrap();
+        assert_eq!(d.category_code, "0304");
+        assert_eq!(d.priority, 1);
+        assert_eq!(d.case_id.as_deref(), Some("case-1"));
+        assert_eq!(
+            d.description.as_deref(),
+            Some("台风预警期间，有人驾驶小船进入钱塘江江面")
+        );
+    }
+
+    #[test]
+    fn taxonomy_reverse_mapping() {
+        assert_eq!(by_taxonomy("safety.water").code, "0304");
+        assert_eq!(by_taxonomy("traffic.parking").code, "0201");
+        assert_eq!(by_taxonomy("weather.typhoon").code, "9999");
+    }
+
+    #[test]
+    fn readme_table_matches_the_code() {
+        let readme = include_str!("../README.md");
+        for c in CATEGORIES.iter().chain([&OTHER]) {
+            let line = format!(
+                "| {} | {} | `{}` | {} |",
+                c.code, c.name, c.taxonomy, c.severity
+            );
+            assert!(readme.contains(&line), "README.md lacks the row: {line}");
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! The `govhub` command line.
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::runtime::{Manifest, Runtime, RuntimeConfig};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use govhub_sdk::{cloudevents, Header, Inbound};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+mod scaffold;
+
+#[derive(Parser)]
+#[command(
+    name = "govhub",
+    version,
+    about = "Integration hub for street-level social governance"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file and every adapter manifest it loads, then exit.
+    CheckConfig {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Work on one adapter module: scaffold, inspect, test offline.
+    #[command(subcommand)]
+    Adapter(AdapterCommand),
+}
+
+#[derive(Subcommand)]
+enum AdapterCommand {
+    /// Scaffold a new adapter crate that builds and passes its own test.
+    New {
+        /// The adapter's name (a-z, 0-9, -).
+        name: String,
+        /// Where to create the crate (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Path to the govhub-sdk crate (default: the SDK of this govhub's
+        /// source tree).
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Print what a module implements and what it says about itself.
+    Inspect {
+        /// The adapter module (.wasm).
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Run a module's ingest or deliver offline and print the result.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct CacheArgs {
+    /// Compile cache folder (default: $GOVHUB_CACHE_DIR, else ~/.cache/govhub).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// The adapter module (.wasm).
+    file: PathBuf,
+    /// A raw department payload to hand to `ingest`.
+    #[arg(long, conflicts_with = "deliver", required_unless_present = "deliver")]
+    ingest: Option<PathBuf>,
+    /// A CloudEvent (JSON) to hand to `deliver`.
+    #[arg(long)]
+    deliver: Option<PathBuf>,
+    /// A header of the inbound message, `name:value` (repeatable).
+    #[arg(long = "header", value_name = "NAME:VALUE")]
+    headers: Vec<String>,
+    /// An adapter config value, `key=value` (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    config: Vec<String>,
+    /// A host the adapter may call, `host:port` (repeatable; none by default).
+    #[arg(long = "allow-host", value_name = "HOST:PORT")]
+    allow_hosts: Vec<String>,
+    /// Memory cap, MiB.
+    #[arg(long, default_value_t = crate::runtime::manifest::DEFAULT_MEMORY_MB)]
+    memory_mb: u32,
+    /// Per-call deadline, ms.
+    #[arg(long, default_value_t = crate::runtime::manifest::DEFAULT_DEADLINE_MS)]
+    deadline_ms: u64,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+/// Runs the CLI; the exit code is 0 on success, 1 on failure, 2 on usage
+/// errors.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("govhub: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("govhub: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GOVHUB_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => run(&config).await,
+        Command::CheckConfig { config } => check_config(&config).await,
+        Command::Adapter(AdapterCommand::New {
+            name,
+            dir,
+            sdk_path,
+        }) => scaffold::new_adapter(&name, dir, sdk_path),
+        Command::Adapter(AdapterCommand::Inspect { file, json, cache }) => {
+            inspect(&file, json, cache).await
+        }
+        Command::Adapter(AdapterCommand::Test(args)) => test(args).await,
+    }
+}
+
+async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let hub = Hub::start(config).await?;
+    let listener = tokio::net::TcpListener::bind(&hub.config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", hub.config.server.listen))?;
+    let addr = listener.local_addr()?;
+    // One line on stdout that scripts and tests wait for.
+    println!("govhub: listening on http://{addr}");
+    tracing::info!(%addr, adapters = ?hub.adapter_names(), "govhub is serving");
+    axum::serve(listener, crate::ingress::router(hub.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("govhub stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested: no new requests; finishing those in flight");
+}
+
+async fn check_config(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let hub = Hub::start(config).await?;
+    println!("config {} is valid", config_path.display());
+    for name in hub.adapter_names() {
+        if let Some(a) = hub.adapter(&name) {
+            println!(
+                "  adapter {name}: {} {} ({}), sha256 {}",
+                a.description.name, a.description.version, a.world, a.sha256
+            );
+        }
+    }
+    println!("  routes: {}", hub.config.routes.len());
+    Ok(())
+}
+
+fn cache_dir(args: &CacheArgs) -> Option<PathBuf> {
+    args.cache_dir
+        .clone()
+        .or_else(|| std::env::var_os("GOVHUB_CACHE_DIR").map(PathBuf::from))
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("govhub")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/govhub")))
+}
+
+/// An adapter name from a module file name: `police_adapter.wasm` →
+/// `police-adapter`.
+fn name_from_file(file: &Path) -> String {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    if name.is_empty() {
+        "adapter".into()
+    } else {
+        name
+    }
+}
+
+async fn inspect(file: &Path, json: bool, cache: CacheArgs) -> anyhow::Result<()> {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: cache_dir(&cache),
+    })?;
+    let manifest = Manifest::for_module(file, &name_from_file(file));
+    let adapter = runtime.load(&manifest).await?;
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let d = &adapter.description;
+    if json {
+        let out = serde_json::json!({
+            "file": file,
+            "bytes": size,
+            "sha256": adapter.sha256,
+            "world": adapter.world,
+            "hub_wit_version": crate::runtime::WIT_VERSION,
+            "imports": adapter.imports,
+            "describe": {
+                "name": d.name,
+                "version": d.version,
+                "department": d.department,
+                "subscriptions": d.subscriptions,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "file:          {} ({} KiB)",
+        file.display(),
+        size.div_ceil(1024)
+    );
+    println!("sha256:        {}", adapter.sha256);
+    println!(
+        "implements:    {} (world govhub:adapter/adapter; this hub implements {})",
+        adapter.world,
+        crate::runtime::WIT_VERSION
+    );
+    println!("exports:       describe, ingest, deliver, poll");
+    println!("imports:");
+    for i in &adapter.imports {
+        println!("  {i}");
+    }
+    println!("describe:");
+    println!("  name:          {}", d.name);
+    println!("  version:       {}", d.version);
+    println!("  department:    {}", d.department);
+    println!(
+        "  subscriptions: {}",
+        if d.subscriptions.is_empty() {
+            "(none)".to_string()
+        } else {
+            d.subscriptions.join(", ")
+        }
+    );
+    println!();
+    println!("a manifest to start from (adapters.d/{}.toml):", d.name);
+    println!("name = \"{}\"", d.name);
+    println!(
+        "wasm = \"{}\"",
+        file.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
+    );
+    println!("sha256 = \"{}\"", adapter.sha256);
+    println!("subscribe = []");
+    println!(
+        "[limits]\nmemory_mb = {}\ndeadline_ms = {}\nconcurrency = {}",
+        crate::runtime::manifest::DEFAULT_MEMORY_MB,
+        crate::runtime::manifest::DEFAULT_DEADLINE_MS,
+        crate::runtime::manifest::DEFAULT_CONCURRENCY
+    );
+    println!("[capabilities]\noutbound_hosts = []\n[config]");
+    Ok(())
+}
+
+fn split_pair<'a>(s: &'a str, sep: char, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    s.split_once(sep)
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{what} `{s}` must look like name{sep}value"))
+}
+
+async fn test(args: TestArgs) -> anyhow::Result<()> {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: cache_dir(&args.cache),
+    })?;
+    let mut manifest = Manifest::for_module(&args.file, &name_from_file(&args.file));
+    manifest.limits.memory_mb = args.memory_mb;
+    manifest.limits.deadline_ms = args.deadline_ms;
+    for host in &args.allow_hosts {
+        crate::runtime::manifest::HostPattern::parse(host)
+            .map_err(|m| anyhow::anyhow!("--allow-host: {m}"))?;
+        manifest.capabilities.outbound_hosts.push(host.clone());
+    }
+    for pair in &args.config {
+        let (k, v) = split_pair(pair, '=', "--config")?;
+        manifest.config.insert(
+            k.to_string(),
+            crate::runtime::manifest::ConfigValue::Text(v.to_string()),
+        );
+    }
+    let adapter = runtime.load(&manifest).await?;
+    let name = manifest.name.clone();
+    if let Some(sample) = &args.ingest {
+        let body = std::fs::read(sample)
+            .with_context(|| format!("cannot read the sample {}", sample.display()))?;
+        let mut headers: Vec<Header> = Vec::new();
+        for h in &args.headers {
+            let (n, v) = split_pair(h, ':', "--header")?;
+            headers.push(Header {
+                name: n.to_ascii_lowercase(),
+                value: v.to_string(),
+            });
+        }
+        if !headers.iter().any(|h| h.name == "content-type") {
+            let guessed = match sample.extension().and_then(|e| e.to_str()) {
+                Some("json") => "application/json",
+                Some("xml") => "application/xml",
+                Some("txt") => "text/plain; charset=utf-8",
+                _ => "application/octet-stream",
+            };
+            headers.push(Header {
+                name: "content-type".into(),
+                value: guessed.into(),
+            });
+        }
+        let message = Inbound {
+            method: "POST".into(),
+            query: String::new(),
+            headers,
+            body,
+        };
+        let events = adapter
+            .ingest(&message)
+            .await
+            .map_err(|e| anyhow::anyhow!("adapter `{name}` ingest failed: {e}"))?;
+        let normalized = events
+            .into_iter()
+            .map(|e| crate::hub::normalize(e, Some(&name)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("adapter `{name}` produced an invalid event: {e}"))?;
+        let json: Vec<serde_json::Value> = normalized.iter().map(cloudevents::to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else if let Some(event_file) = &args.deliver {
+        let text = std::fs::read(event_file)
+            .with_context(|| format!("cannot read the event {}", event_file.display()))?;
+        let value: serde_json::Value = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not JSON", event_file.display()))?;
+        let event = cloudevents::from_json(&value).map_err(|e| {
+            anyhow::anyhow!("{} is not a valid CloudEvent: {e}", event_file.display())
+        })?;
+        let outcome = adapter
+            .deliver(&event)
+            .await
+            .map_err(|e| anyhow::anyhow!("adapter `{name}` deliver failed: {e}"))?;
+        let out = serde_json::json!({
+            "delivered": true,
+            "reference": outcome.reference,
+            "note": outcome.note,
+            "events": outcome.events.iter().map(cloudevents::to_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The hub's configuration: one TOML file, every key overridable by a
+//! `GOVHUB__SECTION__KEY` environment variable
+//! (`GOVHUB__SERVER__LISTEN=127.0.0.1:9090`). Relative paths are resolved
+//! against the config file's folder. Unknown keys are errors, so a typo is
+//! caught at start-up rather than silently ignored.
+
+use crate::router::RouteConfig;
+use anyhow::Context;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address, `host:port`.
+    pub listen: String,
+    /// Largest request body accepted; larger ones get `413`. 1 MiB holds a
+    /// batch of hundreds of events or a report with inline photos.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite` (embedded, default) or `nats`.
+    pub backend: String,
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// The NATS server, for `backend = "nats"`.
+    pub nats_url: Option<String>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: "sqlite".into(),
+            path: PathBuf::from("data/govhub.db"),
+            nats_url: None,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The environment variable holding the admin API's bearer token;
+    /// without it the admin API is off.
+    pub admin_token_env: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            admin_token_env: "GOVHUB_ADMIN_TOKEN".into(),
+        }
+    }
+}
+
+/// `[adapters]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptersConfig {
+    /// Every `NAME.toml` manifest (and its module) in this folder is loaded.
+    pub dir: PathBuf,
+}
+
+impl Default for AdaptersConfig {
+    fn default() -> Self {
+        AdaptersConfig {
+            dir: PathBuf::from("adapters.d"),
+        }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Compiled-module cache. Default: `cache/` beside the storage file.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[delivery]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Attempts per delivery before it becomes a dead letter.
+    pub max_attempts: u32,
+    /// First retry delay, ms; doubled each attempt, with jitter.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay, ms.
+    pub backoff_cap_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        // Eight attempts from 200 ms doubling to a 30 s cap span about a
+        // minute: long enough to ride out a department restart, short
+        // enough that a dead letter is raised while people still care.
+        DeliveryConfig {
+            max_attempts: 8,
+            backoff_base_ms: 200,
+            backoff_cap_ms: 30_000,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[storage]`.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// `[auth]`.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// `[adapters]`.
+    #[serde(default)]
+    pub adapters: AdaptersConfig,
+    /// `[runtime]`.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    /// `[delivery]`.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// `[[routes]]`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// Reads `path`, applies `GOVHUB__SECTION__KEY` overrides, resolves
+    /// relative paths against the file's folder, and checks values.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        if !path.exists() {
+            anyhow::bail!("config file {} not found", path.display());
+        }
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("GOVHUB")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .with_context(|| format!("config {}", path.display()))?;
+        let mut config: Config = raw
+            .try_deserialize()
+            .with_context(|| format!("config {}", path.display()))?;
+        let base = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        config.resolve_paths(&base);
+        config
+            .check()
+            .with_context(|| format!("config {}", path.display()))?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.storage.path);
+        resolve(&mut self.adapters.dir);
+        match &mut self.runtime.cache_dir {
+            Some(dir) => resolve(dir),
+            None => {
+                let parent = self
+                    .storage
+                    .path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| base.to_path_buf());
+                self.runtime.cache_dir = Some(parent.join("cache"));
+            }
+        }
+    }
+
+    /// Checks values the types cannot.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.server.max_body_bytes == 0 {
+            anyhow::bail!("server.max_body_bytes must be positive");
+        }
+        self.server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| anyhow::anyhow!("server.listen `{}`: {e}", self.server.listen))?;
+        match self.storage.backend.as_str() {
+            "sqlite" => {}
+            "nats" if self.storage.nats_url.is_some() => {}
+            "nats" => anyhow::bail!("storage.backend = \"nats\" needs storage.nats_url"),
+            other => anyhow::bail!("storage.backend `{other}` is not one of sqlite, nats"),
+        }
+        let d = &self.delivery;
+        if d.max_attempts == 0 {
+            anyhow::bail!("delivery.max_attempts must be at least 1");
+        }
+        if d.backoff_base_ms == 0 || d.backoff_cap_ms < d.backoff_base_ms {
+            anyhow::bail!(
+                "delivery.backoff_base_ms must be positive and at most delivery.backoff_cap_ms"
+            );
+        }
+        crate::router::Router::new(&self.routes).map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("govhub.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_paths_and_routes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            r#"
+            [server]
+            listen = "127.0.0.1:8089"
+            [[routes]]
+            name = "people on the river during a typhoon"
+            match = { type = "gov.incident.*", category = "safety.water" }
+            to = ["police", "four-platforms"]
+            "#,
+        );
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+        let base = dir.path().canonicalize().unwrap();
+        assert_eq!(c.storage.path, base.join("data/govhub.db"));
+        assert_eq!(c.adapters.dir, base.join("adapters.d"));
+        assert_eq!(c.runtime.cache_dir, Some(base.join("data/cache")));
+        assert_eq!(c.routes[0].to, ["police", "four-platforms"]);
+        assert_eq!(c.routes[0].match_.category.as_deref(), Some("safety.water"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = format!(
+            "{:#}",
+            Config::load(&write(dir.path(), "[server]\nlisten_on = \"x\"")).unwrap_err()
+        );
+        assert!(e.contains("listen_on"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::load(&write(dir.path(), "[server]\nlisten = \"nowhere\"")).unwrap_err()
+        );
+        assert!(e.contains("server.listen"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::load(&write(dir.path(), "[storage]\nbackend = \"mysql\"")).unwrap_err()
+        );
+        assert!(e.contains("storage.backend"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::load(&dir.path().join("missing.toml")).unwrap_err()
+        );
+        assert!(e.contains("not found"), "{e}");
+    }
+}

@@ -1,0 +1,21 @@
+//! govhub: the integration hub for street-level social governance.
+//!
+//! Department systems (police, city management, traffic, fire, the "four
+//! platforms" case system, video patrol) connect through sandboxed
+//! WebAssembly adapters; the hub stores each normalized governance event,
+//! routes it to every department that must act, and delivers it. It
+//! deliberately runs no department logic of its own: everything
+//! department-specific lives in an adapter, behind the one WIT contract.
+//!
+//! The modules follow the flow: [`ingress`] → [`router`] → [`delivery`],
+//! with [`runtime`] (the wasmtime host) underneath and [`config`] and
+//! [`cli`] on top.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod hub;
+pub mod ingress;
+pub mod router;
+pub mod runtime;

@@ -1,0 +1,367 @@
+//! A loaded adapter: its instance pool and its four calls, each under the
+//! deadline, the memory cap and the outbound allowlist.
+
+use super::bindings::{self, AdapterPre};
+use super::error::{CallError, LoadError};
+use super::host::{CallState, HostState, Shared};
+use super::manifest::{HostPattern, Manifest};
+use super::{CacheUse, Checked, EPOCH_TICK};
+use govhub_sdk::{AdapterError, Description, Event, Inbound, Outcome, PollResult};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+/// Counters of one adapter since it was loaded.
+#[derive(Debug, Default)]
+pub struct AdapterStats {
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Calls that ended in a typed adapter error.
+    pub adapter_errors: AtomicU64,
+    /// Calls stopped at the deadline.
+    pub deadline_hits: AtomicU64,
+    /// Calls that trapped (panics, memory cap, other traps).
+    pub traps: AtomicU64,
+    /// Instances created (the first, and every replacement).
+    pub instances_created: AtomicU64,
+    /// Total call time, microseconds.
+    pub call_micros: AtomicU64,
+}
+
+struct Instance {
+    store: Store<HostState>,
+    bindings: bindings::Adapter,
+}
+
+enum Request<'a> {
+    Describe,
+    Ingest(&'a Inbound),
+    Deliver(&'a Event),
+    Poll(Option<&'a str>),
+}
+
+enum Reply {
+    Describe(Description),
+    Ingest(Result<Vec<Event>, AdapterError>),
+    Deliver(Result<Outcome, AdapterError>),
+    Poll(Result<PollResult, AdapterError>),
+}
+
+/// A loaded, self-checked adapter.
+pub struct Adapter {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// What it said about itself on load.
+    pub description: Description,
+    /// Its module's sha256.
+    pub sha256: String,
+    /// The versioned interface it exports (`govhub:adapter/handler@0.1.0`).
+    pub world: String,
+    /// Everything it imports.
+    pub imports: Vec<String>,
+    /// Whether its compiled code came from the cache.
+    pub cache: CacheUse,
+    /// Its counters.
+    pub stats: AdapterStats,
+    engine: Engine,
+    pre: AdapterPre<HostState>,
+    shared: Arc<Shared>,
+    idle: Mutex<Vec<Instance>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Adapter {
+    pub(super) async fn start(
+        engine: Engine,
+        pre: AdapterPre<HostState>,
+        manifest: Manifest,
+        config: std::collections::BTreeMap<String, String>,
+        checked: Checked,
+    ) -> Result<Arc<Adapter>, LoadError> {
+        let shared = Arc::new(Shared {
+            name: manifest.name.clone(),
+            config,
+            state: Default::default(),
+            outbound: manifest
+                .capabilities
+                .outbound_hosts
+                .iter()
+                .filter_map(|h| HostPattern::parse(h).ok())
+                .collect(),
+            log_lines_per_call: manifest.limits.log_lines_per_call,
+            logs_dropped: AtomicU64::new(0),
+        });
+        let mut adapter = Adapter {
+            permits: tokio::sync::Semaphore::new(manifest.limits.concurrency as usize),
+            description: Description::new("", "", ""),
+            sha256: checked.sha256,
+            world: checked.world,
+            imports: checked.imports,
+            cache: checked.cache,
+            stats: AdapterStats::default(),
+            engine,
+            pre,
+            shared,
+            idle: Mutex::new(Vec::new()),
+            manifest,
+        };
+        adapter.description = adapter
+            .describe()
+            .await
+            .map_err(|source| LoadError::SelfCheck {
+                adapter: adapter.manifest.name.clone(),
+                source,
+            })?;
+        Ok(Arc::new(adapter))
+    }
+
+    /// The adapter's manifest name.
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    /// Event-type globs it subscribes to: the manifest's `subscribe` plus
+    /// what `describe` answered.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
+        self.manifest
+            .subscribe
+            .iter()
+            .chain(self.description.subscriptions.iter())
+            .map(String::as_str)
+    }
+
+    /// Instances idle in the pool right now.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Log lines dropped over the per-call budget since load.
+    pub fn logs_dropped(&self) -> u64 {
+        self.shared.logs_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Reads a value of the adapter's state (for tests and admin views).
+    pub fn state(&self, key: &str) -> Option<Vec<u8>> {
+        self.shared.state.get(key).map(|v| v.clone())
+    }
+
+    /// Calls `describe`.
+    pub async fn describe(&self) -> Result<Description, CallError> {
+        match self.call(Request::Describe, None).await? {
+            Reply::Describe(d) => Ok(d),
+            _ => unreachable!("describe answers describe"),
+        }
+    }
+
+    /// Calls `ingest` with one raw message.
+    pub async fn ingest(&self, message: &Inbound) -> Result<Vec<Event>, CallError> {
+        match self.call(Request::Ingest(message), None).await? {
+            Reply::Ingest(r) => r.map_err(CallError::Adapter),
+            _ => unreachable!("ingest answers ingest"),
+        }
+    }
+
+    /// Calls `deliver` with one event.
+    pub async fn deliver(&self, event: &Event) -> Result<Outcome, CallError> {
+        match self.call(Request::Deliver(event), Some(&event.id)).await? {
+            Reply::Deliver(r) => r.map_err(CallError::Adapter),
+            _ => unreachable!("deliver answers deliver"),
+        }
+    }
+
+    /// Calls `poll` with the cursor of the previous poll.
+    pub async fn poll(&self, cursor: Option<&str>) -> Result<PollResult, CallError> {
+        match self.call(Request::Poll(cursor), None).await? {
+            Reply::Poll(r) => r.map_err(CallError::Adapter),
+            _ => unreachable!("poll answers poll"),
+        }
+    }
+
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.manifest.limits.deadline_ms)
+    }
+
+    async fn instantiate(&self) -> Result<Instance, CallError> {
+        let cap = u64::from(self.manifest.limits.memory_mb) * 1024 * 1024;
+        let mut store = Store::new(&self.engine, HostState::new(self.shared.clone(), cap));
+        store.limiter(|s| &mut s.memory);
+        // Every tick past the epoch deadline lands here: yield to the
+        // executor so one busy adapter cannot starve the others, and stop
+        // the call once its wall-clock deadline has passed.
+        store.epoch_deadline_callback(|ctx| {
+            Ok(match ctx.data().call.deadline {
+                Some(d) if Instant::now() >= d => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Yield(1),
+            })
+        });
+        let started = Instant::now();
+        store.data_mut().call = CallState {
+            deadline: Some(started + self.deadline()),
+            ..CallState::default()
+        };
+        store.set_epoch_deadline(1);
+        self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
+        match self.pre.instantiate_async(&mut store).await {
+            Ok(bindings) => Ok(Instance { store, bindings }),
+            Err(e) => Err(
+                classify(&e, store.data(), self.deadline(), started.elapsed()).unwrap_or_else(
+                    || CallError::Instantiate {
+                        message: format!("{e:#}"),
+                    },
+                ),
+            ),
+        }
+    }
+
+    async fn call(&self, request: Request<'_>, event_id: Option<&str>) -> Result<Reply, CallError> {
+        // The pool: at most `concurrency` calls at once, each on an idle
+        // instance or a new one. The semaphore is never closed.
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| CallError::Instantiate {
+                message: "adapter is shutting down".into(),
+            })?;
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut instance = match pooled {
+            Some(i) => i,
+            None => self.instantiate().await.inspect_err(|e| self.count(e))?,
+        };
+        let limit = self.deadline();
+        let started = Instant::now();
+        {
+            let data = instance.store.data_mut();
+            data.call = CallState {
+                deadline: Some(started + limit),
+                event_id: event_id.map(str::to_string),
+                ..CallState::default()
+            };
+            data.outbound.denied = None;
+            data.memory.refused = None;
+        }
+        // The deadline is relative to the current epoch: re-arm it for
+        // every call on a reused store.
+        instance.store.set_epoch_deadline(1);
+        // The epoch callback stops wasm that runs past the deadline; this
+        // timeout stops a call parked in host I/O (a department that never
+        // answers), where no wasm runs and no epoch check happens.
+        let result =
+            tokio::time::timeout(limit + 2 * EPOCH_TICK, invoke(&mut instance, request)).await;
+        let elapsed = started.elapsed();
+        self.stats
+            .call_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        let outcome = match result {
+            Err(_) => Err(CallError::Deadline { limit, elapsed }),
+            Ok(Err(e)) => Err(
+                classify(&e, instance.store.data(), limit, elapsed).unwrap_or_else(|| {
+                    CallError::Trap {
+                        message: trap_message(&e),
+                    }
+                }),
+            ),
+            Ok(Ok(reply)) => {
+                let denied = instance.store.data_mut().outbound.denied.take();
+                if let Ok(mut idle) = self.idle.lock() {
+                    idle.push(instance);
+                }
+                return match (reply, denied) {
+                    (Reply::Ingest(Err(_)), Some(host))
+                    | (Reply::Deliver(Err(_)), Some(host))
+                    | (Reply::Poll(Err(_)), Some(host)) => {
+                        let e = CallError::OutboundDenied { host };
+                        self.count(&e);
+                        Err(e)
+                    }
+                    (reply, _) => {
+                        if matches!(
+                            &reply,
+                            Reply::Ingest(Err(_)) | Reply::Deliver(Err(_)) | Reply::Poll(Err(_))
+                        ) {
+                            self.stats.adapter_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(reply)
+                    }
+                };
+            }
+        };
+        // A trapped or interrupted instance cannot be entered again: it is
+        // dropped here and the next call instantiates a fresh one.
+        drop(instance);
+        if let Err(e) = &outcome {
+            self.count(e);
+            tracing::warn!(adapter = %self.name(), error = %e, "adapter call failed; instance dropped");
+        }
+        outcome
+    }
+
+    fn count(&self, e: &CallError) {
+        let counter = match e {
+            CallError::Deadline { .. } => &self.stats.deadline_hits,
+            CallError::Adapter(_) | CallError::OutboundDenied { .. } => &self.stats.adapter_errors,
+            _ => &self.stats.traps,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn invoke(instance: &mut Instance, request: Request<'_>) -> wasmtime::Result<Reply> {
+    let handler = instance.bindings.govhub_adapter_handler();
+    let store = &mut instance.store;
+    Ok(match request {
+        Request::Describe => Reply::Describe(handler.call_describe(store).await?.into()),
+        Request::Ingest(message) => Reply::Ingest(
+            handler
+                .call_ingest(store, &message.into())
+                .await?
+                .map(|events| events.into_iter().map(Into::into).collect())
+                .map_err(Into::into),
+        ),
+        Request::Deliver(event) => Reply::Deliver(
+            handler
+                .call_deliver(store, &event.into())
+                .await?
+                .map(Into::into)
+                .map_err(Into::into),
+        ),
+        Request::Poll(cursor) => Reply::Poll(
+            handler
+                .call_poll(store, cursor)
+                .await?
+                .map(Into::into)
+                .map_err(Into::into),
+        ),
+    })
+}
+
+/// Names a trap by what the hub knows about the call: a deadline, a
+/// refused memory growth, or a panic the SDK reported just before.
+fn classify(
+    e: &wasmtime::Error,
+    state: &HostState,
+    limit: Duration,
+    elapsed: Duration,
+) -> Option<CallError> {
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return Some(CallError::Deadline { limit, elapsed });
+    }
+    if let Some(requested_bytes) = state.memory.refused {
+        return Some(CallError::MemoryCap {
+            cap_bytes: state.memory.cap_bytes,
+            requested_bytes,
+        });
+    }
+    state.call.panic.as_ref().map(|message| CallError::Panic {
+        message: message.clone(),
+    })
+}
+
+fn trap_message(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.to_string(),
+    }
+}

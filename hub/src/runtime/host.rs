@@ -1,0 +1,253 @@
+//! What one adapter instance's store holds, and the host side of the WIT
+//! `host` interface: logging, config, state, the memory limiter and the
+//! outbound-HTTP allowlist.
+
+use super::bindings::govhub::adapter::host::{self, Level};
+use super::bindings::govhub::adapter::types::Header;
+use super::manifest::HostPattern;
+use dashmap::DashMap;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// What all instances of one adapter share.
+pub struct Shared {
+    /// The adapter's manifest name.
+    pub name: String,
+    /// Its resolved `[config]`.
+    pub config: BTreeMap<String, String>,
+    /// Its key-value state.
+    pub state: DashMap<String, Vec<u8>>,
+    /// The outbound allowlist.
+    pub outbound: Vec<HostPattern>,
+    /// Log lines one call may write.
+    pub log_lines_per_call: u32,
+    /// Log lines dropped over the budget, since load.
+    pub logs_dropped: AtomicU64,
+}
+
+/// Per-call bookkeeping, reset before each call.
+#[derive(Default)]
+pub struct CallState {
+    /// When the call must end.
+    pub deadline: Option<Instant>,
+    /// The event being handled, for log lines.
+    pub event_id: Option<String>,
+    /// Log lines written in this call.
+    pub log_lines: u32,
+    /// The panic message the SDK logged just before the trap.
+    pub panic: Option<String>,
+}
+
+/// The memory cap of one instance.
+pub struct MemoryCap {
+    /// The cap in bytes.
+    pub cap_bytes: u64,
+    /// A refused growth (bytes asked for); read after a failed call.
+    pub refused: Option<u64>,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.cap_bytes {
+            // Refuse the growth (memory.grow returns -1) rather than trap:
+            // a guest that handles allocation failure keeps working; one
+            // that aborts traps, and the recorded size says why.
+            self.refused = Some(desired as u64);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; 100k is far beyond any adapter
+        // and keeps a runaway table from eating host memory.
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The outbound-HTTP gate: every request the adapter makes passes here.
+pub struct Outbound {
+    shared: Arc<Shared>,
+    /// The last host refused in the current call.
+    pub denied: Option<String>,
+}
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        _ = fut;
+        let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let allowed = self
+            .shared
+            .outbound
+            .iter()
+            .any(|p| p.allows(&authority, https));
+        if !allowed {
+            tracing::warn!(adapter = %self.shared.name, host = %authority, "outbound HTTP denied: host not in outbound_hosts");
+            self.denied = Some(authority);
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+/// The data of one instance's `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    /// The allowlist gate.
+    pub outbound: Outbound,
+    /// The memory cap.
+    pub memory: MemoryCap,
+    /// Per-adapter shared data.
+    pub shared: Arc<Shared>,
+    /// Per-call bookkeeping.
+    pub call: CallState,
+}
+
+impl HostState {
+    /// A fresh state: WASI with no capabilities at all (no preopened
+    /// directories, no environment, no arguments, no network, stdio
+    /// discarded), the memory cap, and the allowlist.
+    pub fn new(shared: Arc<Shared>, memory_cap_bytes: u64) -> HostState {
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let wasi = wasi.build();
+        HostState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            outbound: Outbound {
+                shared: shared.clone(),
+                denied: None,
+            },
+            memory: MemoryCap {
+                cap_bytes: memory_cap_bytes,
+                refused: None,
+            },
+            shared,
+            call: CallState::default(),
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+impl super::bindings::govhub::adapter::types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, message: String, fields: Vec<Header>) {
+        let is_panic = fields
+            .iter()
+            .any(|f| f.name == "panic" && f.value == "true");
+        if is_panic {
+            let location = fields
+                .iter()
+                .find(|f| f.name == "location")
+                .map(|f| f.value.as_str())
+                .unwrap_or_default();
+            self.call.panic = Some(if location.is_empty() {
+                message.clone()
+            } else {
+                format!("{message} at {location}")
+            });
+        }
+        self.call.log_lines += 1;
+        if self.call.log_lines > self.shared.log_lines_per_call && !is_panic {
+            self.shared.logs_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let adapter = self.shared.name.as_str();
+        let event = self.call.event_id.as_deref().unwrap_or("");
+        let fields: String = fields
+            .iter()
+            .map(|f| format!("{}={:?}", f.name, f.value))
+            .collect::<Vec<_>>()
+            .join(" ");
+        match level {
+            Level::Trace => tracing::trace!(target: "adapter", adapter, event, fields, "{message}"),
+            Level::Debug => tracing::debug!(target: "adapter", adapter, event, fields, "{message}"),
+            Level::Info => tracing::info!(target: "adapter", adapter, event, fields, "{message}"),
+            Level::Warn => tracing::warn!(target: "adapter", adapter, event, fields, "{message}"),
+            Level::Error => tracing::error!(target: "adapter", adapter, event, fields, "{message}"),
+        }
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.shared.config.get(&key).cloned()
+    }
+
+    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.shared.state.get(&key).map(|v| v.clone())
+    }
+
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        let state = &self.shared.state;
+        govhub_sdk::state::check_limits(&key, &value, state.len(), state.contains_key(&key))?;
+        state.insert(key, value);
+        Ok(())
+    }
+
+    fn state_delete(&mut self, key: String) {
+        self.shared.state.remove(&key);
+    }
+}

@@ -1,0 +1,421 @@
+//! Adapter manifests: the TOML file beside each `.wasm` that names the
+//! adapter, pins its module, and sets its sandbox.
+//!
+//! ```toml
+//! name = "webhook"
+//! wasm = "webhook.wasm"
+//! sha256 = "…"                    # refused if the module does not match
+//! subscribe = ["gov.*"]           # event types delivered to it, besides routes
+//! poll_interval_ms = 30000        # optional: call `poll` this often
+//! [limits]
+//! memory_mb = 64
+//! deadline_ms = 2000
+//! concurrency = 4
+//! [capabilities]
+//! outbound_hosts = ["127.0.0.1:9000"]
+//! [config]
+//! url = "http://127.0.0.1:9000/events"
+//! token = { env = "WEBHOOK_TOKEN" }   # secrets come from the hub's environment
+//! ```
+
+use super::error::LoadError;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Default memory cap. Adapters are translators, not databases: a few MiB
+/// of JSON in flight is normal; 64 MiB leaves room while keeping 100
+/// loaded adapters × `concurrency` instances well inside a small machine.
+pub const DEFAULT_MEMORY_MB: u32 = 64;
+/// Default per-call deadline. A department call over loopback or a LAN takes
+/// milliseconds; two seconds leaves room for a slow department without
+/// letting one stuck call hold a delivery slot for long.
+pub const DEFAULT_DEADLINE_MS: u64 = 2_000;
+/// Default instances running at once per adapter.
+pub const DEFAULT_CONCURRENCY: u32 = 4;
+/// Default log lines one call may write; more are dropped and counted, so a
+/// chatty or looping adapter cannot flood the hub's log.
+pub const DEFAULT_LOG_LINES_PER_CALL: u32 = 100;
+
+/// The sandbox limits of one adapter.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear-memory cap per instance, MiB.
+    pub memory_mb: u32,
+    /// Wall-clock deadline per call, milliseconds.
+    pub deadline_ms: u64,
+    /// Instances that may run at once (the pool size).
+    pub concurrency: u32,
+    /// Log lines one call may write.
+    pub log_lines_per_call: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: DEFAULT_MEMORY_MB,
+            deadline_ms: DEFAULT_DEADLINE_MS,
+            concurrency: DEFAULT_CONCURRENCY,
+            log_lines_per_call: DEFAULT_LOG_LINES_PER_CALL,
+        }
+    }
+}
+
+/// What the adapter may reach outside its sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capabilities {
+    /// `host:port` (or `host`, meaning the scheme's default port) the adapter
+    /// may call over HTTP. Nothing else is reachable.
+    pub outbound_hosts: Vec<String>,
+}
+
+/// A `[config]` value: a literal, or a reference to an environment variable
+/// of the hub (for secrets; the adapter never sees the environment).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ConfigValue {
+    /// `key = { env = "NAME" }`.
+    Env {
+        /// The environment variable.
+        env: String,
+    },
+    /// `key = "text"`.
+    Text(String),
+    /// `key = 3`.
+    Integer(i64),
+    /// `key = 2.5`.
+    Float(f64),
+    /// `key = true`.
+    Bool(bool),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    wasm: PathBuf,
+    sha256: Option<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    poll_interval_ms: Option<u64>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    capabilities: Capabilities,
+    #[serde(default)]
+    config: BTreeMap<String, ConfigValue>,
+}
+
+/// A parsed and checked manifest. Paths are resolved against the manifest's
+/// folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// The adapter's name in this hub (`[a-z0-9-]`, unique).
+    pub name: String,
+    /// The manifest file, when loaded from one.
+    pub path: Option<PathBuf>,
+    /// The module file.
+    pub wasm: PathBuf,
+    /// The module's pinned sha256 (lower-case hex); `None` only for the
+    /// offline CLI, which hashes what it is given.
+    pub sha256: Option<String>,
+    /// Event-type globs delivered to it besides routes.
+    pub subscribe: Vec<String>,
+    /// How often to call `poll`, if at all.
+    pub poll_interval_ms: Option<u64>,
+    /// Sandbox limits.
+    pub limits: Limits,
+    /// What it may reach.
+    pub capabilities: Capabilities,
+    /// Its `[config]` table, unresolved.
+    pub config: BTreeMap<String, ConfigValue>,
+}
+
+/// Checks an adapter name: `[a-z0-9-]`, 1 to 64 characters, used in URLs.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "field `name`: `{name}` must be 1-64 characters of a-z, 0-9 and -"
+        ));
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// A manifest for a module used without one (the offline CLI): default
+    /// limits, the given outbound hosts and config.
+    pub fn for_module(wasm: &Path, name: &str) -> Manifest {
+        Manifest {
+            name: name.to_string(),
+            path: None,
+            wasm: wasm.to_path_buf(),
+            sha256: None,
+            subscribe: Vec::new(),
+            poll_interval_ms: None,
+            limits: Limits::default(),
+            capabilities: Capabilities::default(),
+            config: BTreeMap::new(),
+        }
+    }
+
+    /// Reads and checks a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::ManifestRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Manifest::parse(&text, path)
+    }
+
+    /// Parses and checks manifest text; `path` locates the file (its folder
+    /// resolves `wasm`).
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, LoadError> {
+        let invalid = |message: String| LoadError::ManifestInvalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        check_name(&raw.name).map_err(invalid)?;
+        let sha256 = match raw.sha256 {
+            Some(s) => {
+                let s = s.trim().to_ascii_lowercase();
+                if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(format!(
+                        "field `sha256`: `{s}` is not 64 hex digits (`govhub adapter inspect FILE.wasm` prints it)"
+                    )));
+                }
+                Some(s)
+            }
+            None => {
+                return Err(invalid(
+                    "field `sha256` is required: pin the module (`govhub adapter inspect FILE.wasm` prints it)"
+                        .into(),
+                ))
+            }
+        };
+        let l = &raw.limits;
+        if !(1..=4096).contains(&l.memory_mb) {
+            return Err(invalid(format!(
+                "field `limits.memory_mb`: {} is outside 1..=4096",
+                l.memory_mb
+            )));
+        }
+        if !(1..=600_000).contains(&l.deadline_ms) {
+            return Err(invalid(format!(
+                "field `limits.deadline_ms`: {} is outside 1..=600000",
+                l.deadline_ms
+            )));
+        }
+        if !(1..=256).contains(&l.concurrency) {
+            return Err(invalid(format!(
+                "field `limits.concurrency`: {} is outside 1..=256",
+                l.concurrency
+            )));
+        }
+        for host in &raw.capabilities.outbound_hosts {
+            HostPattern::parse(host)
+                .map_err(|m| invalid(format!("field `capabilities.outbound_hosts`: {m}")))?;
+        }
+        for glob in &raw.subscribe {
+            crate::router::TypeGlob::new(glob)
+                .map_err(|m| invalid(format!("field `subscribe`: {m}")))?;
+        }
+        if raw.poll_interval_ms == Some(0) {
+            return Err(invalid("field `poll_interval_ms` must be positive".into()));
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Ok(Manifest {
+            name: raw.name,
+            path: Some(path.to_path_buf()),
+            wasm: dir.join(raw.wasm),
+            sha256,
+            subscribe: raw.subscribe,
+            poll_interval_ms: raw.poll_interval_ms,
+            limits: raw.limits,
+            capabilities: raw.capabilities,
+            config: raw.config,
+        })
+    }
+
+    /// The `[config]` table with environment references resolved.
+    pub fn resolve_config(&self) -> Result<BTreeMap<String, String>, LoadError> {
+        self.config
+            .iter()
+            .map(|(key, value)| {
+                let text = match value {
+                    ConfigValue::Env { env } => {
+                        std::env::var(env).map_err(|_| LoadError::MissingEnv {
+                            adapter: self.name.clone(),
+                            key: key.clone(),
+                            var: env.clone(),
+                        })?
+                    }
+                    ConfigValue::Text(s) => s.clone(),
+                    ConfigValue::Integer(i) => i.to_string(),
+                    ConfigValue::Float(f) => f.to_string(),
+                    ConfigValue::Bool(b) => b.to_string(),
+                };
+                Ok((key.clone(), text))
+            })
+            .collect()
+    }
+}
+
+/// One `outbound_hosts` entry: a host and an optional port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    host: String,
+    port: Option<u16>,
+}
+
+impl HostPattern {
+    /// Parses `host`, `host:port` or `[v6]:port`.
+    pub fn parse(s: &str) -> Result<HostPattern, String> {
+        let s = s.trim();
+        if s.is_empty() || s.contains('/') || s.contains('*') || s.contains('@') {
+            return Err(format!(
+                "`{s}` must be `host` or `host:port` (no scheme, path or wildcard)"
+            ));
+        }
+        let (host, port) = split_host_port(s);
+        let port = match port {
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{s}`: `{p}` is not a port number"))?,
+            ),
+            None => None,
+        };
+        Ok(HostPattern {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// Whether a request to `authority` (as sent: `host[:port]`) over
+    /// `https` or plain HTTP matches. An entry without a port allows only
+    /// the scheme's default port.
+    pub fn allows(&self, authority: &str, https: bool) -> bool {
+        let (host, port) = split_host_port(authority);
+        let port = match port {
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) => p,
+                Err(_) => return false,
+            },
+            None => {
+                if https {
+                    443
+                } else {
+                    80
+                }
+            }
+        };
+        let wanted = self.port.unwrap_or(if https { 443 } else { 80 });
+        host.eq_ignore_ascii_case(&self.host) && port == wanted
+    }
+}
+
+fn split_host_port(s: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = s.strip_prefix('[') {
+        // [v6]:port
+        if let Some(end) = rest.find(']') {
+            let host = &s[..end + 2];
+            let port = rest[end + 1..].strip_prefix(':');
+            return (host, port);
+        }
+        return (s, None);
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, Some(p)),
+        _ => (s, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, LoadError> {
+        Manifest::parse(text, Path::new("/srv/adapters.d/x.toml"))
+    }
+
+    const SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn full_manifest_parses_with_resolved_paths() {
+        let m = parse(&format!(
+            r#"
+            name = "webhook"
+            wasm = "webhook.wasm"
+            sha256 = "{SHA}"
+            subscribe = ["gov.*"]
+            [limits]
+            memory_mb = 32
+            [capabilities]
+            outbound_hosts = ["127.0.0.1:9000"]
+            [config]
+            url = "http://127.0.0.1:9000/events"
+            retries = 3
+            "#
+        ))
+        .unwrap();
+        assert_eq!(m.wasm, Path::new("/srv/adapters.d/webhook.wasm"));
+        assert_eq!(m.limits.memory_mb, 32);
+        assert_eq!(m.limits.deadline_ms, DEFAULT_DEADLINE_MS);
+        let config = m.resolve_config().unwrap();
+        assert_eq!(config["retries"], "3");
+    }
+
+    #[test]
+    fn bad_manifests_name_the_field() {
+        let cases = [
+            (format!("name = \"Bad Name\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\""), "name"),
+            ("name = \"x\"\nwasm = \"x.wasm\"".to_string(), "sha256"),
+            ("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"abc\"".to_string(), "sha256"),
+            (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[limits]\nmemory_mb = 0"), "limits.memory_mb"),
+            (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[limits]\nmemroy_mb = 1"), "memroy_mb"),
+            (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[capabilities]\noutbound_hosts = [\"http://a/\"]"), "outbound_hosts"),
+            (format!("name = \"x\"\nsha256 = \"{SHA}\""), "wasm"),
+        ];
+        for (text, field) in cases {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn env_references_resolve_or_name_the_variable() {
+        let m = parse(&format!(
+            "name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[config]\ntoken = {{ env = \"GOVHUB_TEST_SURELY_UNSET_VAR\" }}"
+        ))
+        .unwrap();
+        let e = m.resolve_config().unwrap_err().to_string();
+        assert!(
+            e.contains("GOVHUB_TEST_SURELY_UNSET_VAR") && e.contains("`token`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn host_patterns() {
+        let p = HostPattern::parse("127.0.0.1:9000").unwrap();
+        assert!(p.allows("127.0.0.1:9000", false));
+        assert!(!p.allows("127.0.0.1:9001", false));
+        assert!(!p.allows("127.0.0.2:9000", false));
+        let p = HostPattern::parse("Police.Example").unwrap();
+        assert!(p.allows("police.example", true));
+        assert!(p.allows("police.example:443", true));
+        assert!(!p.allows("police.example:8443", true));
+        assert!(!p.allows("police.example.evil.com", true));
+        let p = HostPattern::parse("[::1]:8080").unwrap();
+        assert!(p.allows("[::1]:8080", false));
+        assert!(HostPattern::parse("*.example").is_err());
+    }
+}

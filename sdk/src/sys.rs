@@ -1,0 +1,54 @@
+//! The host functions, behind one switch: inside the hub (wasm32) they are
+//! the WIT imports; natively (in `cargo test`) they are served by the
+//! offline harness in [`crate::testing`].
+
+use crate::bindings::govhub::adapter::host::Level;
+use crate::Header;
+
+#[cfg(target_arch = "wasm32")]
+mod imp {
+    use super::*;
+    use crate::bindings::govhub::adapter::host;
+
+    pub fn log(level: Level, message: &str, fields: &[Header]) {
+        host::log(level, message, fields)
+    }
+    pub fn config(key: &str) -> Option<String> {
+        host::config(key)
+    }
+    pub fn state_get(key: &str) -> Option<Vec<u8>> {
+        host::state_get(key)
+    }
+    pub fn state_set(key: &str, value: &[u8]) -> Result<(), String> {
+        host::state_set(key, value)
+    }
+    pub fn state_delete(key: &str) {
+        host::state_delete(key)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod imp {
+    use super::*;
+    use crate::testing::with_current;
+
+    pub fn log(level: Level, message: &str, fields: &[Header]) {
+        with_current(|h| h.record_log(level, message, fields))
+    }
+    pub fn config(key: &str) -> Option<String> {
+        with_current(|h| h.config.get(key).cloned())
+    }
+    pub fn state_get(key: &str) -> Option<Vec<u8>> {
+        with_current(|h| h.state.get(key).cloned())
+    }
+    pub fn state_set(key: &str, value: &[u8]) -> Result<(), String> {
+        with_current(|h| h.state_set(key, value))
+    }
+    pub fn state_delete(key: &str) {
+        with_current(|h| {
+            h.state.remove(key);
+        })
+    }
+}
+
+pub use imp::*;
