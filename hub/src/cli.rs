@@ -33,6 +33,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Replay the typhoon river patrol on loopback with the shipped adapters.
+    Demo {
+        /// Folder with the built adapters (police_adapter.wasm,
+        /// webhook_adapter.wasm).
+        #[arg(long)]
+        wasm_dir: Option<PathBuf>,
+    },
     /// Check a config file and every adapter manifest it loads, then exit.
     CheckConfig {
         /// The config file.
@@ -112,7 +119,12 @@ struct TestArgs {
 /// errors.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    // The demo prints its own story; only warnings from the hub.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info,wasmtime=warn,cranelift=warn",
+    };
+    init_tracing(cli.log_json, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,10 +144,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GOVHUB_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
-    });
+fn init_tracing(json: bool, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GOVHUB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -150,6 +161,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => run(&config).await,
         Command::CheckConfig { config } => check_config(&config).await,
+        Command::Demo { wasm_dir } => crate::demo::run(wasm_dir).await,
         Command::Adapter(AdapterCommand::New {
             name,
             dir,

@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod hub;
 pub mod ingress;
 pub mod router;

@@ -257,18 +257,25 @@ impl Inbound {
     }
 }
 
-/// Parses JSON and names the failing field path in the error.
+/// Parses JSON and names the failing field path in the error. The plain
+/// parser runs first; only a failure pays for the path-tracking second pass.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, AdapterError> {
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            AdapterError::InvalidInput(format!("{what} is not valid: {inner}"))
-        } else {
-            AdapterError::InvalidInput(format!("{what} field `{path}`: {inner}"))
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(value) => Ok(value),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            Err(if path == "." || path.is_empty() {
+                AdapterError::InvalidInput(format!("{what} is not valid: {inner}"))
+            } else {
+                AdapterError::InvalidInput(format!("{what} field `{path}`: {inner}"))
+            })
         }
-    })
+    }
 }
 
 impl std::fmt::Display for Severity {

@@ -171,6 +171,9 @@ macro_rules! export_adapter {
         // the component ABI's export names are not valid native symbols.
         #[cfg(target_arch = "wasm32")]
         $crate::__export_adapter_impl!($adapter with_types_in $crate::bindings);
+        // ...but the adapter type still counts as used there.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn() -> $crate::Description = <$adapter as $crate::Adapter>::describe;
     };
 }
 

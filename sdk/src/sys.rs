@@ -13,8 +13,22 @@ mod imp {
     pub fn log(level: Level, message: &str, fields: &[Header]) {
         host::log(level, message, fields)
     }
+    /// An instance's config never changes (a new manifest means new
+    /// instances), so each key crosses the boundary once per instance.
     pub fn config(key: &str) -> Option<String> {
-        host::config(key)
+        use std::cell::RefCell;
+        use std::collections::HashMap;
+        thread_local! {
+            static CACHE: RefCell<HashMap<String, Option<String>>> = RefCell::new(HashMap::new());
+        }
+        CACHE.with(|c| {
+            if let Some(v) = c.borrow().get(key) {
+                return v.clone();
+            }
+            let v = host::config(key);
+            c.borrow_mut().insert(key.to_string(), v.clone());
+            v
+        })
     }
     pub fn state_get(key: &str) -> Option<Vec<u8>> {
         host::state_get(key)

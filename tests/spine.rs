@@ -1,0 +1,336 @@
+//! The spine end to end: the real `govhub` binary, the shipped adapters
+//! built for wasm32-wasip2, and hostile adapters that must not get out of
+//! their sandbox.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+const RIVER: &str = include_str!("../adapters/police/samples/incident-river.json");
+
+fn police() -> AdapterSpec {
+    AdapterSpec::new("police", "police-adapter")
+}
+
+fn webhook_to(receiver: &Receiver) -> AdapterSpec {
+    AdapterSpec::new("webhook", "webhook-adapter").tables(&format!(
+        "[capabilities]\noutbound_hosts = [\"{host}\"]\n[config]\nurl = \"http://{host}/events\"",
+        host = receiver.host()
+    ))
+}
+
+fn hostile(deadline_ms: u64) -> AdapterSpec {
+    AdapterSpec::new("hostile", "fixture-hostile").tables(&format!(
+        "[limits]\nmemory_mb = 64\ndeadline_ms = {deadline_ms}\nconcurrency = 2"
+    ))
+}
+
+const RIVER_ROUTE: &str = r#"
+[[routes]]
+name = "people on the river during a typhoon"
+match = { type = "gov.incident.*", category = "safety.water" }
+to = ["webhook"]
+"#;
+
+#[test]
+fn police_report_reaches_the_webhook_receiver_as_a_cloudevent() {
+    let receiver = Receiver::start();
+    let dir = HubDir::new(&[police(), webhook_to(&receiver)], RIVER_ROUTE);
+    let hub = dir.start();
+
+    let (status, ct, body) = post(
+        &hub.url("/v1/ingest/police"),
+        &[("content-type", "application/json")],
+        RIVER.as_bytes(),
+    );
+    assert_eq!(status, 202, "{ct} {body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["accepted"][0]["id"], "330102-20250801-0042");
+    assert_eq!(
+        answer["accepted"][0]["targets"][0]["rule"],
+        "route: people on the river during a typhoon"
+    );
+
+    let got = receiver.wait_for(1, Duration::from_secs(20));
+    let r = &got[0];
+    assert_eq!(r.path, "/events");
+    // Binary mode: every attribute a ce- header, one by one.
+    let expect = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "330102-20250801-0042"),
+        ("ce-source", "urn:govhub:police"),
+        ("ce-type", "gov.incident.reported"),
+        ("ce-subject", "330102-20250801-0042"),
+        ("ce-time", "2025-08-01T14:05:00+08:00"),
+        ("ce-category", "safety.water"),
+        ("ce-severity", "critical"),
+        ("ce-lat", "30.2398"),
+        ("ce-lon", "120.2026"),
+        ("content-type", "application/json"),
+    ];
+    for (name, value) in expect {
+        assert_eq!(r.header(name), Some(value), "header {name}");
+    }
+    let data: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        data["description"],
+        "台风预警期间，有人驾驶小船进入钱塘江江面"
+    );
+    assert_eq!(data["category_code"], "0304");
+    assert_eq!(data["incident_no"], "330102-20250801-0042");
+
+    // The same incident again is a duplicate and is not routed again.
+    let (status, _, body) = post(
+        &hub.url("/v1/ingest/police"),
+        &[("content-type", "application/json")],
+        RIVER.as_bytes(),
+    );
+    assert_eq!(status, 202);
+    assert!(body.contains("\"duplicate\":true"), "{body}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(receiver.received().len(), 1);
+}
+
+#[test]
+fn malformed_police_payload_is_a_problem_naming_the_field() {
+    let dir = HubDir::new(&[police()], "");
+    let hub = dir.start();
+    let bad = RIVER.replace("30.2398", "\"north\"");
+    let (status, ct, body) = post(
+        &hub.url("/v1/ingest/police"),
+        &[("content-type", "application/json")],
+        bad.as_bytes(),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(ct, "application/problem+json");
+    assert!(body.contains("coordinates.lat"), "{body}");
+    let (status, ct, body) = post(&hub.url("/v1/ingest/nobody"), &[], b"{}");
+    assert_eq!((status, ct.as_str()), (404, "application/problem+json"));
+    assert!(body.contains("`nobody`"), "{body}");
+}
+
+/// Sends `body` to the hostile adapter and returns (status, detail, time).
+fn provoke(hub: &HubProcess, body: &str) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let (status, _, answer) = post(&hub.url("/v1/ingest/hostile"), &[], body.as_bytes());
+    (status, answer, started.elapsed())
+}
+
+/// After each attack the same process still serves: the hostile adapter
+/// itself (on a fresh instance) and a healthy one.
+fn still_serves(hub: &HubProcess) {
+    assert!(hub.healthy());
+    let (status, answer, _) = provoke(hub, "behave");
+    assert_eq!(status, 202, "{answer}");
+    let (status, _, body) = post(
+        &hub.url("/v1/ingest/police"),
+        &[("content-type", "application/json")],
+        RIVER
+            .replace("0042", &format!("{}", fastrand::u32(..)))
+            .as_bytes(),
+    );
+    assert_eq!(status, 202, "{body}");
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_by_the_deadline() {
+    let dir = HubDir::new(&[police(), hostile(300)], "");
+    let hub = dir.start();
+    let (status, detail, took) = provoke(&hub, "loop");
+    eprintln!("infinite loop with a 300 ms deadline stopped after {took:?} (HTTP round trip)");
+    assert_eq!(status, 504, "{detail}");
+    assert!(detail.contains("deadline of 300 ms exceeded"), "{detail}");
+    assert!(took < Duration::from_millis(1000), "took {took:?}");
+    assert!(took >= Duration::from_millis(300), "took {took:?}");
+    still_serves(&hub);
+}
+
+#[test]
+fn a_1_gib_allocation_is_refused_by_the_memory_cap() {
+    let dir = HubDir::new(&[police(), hostile(2000)], "");
+    let hub = dir.start();
+    let (status, detail, took) = provoke(&hub, "alloc");
+    eprintln!("1 GiB allocation against a 64 MiB cap refused after {took:?}");
+    assert_eq!(status, 502, "{detail}");
+    assert!(detail.contains("memory cap of 64 MiB exceeded"), "{detail}");
+    still_serves(&hub);
+}
+
+#[test]
+fn a_call_outside_the_allowlist_fails_naming_the_host() {
+    let receiver = Receiver::start();
+    // The hostile adapter may reach nothing; the receiver exists, so only
+    // the allowlist can stop the call.
+    let dir = HubDir::new(&[police(), hostile(2000)], "");
+    let hub = dir.start();
+    let (status, detail, _) = provoke(&hub, &format!("http http://{}/steal", receiver.host()));
+    assert_eq!(status, 502, "{detail}");
+    assert!(
+        detail.contains(&format!("outbound HTTP to `{}` denied", receiver.host())),
+        "{detail}"
+    );
+    assert!(receiver.received().is_empty());
+    still_serves(&hub);
+}
+
+#[test]
+fn a_panic_becomes_an_error_with_its_message() {
+    let dir = HubDir::new(&[police(), hostile(2000)], "");
+    let hub = dir.start();
+    let (status, detail, _) = provoke(&hub, "panic");
+    assert_eq!(status, 502, "{detail}");
+    assert!(
+        detail.contains("adapter panicked: hostile adapter panicked on purpose"),
+        "{detail}"
+    );
+    still_serves(&hub);
+}
+
+/// `govhub check-config` on a folder holding one bad adapter → its error.
+fn check_error(setup: impl FnOnce(&std::path::Path)) -> String {
+    let dir = HubDir::new(&[], "");
+    let adapters = dir.dir.path().join("adapters.d");
+    std::fs::create_dir_all(&adapters).unwrap();
+    setup(&adapters);
+    let (ok, _, stderr) = govhub(&["check-config", "--config", dir.config().to_str().unwrap()]);
+    assert!(!ok, "check-config should fail");
+    stderr
+}
+
+fn manifest_for(dir: &std::path::Path, name: &str, file: &str, sha: &str) {
+    std::fs::write(
+        dir.join(format!("{name}.toml")),
+        format!("name = \"{name}\"\nwasm = \"{file}\"\nsha256 = \"{sha}\"\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn bad_manifests_and_modules_give_named_errors() {
+    let police_wasm = wasm("police-adapter");
+    let police_sha = sha256(&police_wasm);
+
+    let e = check_error(|d| manifest_for(d, "police", "police.wasm", &police_sha));
+    assert!(
+        e.contains("adapter `police`: module file") && e.contains("not found"),
+        "{e}"
+    );
+
+    let e = check_error(|d| {
+        std::fs::copy(&police_wasm, d.join("police.wasm")).unwrap();
+        manifest_for(d, "police", "police.wasm", &"0".repeat(64));
+    });
+    assert!(e.contains("sha256 mismatch"), "{e}");
+    assert!(
+        e.contains(&police_sha),
+        "the error shows the file's real hash: {e}"
+    );
+
+    let e = check_error(|d| {
+        let core = b"\0asm\x01\0\0\0";
+        std::fs::write(d.join("core.wasm"), core).unwrap();
+        manifest_for(d, "core", "core.wasm", &hex_sha(core));
+    });
+    assert!(
+        e.contains("is a core WebAssembly module, not a component"),
+        "{e}"
+    );
+
+    let e = check_error(|d| {
+        let other = wasm("fixture-not-an-adapter");
+        std::fs::copy(&other, d.join("other.wasm")).unwrap();
+        manifest_for(d, "other", "other.wasm", &sha256(&other));
+    });
+    assert!(
+        e.contains("does not implement the govhub:adapter world")
+            && e.contains("does not export `govhub:adapter/handler@0.1.0`")
+            && e.contains("hello"),
+        "{e}"
+    );
+
+    let e = check_error(|d| {
+        let future = wasm("fixture-future-major");
+        std::fs::copy(&future, d.join("future.wasm")).unwrap();
+        manifest_for(d, "future", "future.wasm", &sha256(&future));
+    });
+    assert!(
+        e.contains("built against govhub:adapter@1.0.0")
+            && e.contains("implements govhub:adapter@0.1.0"),
+        "{e}"
+    );
+
+    let e = check_error(|d| {
+        std::fs::write(d.join("text.wasm"), b"not wasm at all").unwrap();
+        manifest_for(d, "text", "text.wasm", &hex_sha(b"not wasm at all"));
+    });
+    assert!(e.contains("is not a WebAssembly file"), "{e}");
+
+    let e = check_error(|d| {
+        std::fs::write(d.join("broken.toml"), "name = \"broken\"\nwasm = 3\n").unwrap();
+    });
+    assert!(e.contains("broken.toml") && e.contains("wasm"), "{e}");
+}
+
+fn hex_sha(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn a_route_to_a_missing_adapter_is_refused_at_start() {
+    let dir = HubDir::new(&[police()], RIVER_ROUTE);
+    let (ok, _, stderr) = govhub(&["check-config", "--config", dir.config().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("route `people on the river during a typhoon` sends to adapter `webhook`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn env_overrides_config_keys() {
+    // max_body_bytes from the environment: a small body passes, a larger
+    // one gets 413 problem+json.
+    let dir = HubDir::new(&[police()], "");
+    let hub = dir.start_with_env(&[("GOVHUB__SERVER__MAX_BODY_BYTES", "600")]);
+    let (status, _, body) = post(
+        &hub.url("/v1/ingest/police"),
+        &[("content-type", "application/json")],
+        RIVER.as_bytes(),
+    );
+    assert_eq!(status, 202, "{body}");
+    let big = RIVER.replace("台风预警期间", &"台风".repeat(200));
+    let (status, ct, body) = post(&hub.url("/v1/ingest/police"), &[], big.as_bytes());
+    assert_eq!(
+        (status, ct.as_str()),
+        (413, "application/problem+json"),
+        "{body}"
+    );
+    assert!(body.contains("server.max_body_bytes (600 bytes)"), "{body}");
+}
+
+#[test]
+fn the_demo_replays_the_river_patrol() {
+    let out = std::process::Command::new(govhub_bin())
+        .args(["demo", "--wasm-dir"])
+        .arg(wasm_dir())
+        .env("GOVHUB_CACHE_DIR", cache_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("police CAD received /dispatch"), "{stdout}");
+    assert!(
+        stdout.contains("grid worker app received /grid-worker/tasks"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("both departments got the incident"),
+        "{stdout}"
+    );
+}
