@@ -162,6 +162,18 @@ struct Reporter {
     phone: Option<String>,
 }
 
+/// The `data` of a reported incident.
+#[derive(Serialize)]
+struct IncidentData<'a> {
+    incident_no: &'a str,
+    station: Option<&'a str>,
+    category_code: &'a str,
+    category_name: &'a str,
+    address: &'a str,
+    reporter: Option<&'a Reporter>,
+    description: &'a str,
+}
+
 /// The police dispatch request `deliver` sends.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct Dispatch {
@@ -284,15 +296,15 @@ impl Adapter for Police {
             }
             event = event.with_location(c.lat, c.lon);
         }
-        event = event.with_json(&serde_json::json!({
-            "incident_no": incident.incident_no,
-            "station": incident.station,
-            "category_code": incident.category_code,
-            "category_name": category.name,
-            "address": incident.address,
-            "reporter": incident.reporter,
-            "description": incident.description,
-        }));
+        event = event.with_json(&IncidentData {
+            incident_no: &incident.incident_no,
+            station: incident.station.as_deref(),
+            category_code: &incident.category_code,
+            category_name: category.name,
+            address: &incident.address,
+            reporter: incident.reporter.as_ref(),
+            description: &incident.description,
+        });
         Ok(vec![event])
     }
 

@@ -1,0 +1,232 @@
+//! The journal: where every accepted event, its routing decision and the
+//! fate of each delivery are stored durably.
+//!
+//! The rest of the hub sees only the [`Journal`] trait: append events
+//! (acknowledged only once they are on disk), record delivery outcomes,
+//! list what is pending or dead, and read an event back. [`sqlite`] is the
+//! embedded default (one file, WAL, group commit).
+
+pub mod sqlite;
+
+use crate::router::Target;
+use govhub_sdk::Event;
+use serde::Serialize;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A journal operation that completes once it is durable.
+pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, JournalError>> + Send>>;
+
+/// Why the journal failed; the hub answers `503` and keeps nothing it did
+/// not acknowledge.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    /// SQLite (or the disk) refused.
+    #[error("journal: {0}")]
+    Storage(String),
+    /// The journal is shut down.
+    #[error("journal is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for JournalError {
+    fn from(e: rusqlite::Error) -> Self {
+        JournalError::Storage(e.to_string())
+    }
+}
+
+/// An event to store, with where it came from and where it must go.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The normalized event.
+    pub event: Event,
+    /// The adapter it came from (`None`: the CloudEvents endpoint).
+    pub origin: Option<String>,
+    /// The routing decision.
+    pub targets: Vec<Target>,
+}
+
+/// One delivery the journal created (or holds pending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRef {
+    /// The delivery's id (also its dead-letter id).
+    pub id: i64,
+    /// The event's sequence number.
+    pub event_seq: i64,
+    /// The target adapter.
+    pub target: String,
+    /// Deliveries with the same key reach a target in order: the event's
+    /// `caseid`, or its own id when it has none.
+    pub order_key: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Not before this time (unix ms), for a retry waiting out its backoff.
+    pub not_before_ms: Option<i64>,
+}
+
+/// What became of one appended event.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// Its sequence number in the journal (of the first arrival, for a
+    /// duplicate).
+    pub seq: i64,
+    /// True when (`source`, `id`) was already stored: nothing was added.
+    pub duplicate: bool,
+    /// The deliveries created for it.
+    pub deliveries: Vec<DeliveryRef>,
+}
+
+/// The outcome of one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryUpdate {
+    /// The department has it.
+    Delivered {
+        /// The delivery.
+        id: i64,
+        /// Attempts it took.
+        attempts: u32,
+        /// The department's reference.
+        reference: Option<String>,
+    },
+    /// Failed; will be tried again.
+    Retry {
+        /// The delivery.
+        id: i64,
+        /// Attempts so far.
+        attempts: u32,
+        /// Why it failed.
+        error: String,
+        /// Not before (unix ms).
+        next_attempt_ms: i64,
+    },
+    /// Failed for good: a dead letter.
+    Dead {
+        /// The delivery.
+        id: i64,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        error: String,
+    },
+}
+
+/// A delivery's state, as `GET /v1/events/{id}` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeliveryStatus {
+    /// The delivery's id.
+    pub id: i64,
+    /// The target adapter.
+    pub target: String,
+    /// The rule that chose the target.
+    pub rule: String,
+    /// `pending`, `delivered` or `dead`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// The department's reference, once delivered.
+    pub reference: Option<String>,
+    /// When the delivery was created (RFC 3339).
+    pub created_at: String,
+    /// When it last changed.
+    pub updated_at: String,
+    /// When it was delivered.
+    pub delivered_at: Option<String>,
+    /// When the next attempt is due, while pending.
+    pub next_attempt_at: Option<String>,
+}
+
+/// An event as stored, with its deliveries.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Its sequence number.
+    pub seq: i64,
+    /// The event.
+    pub event: Event,
+    /// The adapter it came from.
+    pub origin: Option<String>,
+    /// When the hub accepted it (RFC 3339).
+    pub received_at: String,
+    /// Its deliveries, one per target.
+    pub deliveries: Vec<DeliveryStatus>,
+}
+
+/// A dead letter: a delivery that failed for good.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// The delivery id (what `replay` takes).
+    pub id: i64,
+    /// The target adapter.
+    pub target: String,
+    /// The event's id.
+    pub event_id: String,
+    /// The event's source.
+    pub event_source: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The event's case.
+    pub caseid: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When it died (RFC 3339).
+    pub dead_at: String,
+}
+
+/// The durable store behind the hub.
+pub trait Journal: Send + Sync + 'static {
+    /// Stores events with their routing decisions; resolves once they are
+    /// durable. A repeated (`source`, `id`) is reported as a duplicate and
+    /// adds nothing.
+    fn append(&self, events: Vec<NewEvent>) -> Pending<Vec<Appended>>;
+
+    /// Records delivery outcomes.
+    fn record(&self, updates: Vec<DeliveryUpdate>) -> Pending<()>;
+
+    /// Puts a dead letter back in the queue (attempts reset); `None` when
+    /// there is no dead letter with that id.
+    fn replay(&self, delivery_id: i64) -> Pending<Option<DeliveryRef>>;
+
+    /// Stores an adapter's poll cursor.
+    fn set_cursor(&self, adapter: &str, cursor: &str) -> Pending<()>;
+
+    /// Stores (or, with `None`, removes) one key of an adapter's state.
+    /// Not awaited by the adapter: written with the next commit.
+    fn set_state(&self, adapter: &str, key: &str, value: Option<&[u8]>);
+
+    /// Waits until everything sent so far is committed.
+    fn flush(&self) -> Pending<()>;
+
+    /// Every delivery without a final outcome, oldest first.
+    fn pending(&self) -> Result<Vec<DeliveryRef>, JournalError>;
+
+    /// The event with sequence number `seq`.
+    fn event_by_seq(&self, seq: i64) -> Result<Option<Event>, JournalError>;
+
+    /// Events with this id (and source, when given), with their deliveries.
+    fn events(&self, id: &str, source: Option<&str>) -> Result<Vec<StoredEvent>, JournalError>;
+
+    /// Dead letters, newest first, at most `limit`.
+    fn dead_letters(&self, target: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>, JournalError>;
+
+    /// An adapter's poll cursor.
+    fn cursor(&self, adapter: &str) -> Result<Option<String>, JournalError>;
+
+    /// An adapter's whole state.
+    fn state(&self, adapter: &str) -> Result<Vec<(String, Vec<u8>)>, JournalError>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Unix ms as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}

@@ -1,0 +1,612 @@
+//! The embedded journal: one SQLite file in WAL mode.
+//!
+//! All writes go through one writer thread that commits in groups: it takes
+//! every command waiting in its queue, applies them in one transaction and
+//! commits once, so concurrent requests share one fsync (with
+//! `synchronous = FULL`, the commit is on disk when it returns). Reads use
+//! their own connection, which WAL lets run beside the writer.
+
+use super::{
+    now_ms, rfc3339_ms, Appended, DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, Journal,
+    JournalError, NewEvent, Pending, StoredEvent,
+};
+use govhub_sdk::{cloudevents, Event};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use tokio::sync::oneshot;
+
+/// Schema migrations, in order; `PRAGMA user_version` counts those applied.
+/// Never edit a released step: add one.
+const MIGRATIONS: &[&str] = &[
+    // 1: events, deliveries, cursors, adapter state.
+    r#"
+    CREATE TABLE events (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        source       TEXT NOT NULL,
+        id           TEXT NOT NULL,
+        type         TEXT NOT NULL,
+        caseid       TEXT,
+        origin       TEXT,
+        received_ms  INTEGER NOT NULL,
+        cloudevent   BLOB NOT NULL,
+        UNIQUE (source, id)
+    );
+    CREATE INDEX events_by_id ON events (id);
+    CREATE TABLE deliveries (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_seq       INTEGER NOT NULL REFERENCES events (seq),
+        target          TEXT NOT NULL,
+        rule            TEXT NOT NULL,
+        order_key       TEXT NOT NULL,
+        status          TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        reference       TEXT,
+        created_ms      INTEGER NOT NULL,
+        updated_ms      INTEGER NOT NULL,
+        delivered_ms    INTEGER,
+        next_attempt_ms INTEGER,
+        UNIQUE (event_seq, target)
+    );
+    CREATE INDEX deliveries_open ON deliveries (status, id);
+    CREATE TABLE cursors (
+        adapter TEXT PRIMARY KEY,
+        cursor  TEXT NOT NULL
+    );
+    CREATE TABLE adapter_state (
+        adapter TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        value   BLOB NOT NULL,
+        PRIMARY KEY (adapter, key)
+    );
+    "#,
+];
+
+/// How commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync on every commit: an acknowledged event survives power loss.
+    Full,
+    /// fsync at checkpoints only: survives a crash of the hub, not of the
+    /// machine. Faster.
+    Normal,
+}
+
+impl Synchronous {
+    /// Parses the config value.
+    pub fn parse(s: &str) -> Option<Synchronous> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Some(Synchronous::Full),
+            "normal" => Some(Synchronous::Normal),
+            _ => None,
+        }
+    }
+}
+
+/// SQLite journal settings.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file.
+    pub path: PathBuf,
+    /// Durability of commits.
+    pub synchronous: Synchronous,
+    /// Most commands in one transaction. Larger groups share an fsync
+    /// among more requests; 1024 keeps one transaction's latency within a
+    /// few milliseconds on an SSD.
+    pub max_group: usize,
+}
+
+enum Command {
+    Append(Vec<NewEvent>, oneshot::Sender<Result<Vec<Appended>, JournalError>>),
+    Record(Vec<DeliveryUpdate>, oneshot::Sender<Result<(), JournalError>>),
+    Replay(i64, oneshot::Sender<Result<Option<DeliveryRef>, JournalError>>),
+    Cursor(String, String, oneshot::Sender<Result<(), JournalError>>),
+    State(String, String, Option<Vec<u8>>),
+    Flush(oneshot::Sender<Result<(), JournalError>>),
+}
+
+/// The SQLite journal.
+pub struct SqliteJournal {
+    tx: Mutex<Option<mpsc::Sender<Command>>>,
+    reader: Mutex<Connection>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, JournalError> {
+    let conn = Connection::open(path).map_err(|e| {
+        JournalError::Storage(format!("cannot open {}: {e}", path.display()))
+    })?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(JournalError::Storage(format!(
+            "{} has schema version {version}, newer than this govhub understands ({}); upgrade govhub",
+            path.display(),
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+        tracing::info!(journal = %path.display(), version = i + 1, "journal schema migrated");
+    }
+    Ok(())
+}
+
+impl SqliteJournal {
+    /// Opens (creating if needed) and migrates the journal, and starts its
+    /// writer thread.
+    pub fn open(config: &SqliteConfig) -> Result<SqliteJournal, JournalError> {
+        if let Some(dir) = config.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                JournalError::Storage(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut writer = open(&config.path, config.synchronous)?;
+        migrate(&mut writer, &config.path)?;
+        let reader = open(&config.path, config.synchronous)?;
+        let (tx, rx) = mpsc::channel();
+        let max_group = config.max_group.max(1);
+        let handle = std::thread::Builder::new()
+            .name("govhub-journal".into())
+            .spawn(move || write_loop(writer, rx, max_group))
+            .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
+        Ok(SqliteJournal {
+            tx: Mutex::new(Some(tx)),
+            reader: Mutex::new(reader),
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<(), JournalError> {
+        let guard = self.tx.lock().map_err(|_| JournalError::Closed)?;
+        match guard.as_ref() {
+            Some(tx) => tx.send(command).map_err(|_| JournalError::Closed),
+            None => Err(JournalError::Closed),
+        }
+    }
+
+    fn ask<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, JournalError>>) -> Command,
+    ) -> Pending<T> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(make(reply));
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| JournalError::Closed)?
+        })
+    }
+
+    /// Commits what is queued and stops the writer thread.
+    pub fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(handle) = self.writer.lock().ok().and_then(|mut h| h.take()) {
+            let _ = handle.join();
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>) -> Result<T, JournalError> {
+        let conn = self
+            .reader
+            .lock()
+            .map_err(|_| JournalError::Storage("reader poisoned".into()))?;
+        Ok(f(&conn)?)
+    }
+}
+
+impl Drop for SqliteJournal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, max_group: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < max_group {
+            match rx.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        commit_group(&mut conn, group);
+    }
+    tracing::debug!("journal writer stopped");
+}
+
+/// Answers that wait for the group's commit.
+enum Reply {
+    Append(oneshot::Sender<Result<Vec<Appended>, JournalError>>, Result<Vec<Appended>, JournalError>),
+    Unit(oneshot::Sender<Result<(), JournalError>>, Result<(), JournalError>),
+    Replay(
+        oneshot::Sender<Result<Option<DeliveryRef>, JournalError>>,
+        Result<Option<DeliveryRef>, JournalError>,
+    ),
+}
+
+fn commit_group(conn: &mut Connection, group: Vec<Command>) {
+    let mut replies = Vec::with_capacity(group.len());
+    let outcome = (|| -> Result<(), rusqlite::Error> {
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        for command in group {
+            match command {
+                Command::Append(events, reply) => {
+                    let r = append(&tx, &events, now).map_err(JournalError::from);
+                    replies.push(Reply::Append(reply, r));
+                }
+                Command::Record(updates, reply) => {
+                    let r = record(&tx, &updates, now).map_err(JournalError::from);
+                    replies.push(Reply::Unit(reply, r));
+                }
+                Command::Replay(id, reply) => {
+                    let r = replay(&tx, id, now).map_err(JournalError::from);
+                    replies.push(Reply::Replay(reply, r));
+                }
+                Command::Cursor(adapter, cursor, reply) => {
+                    let r = tx
+                        .execute(
+                            "INSERT INTO cursors (adapter, cursor) VALUES (?1, ?2)
+                             ON CONFLICT (adapter) DO UPDATE SET cursor = excluded.cursor",
+                            params![adapter, cursor],
+                        )
+                        .map(|_| ())
+                        .map_err(JournalError::from);
+                    replies.push(Reply::Unit(reply, r));
+                }
+                Command::State(adapter, key, value) => {
+                    let r = match value {
+                        Some(v) => tx.execute(
+                            "INSERT INTO adapter_state (adapter, key, value) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (adapter, key) DO UPDATE SET value = excluded.value",
+                            params![adapter, key, v],
+                        ),
+                        None => tx.execute(
+                            "DELETE FROM adapter_state WHERE adapter = ?1 AND key = ?2",
+                            params![adapter, key],
+                        ),
+                    };
+                    if let Err(e) = r {
+                        tracing::error!(%adapter, %key, "cannot store adapter state: {e}");
+                    }
+                }
+                Command::Flush(reply) => replies.push(Reply::Unit(reply, Ok(()))),
+            }
+        }
+        tx.commit()
+    })();
+    // Nothing is acknowledged unless the whole group committed.
+    let failed = outcome.err().map(|e| {
+        tracing::error!("journal commit failed: {e}");
+        JournalError::Storage(format!("commit failed: {e}"))
+    });
+    for reply in replies {
+        match reply {
+            Reply::Append(tx, r) => {
+                let _ = tx.send(match &failed {
+                    Some(e) => Err(e.clone()),
+                    None => r,
+                });
+            }
+            Reply::Unit(tx, r) => {
+                let _ = tx.send(match &failed {
+                    Some(e) => Err(e.clone()),
+                    None => r,
+                });
+            }
+            Reply::Replay(tx, r) => {
+                let _ = tx.send(match &failed {
+                    Some(e) => Err(e.clone()),
+                    None => r,
+                });
+            }
+        }
+    }
+}
+
+fn append(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[NewEvent],
+    now: i64,
+) -> Result<Vec<Appended>, rusqlite::Error> {
+    let mut insert_event = tx.prepare_cached(
+        "INSERT INTO events (source, id, type, caseid, origin, received_ms, cloudevent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (source, id) DO NOTHING",
+    )?;
+    let mut find = tx.prepare_cached("SELECT seq FROM events WHERE source = ?1 AND id = ?2")?;
+    let mut insert_delivery = tx.prepare_cached(
+        "INSERT INTO deliveries (event_seq, target, rule, order_key, status, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+    )?;
+    let mut out = Vec::with_capacity(events.len());
+    for new in events {
+        let e = &new.event;
+        let body = serde_json::to_vec(&cloudevents::to_json(e)).unwrap_or_default();
+        let inserted = insert_event.execute(params![
+            e.source, e.id, e.type_, e.caseid, new.origin, now, body
+        ])?;
+        if inserted == 0 {
+            let seq: i64 = find.query_row(params![e.source, e.id], |r| r.get(0))?;
+            out.push(Appended {
+                seq,
+                duplicate: true,
+                deliveries: Vec::new(),
+            });
+            continue;
+        }
+        let seq = tx.last_insert_rowid();
+        let order_key = e.caseid.clone().unwrap_or_else(|| format!("event:{seq}"));
+        let mut deliveries = Vec::with_capacity(new.targets.len());
+        for t in &new.targets {
+            insert_delivery.execute(params![seq, t.adapter, t.rule, order_key, now])?;
+            deliveries.push(DeliveryRef {
+                id: tx.last_insert_rowid(),
+                event_seq: seq,
+                target: t.adapter.clone(),
+                order_key: order_key.clone(),
+                attempts: 0,
+                not_before_ms: None,
+            });
+        }
+        out.push(Appended {
+            seq,
+            duplicate: false,
+            deliveries,
+        });
+    }
+    Ok(out)
+}
+
+fn record(
+    tx: &rusqlite::Transaction<'_>,
+    updates: &[DeliveryUpdate],
+    now: i64,
+) -> Result<(), rusqlite::Error> {
+    for u in updates {
+        match u {
+            DeliveryUpdate::Delivered {
+                id,
+                attempts,
+                reference,
+            } => tx.execute(
+                "UPDATE deliveries SET status = 'delivered', attempts = ?2, reference = ?3,
+                 updated_ms = ?4, delivered_ms = ?4, next_attempt_ms = NULL WHERE id = ?1",
+                params![id, attempts, reference, now],
+            )?,
+            DeliveryUpdate::Retry {
+                id,
+                attempts,
+                error,
+                next_attempt_ms,
+            } => tx.execute(
+                "UPDATE deliveries SET attempts = ?2, last_error = ?3, updated_ms = ?4,
+                 next_attempt_ms = ?5 WHERE id = ?1",
+                params![id, attempts, error, now, next_attempt_ms],
+            )?,
+            DeliveryUpdate::Dead {
+                id,
+                attempts,
+                error,
+            } => tx.execute(
+                "UPDATE deliveries SET status = 'dead', attempts = ?2, last_error = ?3,
+                 updated_ms = ?4, next_attempt_ms = NULL WHERE id = ?1",
+                params![id, attempts, error, now],
+            )?,
+        };
+    }
+    Ok(())
+}
+
+fn replay(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    now: i64,
+) -> Result<Option<DeliveryRef>, rusqlite::Error> {
+    let changed = tx.execute(
+        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_ms = NULL,
+         updated_ms = ?2 WHERE id = ?1 AND status = 'dead'",
+        params![id, now],
+    )?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    tx.query_row(
+        "SELECT id, event_seq, target, order_key FROM deliveries WHERE id = ?1",
+        params![id],
+        |r| {
+            Ok(DeliveryRef {
+                id: r.get(0)?,
+                event_seq: r.get(1)?,
+                target: r.get(2)?,
+                order_key: r.get(3)?,
+                attempts: 0,
+                not_before_ms: None,
+            })
+        },
+    )
+    .optional()
+}
+
+fn decode(body: &[u8]) -> Result<Event, rusqlite::Error> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })?;
+    cloudevents::from_json(&value).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+impl Journal for SqliteJournal {
+    fn append(&self, events: Vec<NewEvent>) -> Pending<Vec<Appended>> {
+        self.ask(|reply| Command::Append(events, reply))
+    }
+
+    fn record(&self, updates: Vec<DeliveryUpdate>) -> Pending<()> {
+        self.ask(|reply| Command::Record(updates, reply))
+    }
+
+    fn replay(&self, delivery_id: i64) -> Pending<Option<DeliveryRef>> {
+        self.ask(|reply| Command::Replay(delivery_id, reply))
+    }
+
+    fn set_cursor(&self, adapter: &str, cursor: &str) -> Pending<()> {
+        let (a, c) = (adapter.to_string(), cursor.to_string());
+        self.ask(|reply| Command::Cursor(a, c, reply))
+    }
+
+    fn set_state(&self, adapter: &str, key: &str, value: Option<&[u8]>) {
+        let _ = self.send(Command::State(
+            adapter.to_string(),
+            key.to_string(),
+            value.map(<[u8]>::to_vec),
+        ));
+    }
+
+    fn flush(&self) -> Pending<()> {
+        self.ask(Command::Flush)
+    }
+
+    fn pending(&self) -> Result<Vec<DeliveryRef>, JournalError> {
+        self.read(|c| {
+            let mut s = c.prepare(
+                "SELECT id, event_seq, target, order_key, attempts, next_attempt_ms
+                 FROM deliveries WHERE status = 'pending' ORDER BY id",
+            )?;
+            let rows = s.query_map([], |r| {
+                Ok(DeliveryRef {
+                    id: r.get(0)?,
+                    event_seq: r.get(1)?,
+                    target: r.get(2)?,
+                    order_key: r.get(3)?,
+                    attempts: r.get(4)?,
+                    not_before_ms: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn event_by_seq(&self, seq: i64) -> Result<Option<Event>, JournalError> {
+        self.read(|c| {
+            let body: Option<Vec<u8>> = c
+                .prepare_cached("SELECT cloudevent FROM events WHERE seq = ?1")?
+                .query_row(params![seq], |r| r.get(0))
+                .optional()?;
+            body.map(|b| decode(&b)).transpose()
+        })
+    }
+
+    fn events(&self, id: &str, source: Option<&str>) -> Result<Vec<StoredEvent>, JournalError> {
+        self.read(|c| {
+            let mut s = c.prepare(
+                "SELECT seq, cloudevent, origin, received_ms FROM events
+                 WHERE id = ?1 AND (?2 IS NULL OR source = ?2) ORDER BY seq",
+            )?;
+            let rows: Vec<(i64, Vec<u8>, Option<String>, i64)> = s
+                .query_map(params![id, source], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut d = c.prepare(
+                "SELECT id, target, rule, status, attempts, last_error, reference,
+                        created_ms, updated_ms, delivered_ms, next_attempt_ms
+                 FROM deliveries WHERE event_seq = ?1 ORDER BY id",
+            )?;
+            rows.into_iter()
+                .map(|(seq, body, origin, received)| {
+                    let deliveries = d
+                        .query_map(params![seq], |r| {
+                            Ok(DeliveryStatus {
+                                id: r.get(0)?,
+                                target: r.get(1)?,
+                                rule: r.get(2)?,
+                                status: r.get(3)?,
+                                attempts: r.get(4)?,
+                                last_error: r.get(5)?,
+                                reference: r.get(6)?,
+                                created_at: rfc3339_ms(r.get(7)?),
+                                updated_at: rfc3339_ms(r.get(8)?),
+                                delivered_at: r.get::<_, Option<i64>>(9)?.map(rfc3339_ms),
+                                next_attempt_at: r.get::<_, Option<i64>>(10)?.map(rfc3339_ms),
+                            })
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(StoredEvent {
+                        seq,
+                        event: decode(&body)?,
+                        origin,
+                        received_at: rfc3339_ms(received),
+                        deliveries,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn dead_letters(&self, target: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
+        self.read(|c| {
+            let mut s = c.prepare(
+                "SELECT d.id, d.target, e.id, e.source, e.type, e.caseid, d.attempts,
+                        d.last_error, d.updated_ms
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.status = 'dead' AND (?1 IS NULL OR d.target = ?1)
+                 ORDER BY d.updated_ms DESC, d.id DESC LIMIT ?2",
+            )?;
+            let rows = s.query_map(params![target, limit as i64], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    target: r.get(1)?,
+                    event_id: r.get(2)?,
+                    event_source: r.get(3)?,
+                    event_type: r.get(4)?,
+                    caseid: r.get(5)?,
+                    attempts: r.get(6)?,
+                    last_error: r.get(7)?,
+                    dead_at: rfc3339_ms(r.get(8)?),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn cursor(&self, adapter: &str) -> Result<Option<String>, JournalError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT cursor FROM cursors WHERE adapter = ?1",
+                params![adapter],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    fn state(&self, adapter: &str) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
+        self.read(|c| {
+            let mut s = c.prepare("SELECT key, value FROM adapter_state WHERE adapter = ?1")?;
+            let rows = s.query_map(params![adapter], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+}
