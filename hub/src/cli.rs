@@ -184,9 +184,11 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     // One line on stdout that scripts and tests wait for.
     println!("govhub: listening on http://{addr}");
     tracing::info!(%addr, adapters = ?hub.adapter_names(), "govhub is serving");
+    hub.start_polling();
     axum::serve(listener, crate::ingress::router(hub.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    hub.shutdown().await;
     tracing::info!("govhub stopped");
     Ok(())
 }
@@ -258,6 +260,7 @@ fn name_from_file(file: &Path) -> String {
 async fn inspect(file: &Path, json: bool, cache: CacheArgs) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: cache_dir(&cache),
+        state: None,
     })?;
     let manifest = Manifest::for_module(file, &name_from_file(file));
     let adapter = runtime.load(&manifest).await?;
@@ -340,6 +343,7 @@ fn split_pair<'a>(s: &'a str, sep: char, what: &str) -> anyhow::Result<(&'a str,
 async fn test(args: TestArgs) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: cache_dir(&args.cache),
+        state: None,
     })?;
     let mut manifest = Manifest::for_module(&args.file, &name_from_file(&args.file));
     manifest.limits.memory_mb = args.memory_mb;

@@ -18,6 +18,10 @@ pub struct ServerConfig {
     /// Largest request body accepted; larger ones get `413`. 1 MiB holds a
     /// batch of hundreds of events or a report with inline photos.
     pub max_body_bytes: usize,
+    /// On SIGTERM, how long calls in flight may take to finish; what is
+    /// left stays pending in the journal. Ten seconds covers a department
+    /// call at the default deadline several times over.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -25,6 +29,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -39,6 +44,11 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// The NATS server, for `backend = "nats"`.
     pub nats_url: Option<String>,
+    /// `full` (default: an acknowledged event survives power loss) or
+    /// `normal` (survives a hub crash, not a machine crash; faster).
+    pub synchronous: String,
+    /// Most journal commands committed in one transaction (group commit).
+    pub group_commit_max: usize,
 }
 
 impl Default for StorageConfig {
@@ -47,6 +57,8 @@ impl Default for StorageConfig {
             backend: "sqlite".into(),
             path: PathBuf::from("data/govhub.db"),
             nats_url: None,
+            synchronous: "full".into(),
+            group_commit_max: 1024,
         }
     }
 }
@@ -58,12 +70,17 @@ pub struct AuthConfig {
     /// The environment variable holding the admin API's bearer token;
     /// without it the admin API is off.
     pub admin_token_env: String,
+    /// The environment variable holding the bearer token senders must
+    /// present on `POST /v1/events` and `POST /v1/ingest/*`; unset or
+    /// empty: ingress is open (loopback deployments).
+    pub ingest_token_env: Option<String>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             admin_token_env: "GOVHUB_ADMIN_TOKEN".into(),
+            ingest_token_env: None,
         }
     }
 }
@@ -102,6 +119,10 @@ pub struct DeliveryConfig {
     pub backoff_base_ms: u64,
     /// Longest retry delay, ms.
     pub backoff_cap_ms: u64,
+    /// Deliveries one target may have waiting; past it, ingress answers
+    /// `503` with `Retry-After` rather than grow without bound. 10,000 is
+    /// hours of a busy street's events, and a few MiB of memory.
+    pub queue_depth: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -113,6 +134,7 @@ impl Default for DeliveryConfig {
             max_attempts: 8,
             backoff_base_ms: 200,
             backoff_cap_ms: 30_000,
+            queue_depth: 10_000,
         }
     }
 }
@@ -209,9 +231,22 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("server.listen `{}`: {e}", self.server.listen))?;
         match self.storage.backend.as_str() {
             "sqlite" => {}
-            "nats" if self.storage.nats_url.is_some() => {}
-            "nats" => anyhow::bail!("storage.backend = \"nats\" needs storage.nats_url"),
+            "nats" => anyhow::bail!(
+                "storage.backend = \"nats\" (JetStream scale-out) is not available in this version; use \"sqlite\""
+            ),
             other => anyhow::bail!("storage.backend `{other}` is not one of sqlite, nats"),
+        }
+        if crate::journal::sqlite::Synchronous::parse(&self.storage.synchronous).is_none() {
+            anyhow::bail!(
+                "storage.synchronous `{}` is not one of full, normal",
+                self.storage.synchronous
+            );
+        }
+        if self.storage.group_commit_max == 0 {
+            anyhow::bail!("storage.group_commit_max must be at least 1");
+        }
+        if self.delivery.queue_depth == 0 {
+            anyhow::bail!("delivery.queue_depth must be at least 1");
         }
         let d = &self.delivery;
         if d.max_attempts == 0 {

@@ -1,22 +1,26 @@
-//! The running hub: the loaded adapters, the router and the delivery
-//! dispatcher, and the one path every event takes through them.
+//! The running hub: the loaded adapters, the router, the journal and the
+//! delivery queues, and the one path every event takes through them:
+//! normalize → route → journal (durable) → delivery queues.
 
 use crate::config::Config;
-use crate::delivery::Dispatcher;
+use crate::delivery::Deliveries;
+use crate::journal::sqlite::{SqliteConfig, SqliteJournal, Synchronous};
+use crate::journal::{Journal, JournalError, NewEvent};
 use crate::router::{Router, Target, TypeGlob};
-use crate::runtime::{Adapter, Manifest, Runtime, RuntimeConfig};
+use crate::runtime::{Adapter, Manifest, Runtime, RuntimeConfig, StateStore};
 use anyhow::Context;
-use dashmap::{DashMap, DashSet};
+use dashmap::DashMap;
 use govhub_sdk::{cloudevents, Event};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A loaded adapter with its compiled subscriptions.
 pub struct Loaded {
     /// The adapter.
     pub adapter: Arc<Adapter>,
     /// Its subscriptions, compiled.
-    pub subscriptions: Vec<TypeGlob>,
+    pub subscriptions: Arc<[TypeGlob]>,
 }
 
 /// What became of one event handed to the hub.
@@ -33,32 +37,89 @@ pub struct Accepted {
     pub targets: Vec<Target>,
 }
 
+/// Why events were not accepted. Nothing of the request was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// An event is invalid.
+    #[error("event {index}: {error}")]
+    Invalid {
+        /// Its position in the request.
+        index: usize,
+        /// What is wrong.
+        error: cloudevents::Error,
+    },
+    /// A target's delivery queue is full.
+    #[error(
+        "the delivery queue of adapter `{target}` is full ({depth} deliveries waiting, \
+         delivery.queue_depth = {limit}); try again later"
+    )]
+    Backpressure {
+        /// The full target.
+        target: String,
+        /// Its depth.
+        depth: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The journal could not store them.
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+}
+
 /// The hub.
 pub struct Hub {
     /// The configuration it runs with.
     pub config: Config,
     /// The wasmtime host.
     pub runtime: Runtime,
+    /// The durable store.
+    pub journal: Arc<dyn Journal>,
+    /// The delivery queues.
+    pub deliveries: Deliveries,
     adapters: DashMap<String, Loaded>,
     router: Router,
-    seen: DashSet<(String, String)>,
-    dispatcher: Dispatcher,
+}
+
+/// Adapter state kept in the journal.
+struct JournalState(Arc<dyn Journal>);
+
+impl StateStore for JournalState {
+    fn load(&self, adapter: &str) -> Vec<(String, Vec<u8>)> {
+        self.0.state(adapter).unwrap_or_else(|e| {
+            tracing::error!(%adapter, "cannot read adapter state: {e}");
+            Vec::new()
+        })
+    }
+    fn set(&self, adapter: &str, key: &str, value: Option<&[u8]>) {
+        self.0.set_state(adapter, key, value);
+    }
 }
 
 impl Hub {
-    /// Builds the runtime, loads every manifest in `adapters.dir`, and checks
-    /// that every route names a loaded adapter.
+    /// Opens the journal, builds the runtime, loads every manifest in
+    /// `adapters.dir`, checks that every route names a loaded adapter, and
+    /// resumes every delivery the journal holds pending.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Hub>> {
+        let journal: Arc<dyn Journal> = Arc::new(
+            SqliteJournal::open(&SqliteConfig {
+                path: config.storage.path.clone(),
+                synchronous: Synchronous::parse(&config.storage.synchronous)
+                    .unwrap_or(Synchronous::Full),
+                max_group: config.storage.group_commit_max,
+            })
+            .with_context(|| format!("journal {}", config.storage.path.display()))?,
+        );
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: config.runtime.cache_dir.clone(),
+            state: Some(Arc::new(JournalState(journal.clone()))),
         })?;
         let router = Router::new(&config.routes).map_err(anyhow::Error::msg)?;
         let hub = Arc::new(Hub {
-            dispatcher: Dispatcher::new(config.delivery.clone()),
+            deliveries: Deliveries::new(config.delivery.clone()),
             runtime,
+            journal,
             adapters: DashMap::new(),
             router,
-            seen: DashSet::new(),
             config,
         });
         for manifest in read_manifests(&hub.config.adapters.dir)? {
@@ -72,7 +133,58 @@ impl Hub {
                 );
             }
         }
+        let pending = hub.journal.pending()?;
+        if !pending.is_empty() {
+            tracing::info!(
+                deliveries = pending.len(),
+                "resuming deliveries left pending"
+            );
+        }
+        hub.deliveries.enqueue(&hub, pending, None);
         Ok(hub)
+    }
+
+    /// Starts the poll loops of adapters with a `poll_interval_ms`.
+    pub fn start_polling(self: &Arc<Hub>) {
+        for name in self.adapter_names() {
+            let Some(adapter) = self.adapter(&name) else {
+                continue;
+            };
+            let Some(interval) = adapter.manifest.poll_interval_ms else {
+                continue;
+            };
+            let hub = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(interval));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(hub) = hub.upgrade() else { return };
+                    if let Err(e) = hub.poll_once(&name).await {
+                        tracing::warn!(adapter = %name, "poll failed: {e:#}");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Polls `adapter` once: its events are accepted, then its cursor is
+    /// stored (so a crash in between polls the same events again, and
+    /// dedup drops them).
+    pub async fn poll_once(self: &Arc<Hub>, name: &str) -> anyhow::Result<usize> {
+        let adapter = self
+            .adapter(name)
+            .with_context(|| format!("no adapter `{name}`"))?;
+        let cursor = self.journal.cursor(name)?;
+        let result = adapter.poll(cursor.as_deref()).await?;
+        let n = result.events.len();
+        if n > 0 {
+            self.accept(result.events, Some(name)).await?;
+        }
+        if let Some(c) = result.cursor {
+            self.journal.set_cursor(name, &c).await?;
+        }
+        Ok(n)
     }
 
     /// Loads (or replaces) one adapter.
@@ -81,7 +193,7 @@ impl Hub {
         let subscriptions = adapter
             .subscriptions()
             .map(TypeGlob::new)
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Arc<[_]>, _>>()
             .map_err(|m| anyhow::anyhow!("adapter `{}` subscription: {m}", manifest.name))?;
         tracing::info!(
             adapter = %manifest.name,
@@ -112,57 +224,95 @@ impl Hub {
         names
     }
 
-    /// Takes events in: fills what the hub assigns, validates, drops
-    /// duplicates, routes, and hands each to delivery. `origin` is the
-    /// adapter that produced them (never routed back to it).
-    pub fn accept(
-        &self,
+    /// Takes events in: fills what the hub assigns, validates, routes,
+    /// refuses when a target's queue is full, stores them durably (answering
+    /// duplicates as such), and queues their deliveries. `origin` is the
+    /// adapter that produced them (never routed back to it). Returns once
+    /// the events are on disk.
+    pub async fn accept(
+        self: &Arc<Hub>,
         events: Vec<Event>,
         origin: Option<&str>,
-    ) -> Result<Vec<Accepted>, cloudevents::Error> {
-        let events = events
-            .into_iter()
-            .map(|e| normalize(e, origin))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut accepted = Vec::with_capacity(events.len());
-        for event in events {
-            let key = (event.source.clone(), event.id.clone());
-            if !self.seen.insert(key) {
-                accepted.push(Accepted {
-                    id: event.id,
-                    source: event.source,
-                    duplicate: true,
-                    targets: Vec::new(),
-                });
-                continue;
-            }
+    ) -> Result<Vec<Accepted>, AcceptError> {
+        let mut batch = Vec::with_capacity(events.len());
+        for (index, event) in events.into_iter().enumerate() {
+            let event =
+                normalize(event, origin).map_err(|error| AcceptError::Invalid { index, error })?;
             let targets = self.route(&event, origin);
-            for target in &targets {
-                if let Some(adapter) = self.adapter(&target.adapter) {
-                    self.dispatcher.dispatch(adapter, event.clone());
+            let encoded = cloudevents::to_vec(&event);
+            batch.push(NewEvent {
+                event: Arc::new(event),
+                encoded,
+                origin: origin.map(str::to_string),
+                targets,
+            });
+        }
+        let limit = self.deliveries.limit();
+        for new in &batch {
+            for t in &new.targets {
+                let depth = self.deliveries.depth(&t.adapter);
+                if depth >= limit {
+                    return Err(AcceptError::Backpressure {
+                        target: t.adapter.clone(),
+                        depth,
+                        limit,
+                    });
                 }
             }
+        }
+        let summary: Vec<(Arc<Event>, Vec<Target>)> = batch
+            .iter()
+            .map(|n| (n.event.clone(), n.targets.clone()))
+            .collect();
+        let appended = self.journal.append(batch).await?;
+        let mut accepted = Vec::with_capacity(summary.len());
+        for ((event, targets), stored) in summary.into_iter().zip(appended) {
+            if !stored.deliveries.is_empty() {
+                self.deliveries
+                    .enqueue(self, stored.deliveries, Some(event.clone()));
+            }
             accepted.push(Accepted {
-                id: event.id,
-                source: event.source,
-                duplicate: false,
-                targets,
+                id: event.id.clone(),
+                source: event.source.clone(),
+                duplicate: stored.duplicate,
+                targets: if stored.duplicate {
+                    Vec::new()
+                } else {
+                    targets
+                },
             });
         }
         Ok(accepted)
     }
 
     fn route(&self, event: &Event, origin: Option<&str>) -> Vec<Target> {
-        let subs: Vec<(String, Vec<TypeGlob>)> = self
+        let subs: Vec<(String, Arc<[TypeGlob]>)> = self
             .adapters
             .iter()
+            .filter(|e| !e.subscriptions.is_empty())
             .map(|e| (e.key().clone(), e.subscriptions.clone()))
             .collect();
         self.router.route(
             event,
             origin,
-            subs.iter().map(|(n, g)| (n.as_str(), g.as_slice())),
+            subs.iter().map(|(n, g)| (n.as_str(), &g[..])),
         )
+    }
+
+    /// Stops deliveries (in-flight calls get `server.shutdown_grace_ms`),
+    /// then commits what the journal holds queued.
+    pub async fn shutdown(&self) {
+        let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
+        let left = self.deliveries.stop(grace).await;
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "grace period over: deliveries still in flight stay pending in the journal"
+            );
+        }
+        if let Err(e) = self.journal.flush().await {
+            tracing::error!("final journal flush failed: {e}");
+        }
     }
 }
 
@@ -187,12 +337,7 @@ pub fn normalize(mut event: Event, origin: Option<&str>) -> Result<Event, cloude
 
 /// The current time, RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now
-        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
-        .unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    crate::journal::rfc3339_ms(crate::journal::now_ms())
 }
 
 /// Every `*.toml` manifest in `dir`, sorted by file name.

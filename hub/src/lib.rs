@@ -7,9 +7,9 @@
 //! deliberately runs no department logic of its own: everything
 //! department-specific lives in an adapter, behind the one WIT contract.
 //!
-//! The modules follow the flow: [`ingress`] → [`router`] → [`delivery`],
-//! with [`runtime`] (the wasmtime host) underneath and [`config`] and
-//! [`cli`] on top.
+//! The modules follow the flow: [`ingress`] → [`router`] → [`journal`] →
+//! [`delivery`], with [`runtime`] (the wasmtime host) underneath and
+//! [`config`] and [`cli`] on top.
 #![deny(missing_docs)]
 
 pub mod cli;
@@ -18,5 +18,6 @@ pub mod delivery;
 pub mod demo;
 pub mod hub;
 pub mod ingress;
+pub mod journal;
 pub mod router;
 pub mod runtime;

@@ -23,7 +23,12 @@
 
 use crate::{Attribute, Event, Severity};
 use base64::Engine as _;
-use serde_json::{Map, Value};
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::borrow::Cow;
 
 /// The one CloudEvents version govhub speaks.
 pub const SPECVERSION: &str = "1.0";
@@ -91,198 +96,456 @@ fn is_text_media_type(content_type: &str) -> bool {
         || essence.starts_with("application/xml")
 }
 
-/// The event as a CloudEvents JSON object (structured mode).
+/// How `data` goes into the JSON format.
+enum Embedded<'a> {
+    /// The bytes are JSON (and the content type is JSON or absent).
+    Json(&'a RawValue),
+    /// The bytes are UTF-8 text of a text content type.
+    Text(&'a str),
+    /// Anything else.
+    Base64(String),
+}
+
+fn embed(event: &Event) -> Option<Embedded<'_>> {
+    let data = event.data.as_deref()?;
+    let ct = event.datacontenttype.as_deref();
+    if ct.is_none_or(is_json_media_type) {
+        if let Ok(raw) = serde_json::from_slice::<&RawValue>(data) {
+            return Some(Embedded::Json(raw));
+        }
+    } else if ct.is_some_and(is_text_media_type) {
+        if let Ok(text) = std::str::from_utf8(data) {
+            return Some(Embedded::Text(text));
+        }
+    }
+    Some(Embedded::Base64(
+        base64::engine::general_purpose::STANDARD.encode(data),
+    ))
+}
+
+/// The JSON-format writer: fields straight into the output, `data`
+/// embedded without being parsed into a tree.
+struct Wire<'a>(&'a Event);
+
+impl Serialize for Wire<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("specversion", SPECVERSION)?;
+        m.serialize_entry("id", &e.id)?;
+        m.serialize_entry("source", &e.source)?;
+        m.serialize_entry("type", &e.type_)?;
+        for (name, v) in [
+            ("subject", &e.subject),
+            ("time", &e.time),
+            ("datacontenttype", &e.datacontenttype),
+            ("dataschema", &e.dataschema),
+            ("caseid", &e.caseid),
+            ("grid", &e.grid),
+            ("category", &e.category),
+        ] {
+            if let Some(v) = v {
+                m.serialize_entry(name, v)?;
+            }
+        }
+        if let Some(sev) = e.severity {
+            m.serialize_entry("severity", sev.as_str())?;
+        }
+        if let Some(lat) = e.lat {
+            m.serialize_entry("lat", &lat.to_string())?;
+        }
+        if let Some(lon) = e.lon {
+            m.serialize_entry("lon", &lon.to_string())?;
+        }
+        for a in &e.extensions {
+            m.serialize_entry(&a.name, &a.value)?;
+        }
+        match embed(e) {
+            Some(Embedded::Json(raw)) => m.serialize_entry("data", raw)?,
+            Some(Embedded::Text(text)) => m.serialize_entry("data", text)?,
+            Some(Embedded::Base64(b64)) => m.serialize_entry("data_base64", &b64)?,
+            None => {}
+        }
+        m.end()
+    }
+}
+
+/// The event as CloudEvents JSON bytes (structured mode).
 ///
 /// `data` is embedded as JSON when the content type is JSON (or absent) and
-/// the bytes parse as JSON, as a string when the content type is text and
-/// the bytes are UTF-8, and as `data_base64` otherwise.
+/// the bytes are JSON, as a string when the content type is text and the
+/// bytes are UTF-8, and as `data_base64` otherwise.
+pub fn to_vec(event: &Event) -> Vec<u8> {
+    // Writing plain strings and validated raw JSON into a Vec cannot fail.
+    serde_json::to_vec(&Wire(event)).unwrap_or_default()
+}
+
+/// The event as a CloudEvents JSON object (structured mode); the same
+/// encoding as [`to_vec`].
 pub fn to_json(event: &Event) -> Value {
-    let mut m = Map::new();
-    m.insert("specversion".into(), SPECVERSION.into());
-    m.insert("id".into(), event.id.clone().into());
-    m.insert("source".into(), event.source.clone().into());
-    m.insert("type".into(), event.type_.clone().into());
-    let mut opt = |name: &str, v: &Option<String>| {
-        if let Some(v) = v {
-            m.insert(name.into(), v.clone().into());
-        }
-    };
-    opt("subject", &event.subject);
-    opt("time", &event.time);
-    opt("datacontenttype", &event.datacontenttype);
-    opt("dataschema", &event.dataschema);
-    opt("caseid", &event.caseid);
-    opt("grid", &event.grid);
-    opt("category", &event.category);
-    if let Some(s) = event.severity {
-        m.insert("severity".into(), s.as_str().into());
-    }
-    if let Some(lat) = event.lat {
-        m.insert("lat".into(), lat.to_string().into());
-    }
-    if let Some(lon) = event.lon {
-        m.insert("lon".into(), lon.to_string().into());
-    }
-    for a in &event.extensions {
-        m.insert(a.name.clone(), a.value.clone().into());
-    }
-    if let Some(data) = &event.data {
-        let ct = event.datacontenttype.as_deref();
-        let as_json = ct.is_none_or(is_json_media_type);
-        let embedded = if as_json {
-            serde_json::from_slice::<Value>(data).ok()
-        } else if ct.is_some_and(is_text_media_type) {
-            std::str::from_utf8(data)
-                .ok()
-                .map(|s| Value::String(s.into()))
-        } else {
-            None
-        };
-        match embedded {
-            Some(v) => {
-                m.insert("data".into(), v);
-            }
-            None => {
-                m.insert(
-                    "data_base64".into(),
-                    base64::engine::general_purpose::STANDARD
-                        .encode(data)
-                        .into(),
-                );
-            }
-        }
-    }
-    Value::Object(m)
+    serde_json::to_value(Wire(event)).unwrap_or(Value::Null)
 }
 
-fn string_attr(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, Error> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(err(name, format!("must be a string, got {other}"))),
+/// An attribute value as it arrived, before it is checked.
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Num(serde_json::Number),
+    Bool(bool),
+    Null,
+    /// An object or array, shown as JSON in the error.
+    Other(String),
+}
+
+impl std::fmt::Display for Scalar<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Str(s) => write!(f, "{}", Value::String(s.to_string())),
+            Scalar::Num(n) => write!(f, "{n}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Null => f.write_str("null"),
+            Scalar::Other(s) => f.write_str(s),
+        }
     }
 }
 
-fn required(obj: &Map<String, Value>, name: &str) -> Result<String, Error> {
-    match string_attr(obj, name)? {
-        Some(s) if !s.is_empty() => Ok(s),
-        Some(_) => Err(err(name, "must not be empty")),
-        None => Err(err(name, "is required")),
+impl<'a> From<&'a Value> for Scalar<'a> {
+    fn from(v: &'a Value) -> Self {
+        match v {
+            Value::String(s) => Scalar::Str(Cow::Borrowed(s)),
+            Value::Number(n) => Scalar::Num(n.clone()),
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::Null => Scalar::Null,
+            other => Scalar::Other(other.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Num(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Num(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar<'de>, E> {
+                Ok(serde_json::Number::from_f64(v).map_or(Scalar::Null, Scalar::Num))
+            }
+            fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar<'de>, A::Error> {
+                let v = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Scalar::Other(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Scalar<'de>, A::Error> {
+                let v = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(Scalar::Other(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A key, borrowed from the input when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an attribute name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `data` as it arrived: its JSON text.
+enum RawData<'a> {
+    Borrowed(&'a RawValue),
+    Owned(Box<RawValue>),
+}
+
+impl RawData<'_> {
+    fn get(&self) -> &str {
+        match self {
+            RawData::Borrowed(r) => r.get(),
+            RawData::Owned(r) => r.get(),
+        }
+    }
+}
+
+/// One event's attributes as they arrived, in order; a repeated name
+/// counts once, the last value winning (as in a JSON object read into a
+/// map).
+#[derive(Default)]
+struct Raw<'a> {
+    attributes: Vec<(Cow<'a, str>, Scalar<'a>)>,
+    data: Option<RawData<'a>>,
+}
+
+impl<'de> Deserialize<'de> for Raw<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Raw<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a CloudEvent (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
+                let mut raw = Raw::default();
+                while let Some(Key(key)) = map.next_key()? {
+                    if key == "data" {
+                        raw.data = Some(RawData::Borrowed(map.next_value()?));
+                    } else {
+                        let value: Scalar<'de> = map.next_value()?;
+                        raw.attributes.push((key, value));
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> Raw<'a> {
+    fn from_value(value: &'a Value) -> Result<Raw<'a>, Error> {
+        let obj = value.as_object().ok_or_else(not_an_object)?;
+        let mut raw = Raw::default();
+        for (k, v) in obj {
+            if k == "data" {
+                let text = serde_json::to_string(v).unwrap_or_default();
+                raw.data = RawValue::from_string(text).ok().map(RawData::Owned);
+            } else {
+                raw.attributes.push((Cow::Borrowed(k.as_str()), v.into()));
+            }
+        }
+        Ok(raw)
+    }
+
+    fn get(&self, name: &str) -> Option<&Scalar<'a>> {
+        self.attributes
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    fn string(&self, name: &str) -> Result<Option<String>, Error> {
+        match self.get(name) {
+            None | Some(Scalar::Null) => Ok(None),
+            Some(Scalar::Str(s)) => Ok(Some(s.to_string())),
+            Some(other) => Err(err(name, format!("must be a string, got {other}"))),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<String, Error> {
+        match self.string(name)? {
+            Some(s) if !s.is_empty() => Ok(s),
+            Some(_) => Err(err(name, "must not be empty")),
+            None => Err(err(name, "is required")),
+        }
+    }
+
+    /// The checks and conversions every input mode shares.
+    fn build(self) -> Result<Event, Error> {
+        match self.get("specversion") {
+            Some(Scalar::Str(v)) if v == SPECVERSION => {}
+            Some(Scalar::Str(v)) => {
+                return Err(err(
+                    "specversion",
+                    format!("`{v}` is not supported; govhub speaks CloudEvents {SPECVERSION}"),
+                ))
+            }
+            Some(other) => {
+                return Err(err(
+                    "specversion",
+                    format!("must be the string \"1.0\", got {other}"),
+                ))
+            }
+            None => return Err(err("specversion", "is required")),
+        }
+        let mut event = Event::new(self.required("type")?);
+        event.id = self.required("id")?;
+        event.source = self.required("source")?;
+        event.subject = self.string("subject")?;
+        event.time = self.string("time")?;
+        event.datacontenttype = self.string("datacontenttype")?;
+        event.dataschema = self.string("dataschema")?;
+        event.caseid = self.string("caseid")?;
+        event.grid = self.string("grid")?;
+        event.category = self.string("category")?;
+        event.severity = self
+            .string("severity")?
+            .map(|s| parse_severity(&s))
+            .transpose()?;
+        event.lat = coordinate(self.get("lat"), "lat", 90.0)?;
+        event.lon = coordinate(self.get("lon"), "lon", 180.0)?;
+        for (i, (name, v)) in self.attributes.iter().enumerate() {
+            if KNOWN.contains(&name.as_ref())
+                || self.attributes[i + 1..].iter().any(|(n, _)| n == name)
+            {
+                continue;
+            }
+            check_extension_name(name)?;
+            let value = match v {
+                Scalar::Str(s) => s.to_string(),
+                Scalar::Num(n) => n.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+                Scalar::Null => continue,
+                other => {
+                    return Err(err(
+                        name,
+                        format!(
+                            "extension values must be strings, numbers or booleans, got {other}"
+                        ),
+                    ))
+                }
+            };
+            event.extensions.push(Attribute {
+                name: name.to_string(),
+                value,
+            });
+        }
+        let base64 = self.get("data_base64");
+        match (&self.data, base64) {
+            (Some(_), Some(_)) => {
+                return Err(err("data_base64", "must not appear together with `data`"));
+            }
+            (None, None) | (None, Some(Scalar::Null)) => {}
+            (Some(raw), None) => {
+                let text = raw.get();
+                let json_type = event
+                    .datacontenttype
+                    .as_deref()
+                    .is_none_or(is_json_media_type);
+                if text == "null" {
+                } else if text.starts_with('"') && !json_type {
+                    let s: String = serde_json::from_str(text)
+                        .map_err(|e| err("data", format!("is not a valid JSON string: {e}")))?;
+                    event.data = Some(s.into_bytes());
+                } else {
+                    event.data = Some(text.as_bytes().to_vec());
+                    if event.datacontenttype.is_none() {
+                        event.datacontenttype = Some("application/json".into());
+                    }
+                }
+            }
+            (None, Some(Scalar::Str(b64))) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| err("data_base64", format!("is not valid base64: {e}")))?;
+                event.data = Some(bytes);
+            }
+            (None, Some(other)) => {
+                return Err(err(
+                    "data_base64",
+                    format!("must be a base64 string, got {other}"),
+                ))
+            }
+        }
+        validate(&event)?;
+        Ok(event)
+    }
+}
+
+fn not_an_object() -> Error {
+    err(
+        "(event)",
+        "a CloudEvent in JSON format must be a JSON object",
+    )
+}
+
+/// A parse failure of the whole body: not JSON at all, or the wrong shape.
+fn body_error(e: serde_json::Error, shape: fn() -> Error) -> Error {
+    match e.classify() {
+        serde_json::error::Category::Data => shape(),
+        _ => err("(body)", format!("the body is not JSON: {e}")),
     }
 }
 
 /// Reads one event from a CloudEvents JSON object (structured mode).
 pub fn from_json(value: &Value) -> Result<Event, Error> {
-    let obj = value.as_object().ok_or_else(|| {
-        err(
-            "(event)",
-            "a CloudEvent in JSON format must be a JSON object",
-        )
-    })?;
-    match obj.get("specversion") {
-        Some(Value::String(v)) if v == SPECVERSION => {}
-        Some(Value::String(v)) => {
-            return Err(err(
-                "specversion",
-                format!("`{v}` is not supported; govhub speaks CloudEvents {SPECVERSION}"),
-            ))
-        }
-        Some(other) => {
-            return Err(err(
-                "specversion",
-                format!("must be the string \"1.0\", got {other}"),
-            ))
-        }
-        None => return Err(err("specversion", "is required")),
+    Raw::from_value(value)?.build()
+}
+
+/// Reads one event from CloudEvents JSON bytes (structured mode) without
+/// building a JSON tree; `data` is kept as it arrived.
+pub fn from_slice(bytes: &[u8]) -> Result<Event, Error> {
+    serde_json::from_slice::<Raw<'_>>(bytes)
+        .map_err(|e| body_error(e, not_an_object))?
+        .build()
+}
+
+fn at_position(i: usize, e: Error) -> Error {
+    Error {
+        attribute: format!("[{i}].{}", e.attribute),
+        message: e.message,
     }
-    let mut event = Event::new(required(obj, "type")?);
-    event.id = required(obj, "id")?;
-    event.source = required(obj, "source")?;
-    event.subject = string_attr(obj, "subject")?;
-    event.time = string_attr(obj, "time")?;
-    event.datacontenttype = string_attr(obj, "datacontenttype")?;
-    event.dataschema = string_attr(obj, "dataschema")?;
-    event.caseid = string_attr(obj, "caseid")?;
-    event.grid = string_attr(obj, "grid")?;
-    event.category = string_attr(obj, "category")?;
-    event.severity = string_attr(obj, "severity")?
-        .map(|s| parse_severity(&s))
-        .transpose()?;
-    event.lat = coordinate(obj.get("lat"), "lat", 90.0)?;
-    event.lon = coordinate(obj.get("lon"), "lon", 180.0)?;
-    for (name, v) in obj {
-        if KNOWN.contains(&name.as_str()) {
-            continue;
-        }
-        check_extension_name(name)?;
-        let value = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Null => continue,
-            other => {
-                return Err(err(
-                    name,
-                    format!("extension values must be strings, numbers or booleans, got {other}"),
-                ))
-            }
-        };
-        event.extensions.push(Attribute {
-            name: name.clone(),
-            value,
-        });
-    }
-    match (obj.get("data"), obj.get("data_base64")) {
-        (Some(_), Some(_)) => {
-            return Err(err("data_base64", "must not appear together with `data`"));
-        }
-        (Some(Value::Null), None) | (None, None) => {}
-        (Some(Value::String(s)), None)
-            if !event
-                .datacontenttype
-                .as_deref()
-                .is_none_or(is_json_media_type) =>
-        {
-            event.data = Some(s.as_bytes().to_vec());
-        }
-        (Some(v), None) => {
-            event.data = Some(serde_json::to_vec(v).unwrap_or_default());
-            if event.datacontenttype.is_none() {
-                event.datacontenttype = Some("application/json".into());
-            }
-        }
-        (None, Some(Value::String(b64))) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|e| err("data_base64", format!("is not valid base64: {e}")))?;
-            event.data = Some(bytes);
-        }
-        (None, Some(other)) => {
-            return Err(err(
-                "data_base64",
-                format!("must be a base64 string, got {other}"),
-            ))
-        }
-    }
-    validate(&event)?;
-    Ok(event)
+}
+
+fn not_a_batch() -> Error {
+    err(
+        "(batch)",
+        "a CloudEvents batch must be a JSON array of event objects",
+    )
 }
 
 /// Reads a batch (`application/cloudevents-batch+json`): a JSON array of
 /// events. An error names the position, as `[3].time`.
 pub fn from_batch_json(value: &Value) -> Result<Vec<Event>, Error> {
-    let items = value
-        .as_array()
-        .ok_or_else(|| err("(batch)", "a CloudEvents batch must be a JSON array"))?;
+    let items = value.as_array().ok_or_else(not_a_batch)?;
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| {
-            from_json(item).map_err(|e| Error {
-                attribute: format!("[{i}].{}", e.attribute),
-                message: e.message,
-            })
-        })
+        .map(|(i, item)| from_json(item).map_err(|e| at_position(i, e)))
+        .collect()
+}
+
+/// Reads a batch from JSON bytes, as [`from_batch_json`].
+pub fn batch_from_slice(bytes: &[u8]) -> Result<Vec<Event>, Error> {
+    serde_json::from_slice::<Vec<Raw<'_>>>(bytes)
+        .map_err(|e| body_error(e, not_a_batch))?
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| raw.build().map_err(|e| at_position(i, e)))
         .collect()
 }
 
@@ -295,11 +558,11 @@ fn parse_severity(s: &str) -> Result<Severity, Error> {
     })
 }
 
-fn coordinate(v: Option<&Value>, name: &str, bound: f64) -> Result<Option<f64>, Error> {
+fn coordinate(v: Option<&Scalar<'_>>, name: &str, bound: f64) -> Result<Option<f64>, Error> {
     let n = match v {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        None | Some(Scalar::Null) => return Ok(None),
+        Some(Scalar::Num(n)) => n.as_f64(),
+        Some(Scalar::Str(s)) => s.trim().parse::<f64>().ok(),
         Some(_) => None,
     };
     check_coordinate(n, name, bound, v.map(|v| v.to_string()).unwrap_or_default())
@@ -425,7 +688,7 @@ pub fn from_binary<'a>(
     headers: impl Iterator<Item = (&'a str, &'a str)>,
     body: &[u8],
 ) -> Result<Event, Error> {
-    let mut obj = Map::new();
+    let mut raw = Raw::default();
     let mut content_type = None;
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
@@ -446,9 +709,12 @@ pub fn from_binary<'a>(
                 "is not a header in binary mode (data is the body, its type is content-type)",
             ));
         }
-        obj.insert(attr.to_string(), Value::String(decoded));
+        raw.attributes.push((
+            Cow::Owned(attr.to_string()),
+            Scalar::Str(Cow::Owned(decoded)),
+        ));
     }
-    let mut event = from_json(&Value::Object(obj))?;
+    let mut event = raw.build()?;
     event.datacontenttype = content_type;
     if !body.is_empty() {
         event.data = Some(body.to_vec());
@@ -567,5 +833,87 @@ mod tests {
             {"specversion":"1.0","id":"2","source":"s"}
         ]);
         assert_eq!(from_batch_json(&batch).unwrap_err().attribute, "[1].type");
+    }
+
+    #[test]
+    fn bytes_and_tree_decoders_agree_on_every_input() {
+        let inputs = [
+            serde_json::to_string(&to_json(&full())).unwrap(),
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","data":{ "a" : [1, 2] }}"#.into(),
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","datacontenttype":"text/plain","data":"h\u00e9\n"}"#.into(),
+            r#"{"specversion":"1.0","id":"1","id":"2","source":"s","type":"t"}"#.into(),
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","x1":3,"x2":true,"x3":null}"#.into(),
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","data":null}"#.into(),
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","lat":30.5,"lon":"120.25"}"#.into(),
+            r#"{"specversion":1,"id":"1","source":"s","type":"t"}"#.into(),
+            r#"{"specversion":"1.0","id":"1","source":{"a":1},"type":"t"}"#.into(),
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","ext":[1]}"#.into(),
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":5}"#.into(),
+        ];
+        for input in inputs {
+            let tree: Value = serde_json::from_str(&input).unwrap();
+            let a = from_json(&tree);
+            let b = from_slice(input.as_bytes());
+            match (&a, &b) {
+                (Ok(x), Ok(y)) => {
+                    // The tree decoder re-encodes `data` compactly; the
+                    // bytes decoder keeps it as sent.
+                    let norm = |e: &Event| {
+                        let mut e = e.clone();
+                        if let Some(d) = &e.data {
+                            if let Ok(v) = serde_json::from_slice::<Value>(d) {
+                                e.data = Some(serde_json::to_vec(&v).unwrap());
+                            }
+                        }
+                        e
+                    };
+                    assert_eq!(norm(x), norm(y), "{input}");
+                }
+                (Err(x), Err(y)) => assert_eq!(x, y, "{input}"),
+                _ => panic!("decoders disagree on {input}: {a:?} vs {b:?}"),
+            }
+        }
+        assert_eq!(
+            from_slice(br#"{"specversion":"1.0","id":"1","id":"2","source":"s","type":"t"}"#)
+                .unwrap()
+                .id,
+            "2"
+        );
+    }
+
+    #[test]
+    fn the_bytes_encoder_is_the_tree_encoder() {
+        let events = [
+            full(),
+            Event::new("t")
+                .with_id("1")
+                .with_source("s")
+                .with_json(&serde_json::json!({"a": "有"})),
+            Event::new("t")
+                .with_id("1")
+                .with_source("s")
+                .with_data("plain 文本", "text/plain"),
+            Event::new("t")
+                .with_id("1")
+                .with_source("s")
+                .with_data(b"{not json".to_vec(), "application/json"),
+        ];
+        for e in events {
+            let bytes = to_vec(&e);
+            assert_eq!(
+                serde_json::from_slice::<Value>(&bytes).unwrap(),
+                to_json(&e)
+            );
+            assert_eq!(from_slice(&bytes).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn body_shape_errors() {
+        assert_eq!(from_slice(b"{nope").unwrap_err().attribute, "(body)");
+        assert_eq!(from_slice(b"[1]").unwrap_err().attribute, "(event)");
+        assert_eq!(batch_from_slice(b"{}").unwrap_err().attribute, "(batch)");
+        let batch = br#"[{"specversion":"1.0","id":"1","source":"s","type":"t"},{"specversion":"1.0","id":"2","source":"s"}]"#;
+        assert_eq!(batch_from_slice(batch).unwrap_err().attribute, "[1].type");
     }
 }

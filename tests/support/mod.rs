@@ -228,6 +228,61 @@ impl HubDir {
 }
 
 impl HubProcess {
+    /// Kills the process with SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for the process to exit;
+    /// returns how long it took.
+    pub fn terminate(&mut self, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "govhub did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// GET `path` as JSON.
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = get(&self.url(path));
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Waits until `GET path` satisfies `check`, or panics after `timeout`.
+    pub fn wait_until(
+        &self,
+        path: &str,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, v) = self.get_json(path);
+            if status == 200 && check(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{path} never got there: {v}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `base` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
@@ -270,21 +325,55 @@ pub fn get(url: &str) -> (u16, String) {
 
 /// POST → (status, content-type, body).
 pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
+    try_post(url, headers, body).expect("request sent")
+}
+
+/// POST → (status, content-type, body), or `None` when no answer came
+/// (connection refused or reset).
+pub fn try_post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<(u16, String, String)> {
     let mut req = agent().post(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let mut r = req.send(body).expect("request sent");
+    let mut r = req.send(body).ok()?;
     let ct = r
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    (
+    Some((
         r.status().as_u16(),
         ct,
         r.body_mut().read_to_string().unwrap_or_default(),
+    ))
+}
+
+/// A structured-mode CloudEvent (JSON) with the given id, case and a
+/// payload of about `size` bytes.
+pub fn cloudevent(id: &str, caseid: Option<&str>, size: usize) -> serde_json::Value {
+    let mut e = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "urn:test:stream",
+        "type": "gov.incident.reported",
+        "category": "safety.water",
+        "severity": "major",
+        "datacontenttype": "application/json",
+        "data": { "text": "x".repeat(size) },
+    });
+    if let Some(c) = caseid {
+        e["caseid"] = c.into();
+    }
+    e
+}
+
+/// POSTs one structured CloudEvent to `/v1/events`.
+pub fn send_event(hub_base: &str, event: &serde_json::Value) -> Option<(u16, String, String)> {
+    try_post(
+        &format!("{hub_base}/v1/events"),
+        &[("content-type", "application/cloudevents+json")],
+        event.to_string().as_bytes(),
     )
 }
 
@@ -307,11 +396,13 @@ impl Received {
 }
 
 /// A department stand-in on a loopback port that records every request and
-/// answers with a settable status.
+/// answers with a settable status, after a settable delay.
 pub struct Receiver {
     pub addr: std::net::SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    arrivals: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
@@ -319,6 +410,9 @@ impl Receiver {
     pub fn start() -> Receiver {
         let received = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let arrivals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (delay, arrived) = (delay_ms.clone(), arrivals.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -333,7 +427,14 @@ impl Receiver {
                 let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
                     let rec = rec.clone();
                     let st = st.clone();
+                    let delay = delay.clone();
+                    let arrived = arrived.clone();
                     async move {
+                        arrived.fetch_add(1, Ordering::SeqCst);
+                        let wait = delay.load(Ordering::SeqCst);
+                        if wait > 0 {
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                        }
                         let (parts, body) = req.into_parts();
                         let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
                             .await
@@ -362,7 +463,19 @@ impl Receiver {
             addr,
             received,
             status,
+            delay_ms,
+            arrivals,
         }
+    }
+
+    /// Makes it wait `ms` before answering each request.
+    pub fn delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Requests that arrived (answered or not, recorded or not).
+    pub fn arrivals(&self) -> usize {
+        self.arrivals.load(Ordering::SeqCst)
     }
 
     /// `host:port`.

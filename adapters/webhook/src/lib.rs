@@ -46,16 +46,12 @@ impl Adapter for Webhook {
             ]);
         }
         let content_type = message.content_type().unwrap_or_default();
-        let parse = || -> Result<serde_json::Value, AdapterError> {
-            serde_json::from_slice(&message.body)
-                .map_err(|e| AdapterError::InvalidInput(format!("body is not JSON: {e}")))
-        };
         match content_type.as_str() {
-            "application/cloudevents+json" => {
-                Ok(vec![cloudevents::from_json(&parse()?).map_err(invalid)?])
-            }
+            "application/cloudevents+json" => Ok(vec![
+                cloudevents::from_slice(&message.body).map_err(invalid)?
+            ]),
             "application/cloudevents-batch+json" => {
-                cloudevents::from_batch_json(&parse()?).map_err(invalid)
+                cloudevents::batch_from_slice(&message.body).map_err(invalid)
             }
             other => Err(AdapterError::InvalidInput(format!(
                 "not a CloudEvent: no ce-specversion header and content-type is `{other}` \

@@ -1,94 +1,213 @@
-//! Delivery: hands each routed event to its target adapter's `deliver`,
-//! retrying what can succeed later, with exponential backoff and jitter.
+//! Delivery: a durable queue per target adapter, fed by the journal.
+//!
+//! Each target has its own queue and worker. Events of one case (`caseid`)
+//! reach a target in order: a case is a lane, and a lane's next event
+//! waits until the one before it is delivered or dead. Different cases do
+//! not wait for each other; at most the adapter's `concurrency` deliveries
+//! run at once. A failed attempt that can succeed later (`unavailable`, a
+//! trap, a deadline) is retried with exponential backoff and jitter; one
+//! that cannot (`rejected`, `invalid-input`, a denied host) or that ran out
+//! of attempts becomes a dead letter. Every outcome is recorded in the
+//! journal, and on start every delivery without a final outcome resumes.
+
+mod queue;
+
+pub use queue::{backoff, Job, TargetQueue};
 
 use crate::config::DeliveryConfig;
-use crate::runtime::{Adapter, CallError, Disposition};
+use crate::hub::Hub;
+use crate::journal::{now_ms, DeliveryRef, DeliveryUpdate};
+use crate::runtime::Disposition;
+use dashmap::DashMap;
 use govhub_sdk::Event;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::sync::Notify;
 
-/// Starts deliveries.
-pub struct Dispatcher {
+/// All target queues, and the count of attempts in flight.
+pub struct Deliveries {
     config: DeliveryConfig,
+    queues: DashMap<String, Arc<TargetQueue>>,
+    stopping: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
 }
 
-/// The delay before retry number `attempt` (1-based): `base · 2^(attempt-1)`,
-/// capped, then a random factor in [0.5, 1.0] ("equal jitter") so that a
-/// department coming back is not hit by every retry at the same instant.
-pub fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
-    let exp = config
-        .backoff_base_ms
-        .saturating_mul(1u64 << (attempt.saturating_sub(1)).min(30));
-    let capped = exp.min(config.backoff_cap_ms);
-    let jitter = 0.5 + 0.5 * fastrand::f64();
-    Duration::from_millis((capped as f64 * jitter) as u64)
-}
-
-impl Dispatcher {
-    /// A dispatcher with the retry policy of `config`.
-    pub fn new(config: DeliveryConfig) -> Dispatcher {
-        Dispatcher { config }
+impl Deliveries {
+    /// No queues yet.
+    pub fn new(config: DeliveryConfig) -> Deliveries {
+        Deliveries {
+            config,
+            queues: DashMap::new(),
+            stopping: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
     }
 
-    /// Delivers `event` to `adapter` in the background.
-    pub fn dispatch(&self, adapter: Arc<Adapter>, event: Event) {
-        let config = self.config.clone();
-        tokio::spawn(async move {
-            for attempt in 1..=config.max_attempts {
-                match adapter.deliver(&event).await {
-                    Ok(outcome) => {
-                        tracing::info!(
-                            adapter = %adapter.name(),
-                            event = %event.id,
-                            attempt,
-                            reference = outcome.reference.as_deref().unwrap_or(""),
-                            "delivered"
-                        );
-                        return;
-                    }
-                    Err(e) => {
-                        let last = attempt == config.max_attempts;
-                        if e.disposition() == Disposition::Fail || last {
-                            dead_letter(&adapter, &event, attempt, &e);
-                            return;
+    /// The queue of `target`, created (with its worker) on first use.
+    pub fn queue(&self, hub: &Arc<Hub>, target: &str) -> Arc<TargetQueue> {
+        if let Some(q) = self.queues.get(target) {
+            return q.clone();
+        }
+        self.queues
+            .entry(target.to_string())
+            .or_insert_with(|| {
+                let q = Arc::new(TargetQueue::new(target));
+                tokio::spawn(worker(Arc::downgrade(hub), q.clone()));
+                q
+            })
+            .clone()
+    }
+
+    /// Deliveries waiting for `target` (pending, including retries).
+    pub fn depth(&self, target: &str) -> usize {
+        self.queues.get(target).map(|q| q.depth()).unwrap_or(0)
+    }
+
+    /// The deepest queue limit (`delivery.queue_depth`).
+    pub fn limit(&self) -> usize {
+        self.config.queue_depth
+    }
+
+    /// Queues deliveries the journal just stored.
+    pub fn enqueue(&self, hub: &Arc<Hub>, refs: Vec<DeliveryRef>, event: Option<Arc<Event>>) {
+        for r in refs {
+            let target = r.target.clone();
+            self.queue(hub, &target).push(Job {
+                delivery: r,
+                event: event.clone(),
+            });
+        }
+    }
+
+    /// Stops starting attempts and waits up to `grace` for those in flight;
+    /// whatever is left stays pending in the journal.
+    pub async fn stop(&self, grace: Duration) -> usize {
+        self.stopping.store(true, Ordering::SeqCst);
+        for q in self.queues.iter() {
+            q.wake();
+        }
+        let wait = async {
+            while self.in_flight.load(Ordering::SeqCst) > 0 {
+                let notified = self.idle.notified();
+                if self.in_flight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(grace, wait).await;
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// One target's worker: starts attempts while the adapter has free
+/// instances and a lane is ready.
+async fn worker(hub: Weak<Hub>, queue: Arc<TargetQueue>) {
+    loop {
+        let Some(hub) = hub.upgrade() else { return };
+        if hub.deliveries.stopping() {
+            return;
+        }
+        let concurrency = hub
+            .adapter(queue.target())
+            .map(|a| a.manifest.limits.concurrency as usize)
+            .unwrap_or(1);
+        match queue.next(concurrency) {
+            Ok(job) => {
+                hub.deliveries.in_flight.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(attempt(hub, queue.clone(), job));
+            }
+            Err(wait) => {
+                drop(hub);
+                queue.wait(wait).await;
+            }
+        }
+    }
+}
+
+/// One delivery attempt, its outcome recorded before the lane moves on.
+async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
+    let d = &job.delivery;
+    let attempts = d.attempts + 1;
+    let config = &hub.deliveries.config;
+    let event = match &job.event {
+        Some(e) => Some(e.clone()),
+        None => {
+            let journal = hub.journal.clone();
+            let seq = d.event_seq;
+            tokio::task::spawn_blocking(move || journal.event_by_seq(seq))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .flatten()
+                .map(Arc::new)
+        }
+    };
+    let update = match (event, hub.adapter(&d.target)) {
+        (None, _) => DeliveryUpdate::Dead {
+            id: d.id,
+            attempts,
+            error: format!("event #{} is missing from the journal", d.event_seq),
+        },
+        (Some(_), None) => DeliveryUpdate::Retry {
+            id: d.id,
+            attempts: d.attempts,
+            error: format!("adapter `{}` is not loaded", d.target),
+            next_attempt_ms: now_ms() + config.backoff_cap_ms as i64,
+        },
+        (Some(event), Some(adapter)) => match adapter.deliver(&event).await {
+            Ok(outcome) => {
+                tracing::debug!(adapter = %d.target, event = %event.id, attempts, "delivered");
+                if !outcome.events.is_empty() {
+                    let follow_ups = outcome.events;
+                    let h = hub.clone();
+                    let origin = d.target.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = h.accept(follow_ups, Some(&origin)).await {
+                            tracing::warn!(adapter = %origin, "events answered by deliver were not accepted: {e}");
                         }
-                        tracing::warn!(adapter = %adapter.name(), event = %event.id, attempt, error = %e, "delivery failed; will retry");
-                        tokio::time::sleep(backoff(&config, attempt)).await;
-                    }
+                    });
+                }
+                DeliveryUpdate::Delivered {
+                    id: d.id,
+                    attempts,
+                    reference: outcome.reference,
                 }
             }
-        });
+            Err(e) if e.disposition() == Disposition::Fail || attempts >= config.max_attempts => {
+                tracing::warn!(adapter = %d.target, event = %event.id, attempts, error = %e, "delivery failed for good: dead letter");
+                DeliveryUpdate::Dead {
+                    id: d.id,
+                    attempts,
+                    error: e.to_string(),
+                }
+            }
+            Err(e) => {
+                let wait = backoff(config, attempts);
+                tracing::info!(adapter = %d.target, event = %event.id, attempts, error = %e, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
+                DeliveryUpdate::Retry {
+                    id: d.id,
+                    attempts,
+                    error: e.to_string(),
+                    next_attempt_ms: now_ms() + wait.as_millis() as i64,
+                }
+            }
+        },
+    };
+    if let Err(e) = hub.journal.record(vec![update.clone()]).await {
+        // Not recorded: the delivery stays pending in the journal and is
+        // tried again after a restart; here it is retried after a pause.
+        tracing::error!(adapter = %d.target, "cannot record a delivery outcome: {e}");
     }
-}
-
-fn dead_letter(adapter: &Adapter, event: &Event, attempts: u32, error: &CallError) {
-    tracing::error!(
-        adapter = %adapter.name(),
-        event = %event.id,
-        attempts,
-        error = %error,
-        "delivery failed for good: dead letter"
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_caps_and_jitters_within_half() {
-        let c = DeliveryConfig {
-            max_attempts: 10,
-            backoff_base_ms: 100,
-            backoff_cap_ms: 1000,
-        };
-        for _ in 0..100 {
-            let d1 = backoff(&c, 1).as_millis();
-            assert!((50..=100).contains(&d1), "{d1}");
-            let d3 = backoff(&c, 3).as_millis();
-            assert!((200..=400).contains(&d3), "{d3}");
-            let d9 = backoff(&c, 9).as_millis();
-            assert!((500..=1000).contains(&d9), "{d9}");
-        }
+    queue.finish(job, &update);
+    if hub.deliveries.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        hub.deliveries.idle.notify_waiters();
     }
 }

@@ -1,35 +1,60 @@
-//! Ingress: the HTTP API through which events enter the hub.
+//! The HTTP API: how events enter the hub, and how people look at what
+//! became of them.
 //!
-//! - `POST /v1/ingest/{adapter}`: a department's raw payload, handed to that
-//!   adapter's `ingest`;
+//! - `POST /v1/events`: CloudEvents (structured, batch, binary mode);
+//! - `POST /v1/ingest/{adapter}`: a department's raw payload, handed to
+//!   that adapter's `ingest`;
+//! - `GET /v1/events/{id}`: the stored event and its deliveries;
+//! - `GET /v1/dead-letters`, `POST /v1/dead-letters/{id}/replay`;
 //! - `GET /healthz`, `GET /readyz`.
 //!
 //! Every error is `application/problem+json` whose `detail` names the
-//! field or cause.
+//! field or cause. Events are acknowledged (`202`) only once the journal
+//! has them on disk.
 
+mod events;
 mod problem;
+mod query;
+mod raw;
 
 pub use problem::Problem;
 
-use crate::hub::Hub;
-use crate::runtime::CallError;
+use crate::hub::{AcceptError, Hub};
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Json;
-use govhub_sdk::{AdapterError, Header, Inbound};
 use std::sync::Arc;
+
+/// What the handlers share.
+pub struct App {
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// The bearer token ingress requires, if any.
+    ingest_token: Option<String>,
+}
 
 /// The HTTP routes.
 pub fn router(hub: Arc<Hub>) -> axum::Router {
+    let ingest_token = hub
+        .config
+        .auth
+        .ingest_token_env
+        .as_deref()
+        .and_then(|var| std::env::var(var).ok())
+        .filter(|t| !t.is_empty());
+    let app = Arc::new(App { hub, ingest_token });
     axum::Router::new()
-        .route("/v1/ingest/{adapter}", post(ingest))
+        .route("/v1/events", post(events::post_events))
+        .route("/v1/events/{id}", get(query::get_event))
+        .route("/v1/ingest/{adapter}", post(raw::ingest))
+        .route("/v1/dead-letters", get(query::dead_letters))
+        .route("/v1/dead-letters/{id}/replay", post(query::replay))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
-        .with_state(hub)
+        .with_state(app)
 }
 
 async fn not_found(request: Request) -> Problem {
@@ -44,8 +69,31 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ready", "adapters": hub.adapter_names() }))
+async fn readyz(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ready", "adapters": app.hub.adapter_names() }))
+}
+
+impl App {
+    /// Refuses a sender without the ingress token, when one is configured.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        let Some(token) = &self.ingest_token else {
+            return Ok(());
+        };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given == Some(token.as_str()) {
+            Ok(())
+        } else {
+            Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "ingress needs `authorization: Bearer <token>` (the token in the env var named by auth.ingest_token_env)",
+            )
+            .with_header("www-authenticate", "Bearer"))
+        }
+    }
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with `413`.
@@ -71,70 +119,32 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Problem
     })
 }
 
-async fn ingest(
-    State(hub): State<Arc<Hub>>,
-    Path(name): Path<String>,
-    request: Request,
-) -> Result<Response, Problem> {
-    let adapter = hub.adapter(&name).ok_or_else(|| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "unknown adapter",
-            format!(
-                "no adapter `{name}` is loaded (loaded: {})",
-                hub.adapter_names().join(", ")
-            ),
-        )
-    })?;
-    let (parts, body) = request.into_parts();
-    let body = read_body(body, hub.config.server.max_body_bytes).await?;
-    let message = Inbound {
-        method: parts.method.as_str().to_string(),
-        query: parts.uri.query().unwrap_or_default().to_string(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| Header {
-                name: n.as_str().to_string(),
-                value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            })
-            .collect(),
-        body: body.to_vec(),
-    };
-    let events = adapter
-        .ingest(&message)
-        .await
-        .map_err(|e| call_problem(&name, &e))?;
-    let accepted = hub.accept(events, Some(&name)).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_GATEWAY,
-            "adapter produced an invalid event",
-            format!("adapter `{name}` produced an invalid event: {e}"),
-        )
-    })?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "accepted": accepted })),
-    )
-        .into_response())
+/// The `202` answer: what became of each event, in request order.
+#[derive(serde::Serialize)]
+struct Answer {
+    accepted: Vec<crate::hub::Accepted>,
 }
 
-/// The problem for a failed adapter call: the sender's fault (`400`), the
-/// department's (`422`), a retryable state (`503`), or the adapter's own
-/// failure (`502`, `504` for a deadline).
-pub fn call_problem(adapter: &str, e: &CallError) -> Problem {
-    let (status, title) = match e {
-        CallError::Adapter(AdapterError::InvalidInput(_)) => {
-            (StatusCode::BAD_REQUEST, "invalid input")
+/// The problem for events the hub did not accept.
+fn accept_problem(e: &AcceptError) -> Problem {
+    match e {
+        AcceptError::Invalid { error, .. } => {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid event", e.to_string())
+                .with_field(&error.attribute)
         }
-        CallError::Adapter(AdapterError::Rejected(_)) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, "rejected")
-        }
-        CallError::Adapter(AdapterError::Unavailable(_)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-        }
-        CallError::Deadline { .. } => (StatusCode::GATEWAY_TIMEOUT, "adapter deadline exceeded"),
-        _ => (StatusCode::BAD_GATEWAY, "adapter failed"),
-    };
-    Problem::new(status, title, format!("adapter `{adapter}`: {e}")).with_kind(e.kind())
+        AcceptError::Backpressure { .. } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "delivery queue full",
+            e.to_string(),
+        )
+        .with_kind("backpressure")
+        .with_retry_after(5),
+        AcceptError::Journal(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "journal unavailable",
+            format!("{e}; nothing of this request was stored"),
+        )
+        .with_kind("journal")
+        .with_retry_after(5),
+    }
 }

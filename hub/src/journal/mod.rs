@@ -39,7 +39,10 @@ impl From<rusqlite::Error> for JournalError {
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     /// The normalized event.
-    pub event: Event,
+    pub event: std::sync::Arc<Event>,
+    /// The event as CloudEvents JSON, encoded by the caller so the single
+    /// writer thread only writes.
+    pub encoded: Vec<u8>,
     /// The adapter it came from (`None`: the CloudEvents endpoint).
     pub origin: Option<String>,
     /// The routing decision.
@@ -209,7 +212,11 @@ pub trait Journal: Send + Sync + 'static {
     fn events(&self, id: &str, source: Option<&str>) -> Result<Vec<StoredEvent>, JournalError>;
 
     /// Dead letters, newest first, at most `limit`.
-    fn dead_letters(&self, target: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>, JournalError>;
+    fn dead_letters(
+        &self,
+        target: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, JournalError>;
 
     /// An adapter's poll cursor.
     fn cursor(&self, adapter: &str) -> Result<Option<String>, JournalError>;
@@ -227,6 +234,9 @@ pub fn now_ms() -> i64 {
 pub fn rfc3339_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }

@@ -31,9 +31,10 @@ const MIGRATIONS: &[&str] = &[
         origin       TEXT,
         received_ms  INTEGER NOT NULL,
         cloudevent   BLOB NOT NULL,
-        UNIQUE (source, id)
+        -- id first: the same index serves dedup (id, source) and
+        -- GET /v1/events/{id}.
+        UNIQUE (id, source)
     );
-    CREATE INDEX events_by_id ON events (id);
     CREATE TABLE deliveries (
         id              INTEGER PRIMARY KEY AUTOINCREMENT,
         event_seq       INTEGER NOT NULL REFERENCES events (seq),
@@ -99,9 +100,18 @@ pub struct SqliteConfig {
 }
 
 enum Command {
-    Append(Vec<NewEvent>, oneshot::Sender<Result<Vec<Appended>, JournalError>>),
-    Record(Vec<DeliveryUpdate>, oneshot::Sender<Result<(), JournalError>>),
-    Replay(i64, oneshot::Sender<Result<Option<DeliveryRef>, JournalError>>),
+    Append(
+        Vec<NewEvent>,
+        oneshot::Sender<Result<Vec<Appended>, JournalError>>,
+    ),
+    Record(
+        Vec<DeliveryUpdate>,
+        oneshot::Sender<Result<(), JournalError>>,
+    ),
+    Replay(
+        i64,
+        oneshot::Sender<Result<Option<DeliveryRef>, JournalError>>,
+    ),
     Cursor(String, String, oneshot::Sender<Result<(), JournalError>>),
     State(String, String, Option<Vec<u8>>),
     Flush(oneshot::Sender<Result<(), JournalError>>),
@@ -115,9 +125,8 @@ pub struct SqliteJournal {
 }
 
 fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, JournalError> {
-    let conn = Connection::open(path).map_err(|e| {
-        JournalError::Storage(format!("cannot open {}: {e}", path.display()))
-    })?;
+    let conn = Connection::open(path)
+        .map_err(|e| JournalError::Storage(format!("cannot open {}: {e}", path.display())))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(
         None,
@@ -133,7 +142,8 @@ fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, JournalErro
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
-    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
     if version > MIGRATIONS.len() {
         return Err(JournalError::Storage(format!(
             "{} has schema version {version}, newer than this govhub understands ({}); upgrade govhub",
@@ -144,7 +154,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
         tx.execute_batch(step)?;
-        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
         tracing::info!(journal = %path.display(), version = i + 1, "journal schema migrated");
     }
@@ -206,7 +216,10 @@ impl SqliteJournal {
         }
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>) -> Result<T, JournalError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, JournalError> {
         let conn = self
             .reader
             .lock()
@@ -237,8 +250,14 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, max_group: usiz
 
 /// Answers that wait for the group's commit.
 enum Reply {
-    Append(oneshot::Sender<Result<Vec<Appended>, JournalError>>, Result<Vec<Appended>, JournalError>),
-    Unit(oneshot::Sender<Result<(), JournalError>>, Result<(), JournalError>),
+    Append(
+        oneshot::Sender<Result<Vec<Appended>, JournalError>>,
+        Result<Vec<Appended>, JournalError>,
+    ),
+    Unit(
+        oneshot::Sender<Result<(), JournalError>>,
+        Result<(), JournalError>,
+    ),
     Replay(
         oneshot::Sender<Result<Option<DeliveryRef>, JournalError>>,
         Result<Option<DeliveryRef>, JournalError>,
@@ -333,9 +352,9 @@ fn append(
     let mut insert_event = tx.prepare_cached(
         "INSERT INTO events (source, id, type, caseid, origin, received_ms, cloudevent)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (source, id) DO NOTHING",
+         ON CONFLICT (id, source) DO NOTHING",
     )?;
-    let mut find = tx.prepare_cached("SELECT seq FROM events WHERE source = ?1 AND id = ?2")?;
+    let mut find = tx.prepare_cached("SELECT seq FROM events WHERE id = ?2 AND source = ?1")?;
     let mut insert_delivery = tx.prepare_cached(
         "INSERT INTO deliveries (event_seq, target, rule, order_key, status, created_ms, updated_ms)
          VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
@@ -343,9 +362,14 @@ fn append(
     let mut out = Vec::with_capacity(events.len());
     for new in events {
         let e = &new.event;
-        let body = serde_json::to_vec(&cloudevents::to_json(e)).unwrap_or_default();
         let inserted = insert_event.execute(params![
-            e.source, e.id, e.type_, e.caseid, new.origin, now, body
+            e.source,
+            e.id,
+            e.type_,
+            e.caseid,
+            new.origin,
+            now,
+            new.encoded
         ])?;
         if inserted == 0 {
             let seq: i64 = find.query_row(params![e.source, e.id], |r| r.get(0))?;
@@ -450,10 +474,7 @@ fn replay(
 }
 
 fn decode(body: &[u8]) -> Result<Event, rusqlite::Error> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
-    })?;
-    cloudevents::from_json(&value).map_err(|e| {
+    cloudevents::from_slice(body).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
     })
 }
@@ -565,7 +586,11 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn dead_letters(&self, target: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
+    fn dead_letters(
+        &self,
+        target: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, JournalError> {
         self.read(|c| {
             let mut s = c.prepare(
                 "SELECT d.id, d.target, e.id, e.source, e.type, e.caseid, d.attempts,

@@ -5,7 +5,7 @@ use super::bindings::{self, AdapterPre};
 use super::error::{CallError, LoadError};
 use super::host::{CallState, HostState, Shared};
 use super::manifest::{HostPattern, Manifest};
-use super::{CacheUse, Checked, EPOCH_TICK};
+use super::{CacheUse, Checked, StateStore, EPOCH_TICK};
 use govhub_sdk::{AdapterError, Description, Event, Inbound, Outcome, PollResult};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,11 +78,19 @@ impl Adapter {
         manifest: Manifest,
         config: std::collections::BTreeMap<String, String>,
         checked: Checked,
+        store: Option<Arc<dyn StateStore>>,
     ) -> Result<Arc<Adapter>, LoadError> {
+        let state = dashmap::DashMap::new();
+        if let Some(store) = &store {
+            for (k, v) in store.load(&manifest.name) {
+                state.insert(k, v);
+            }
+        }
         let shared = Arc::new(Shared {
             name: manifest.name.clone(),
             config,
-            state: Default::default(),
+            state,
+            store,
             outbound: manifest
                 .capabilities
                 .outbound_hosts

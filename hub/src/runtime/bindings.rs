@@ -16,7 +16,7 @@ wasmtime::component::bindgen!({
     require_store_data_send: true,
 });
 
-use govhub::adapter::types as wit;
+use self::govhub::adapter::types as wit;
 use govhub_sdk as sdk;
 
 impl From<wit::Severity> for sdk::Severity {

@@ -21,8 +21,10 @@ pub struct Shared {
     pub name: String,
     /// Its resolved `[config]`.
     pub config: BTreeMap<String, String>,
-    /// Its key-value state.
+    /// Its key-value state (read here, written through to `store`).
     pub state: DashMap<String, Vec<u8>>,
+    /// Where state persists.
+    pub store: Option<Arc<dyn super::StateStore>>,
     /// The outbound allowlist.
     pub outbound: Vec<HostPattern>,
     /// Log lines one call may write.
@@ -243,11 +245,17 @@ impl host::Host for HostState {
     fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
         let state = &self.shared.state;
         govhub_sdk::state::check_limits(&key, &value, state.len(), state.contains_key(&key))?;
+        if let Some(store) = &self.shared.store {
+            store.set(&self.shared.name, &key, Some(&value));
+        }
         state.insert(key, value);
         Ok(())
     }
 
     fn state_delete(&mut self, key: String) {
+        if let Some(store) = &self.shared.store {
+            store.set(&self.shared.name, &key, None);
+        }
         self.shared.state.remove(&key);
     }
 }

@@ -41,12 +41,22 @@ const HANDLER_FUNCS: [&str; 4] = ["describe", "ingest", "deliver", "poll"];
 /// 10 ms keeps that overshoot small at a cost of 100 wakeups a second.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Where adapters' key-value state lives beyond the process (the journal).
+pub trait StateStore: Send + Sync {
+    /// The stored state of `adapter`.
+    fn load(&self, adapter: &str) -> Vec<(String, Vec<u8>)>;
+    /// Stores (or, with `None`, removes) one key.
+    fn set(&self, adapter: &str, key: &str, value: Option<&[u8]>);
+}
+
 /// Runtime settings from the hub config.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RuntimeConfig {
     /// Where compiled modules are cached (`None`: no cache, compile every
     /// time).
     pub cache_dir: Option<PathBuf>,
+    /// Where adapter state persists (`None`: in memory only).
+    pub state: Option<Arc<dyn StateStore>>,
 }
 
 /// Whether a module came from the compile cache.
@@ -65,6 +75,7 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     engine_key: String,
     ticker_stop: Arc<AtomicBool>,
+    state: Option<Arc<dyn StateStore>>,
 }
 
 impl Drop for Runtime {
@@ -133,6 +144,7 @@ impl Runtime {
             cache_dir: config.cache_dir,
             engine_key,
             ticker_stop,
+            state: config.state,
         })
     }
 
@@ -273,7 +285,15 @@ impl Runtime {
             path: manifest.wasm.clone(),
             detail: format!("{e:#}"),
         })?;
-        Adapter::start(self.engine.clone(), pre, manifest.clone(), config, checked).await
+        Adapter::start(
+            self.engine.clone(),
+            pre,
+            manifest.clone(),
+            config,
+            checked,
+            self.state.clone(),
+        )
+        .await
     }
 
     fn compile(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(Component, CacheUse)> {

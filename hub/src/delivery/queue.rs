@@ -1,0 +1,289 @@
+//! One target's queue: lanes (one per case) in arrival order, the lanes
+//! ready to run, and the lanes waiting out a backoff.
+
+use crate::config::DeliveryConfig;
+use crate::journal::{now_ms, DeliveryRef, DeliveryUpdate};
+use govhub_sdk::Event;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The delay before retry number `attempt` (1-based): `base · 2^(attempt-1)`,
+/// capped, then a random factor in [0.5, 1.0] ("equal jitter") so that a
+/// department coming back is not hit by every retry at the same instant.
+pub fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
+    let exp = config
+        .backoff_base_ms
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+    let capped = exp.min(config.backoff_cap_ms);
+    let jitter = 0.5 + 0.5 * fastrand::f64();
+    Duration::from_millis((capped as f64 * jitter) as u64)
+}
+
+/// A delivery to make: its journal row, and the event when it is already in
+/// memory (after a restart it is read from the journal when needed).
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The journal's delivery.
+    pub delivery: DeliveryRef,
+    /// The event, if at hand.
+    pub event: Option<Arc<Event>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// order key → its deliveries, oldest first; the head is the next to run.
+    lanes: HashMap<String, VecDeque<Job>>,
+    /// Lanes whose head may start now.
+    ready: VecDeque<String>,
+    /// Lanes whose head waits until a time (unix ms).
+    waiting: BinaryHeap<Reverse<(i64, String)>>,
+    /// Attempts running.
+    running: usize,
+}
+
+/// One target adapter's queue.
+pub struct TargetQueue {
+    target: String,
+    state: Mutex<State>,
+    depth: AtomicUsize,
+    notify: Notify,
+}
+
+/// Why no job can start now, and until when to wait.
+pub enum Wait {
+    /// Until woken (a push, a finish).
+    Notified,
+    /// Until woken or this many ms pass (a backoff ends).
+    For(u64),
+}
+
+impl TargetQueue {
+    /// An empty queue for `target`.
+    pub fn new(target: &str) -> TargetQueue {
+        TargetQueue {
+            target: target.to_string(),
+            state: Mutex::new(State::default()),
+            depth: AtomicUsize::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    /// The target adapter.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Deliveries not yet final.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half
+        // updated in a way later calls can't cope with; keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a delivery at the end of its lane.
+    pub fn push(&self, job: Job) {
+        let mut s = self.lock();
+        let key = job.delivery.order_key.clone();
+        let not_before = job.delivery.not_before_ms;
+        let lane = s.lanes.entry(key.clone()).or_default();
+        let first = lane.is_empty();
+        lane.push_back(job);
+        if first {
+            match not_before {
+                Some(t) if t > now_ms() => s.waiting.push(Reverse((t, key))),
+                _ => s.ready.push_back(key),
+            }
+        }
+        drop(s);
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// The next job to start, if fewer than `concurrency` run and a lane is
+    /// ready; otherwise how long to wait.
+    pub fn next(&self, concurrency: usize) -> Result<Job, Wait> {
+        let mut s = self.lock();
+        let now = now_ms();
+        while let Some(Reverse((t, _))) = s.waiting.peek() {
+            if *t > now {
+                break;
+            }
+            if let Some(Reverse((_, key))) = s.waiting.pop() {
+                s.ready.push_back(key);
+            }
+        }
+        if s.running >= concurrency {
+            return Err(Wait::Notified);
+        }
+        while let Some(key) = s.ready.pop_front() {
+            if let Some(job) = s.lanes.get(&key).and_then(|l| l.front()).cloned() {
+                s.running += 1;
+                return Ok(job);
+            }
+        }
+        match s.waiting.peek() {
+            Some(Reverse((t, _))) => Err(Wait::For((*t - now).max(1) as u64)),
+            None => Err(Wait::Notified),
+        }
+    }
+
+    /// Waits as `next` said.
+    pub async fn wait(&self, wait: Wait) {
+        match wait {
+            Wait::Notified => self.notify.notified().await,
+            Wait::For(ms) => {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(ms), self.notify.notified()).await;
+            }
+        }
+    }
+
+    /// Wakes the worker (to notice a shutdown).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Moves the lane on after an attempt: a final outcome pops the head
+    /// and readies the next; a retry keeps the head, waiting out its backoff.
+    pub fn finish(&self, job: Job, update: &DeliveryUpdate) {
+        let mut s = self.lock();
+        s.running = s.running.saturating_sub(1);
+        let key = job.delivery.order_key.clone();
+        let mut done = false;
+        match update {
+            DeliveryUpdate::Retry {
+                attempts,
+                next_attempt_ms,
+                ..
+            } => {
+                if let Some(head) = s.lanes.get_mut(&key).and_then(|l| l.front_mut()) {
+                    head.delivery.attempts = *attempts;
+                    head.delivery.not_before_ms = Some(*next_attempt_ms);
+                    head.event = job.event;
+                }
+                s.waiting.push(Reverse((*next_attempt_ms, key)));
+            }
+            DeliveryUpdate::Delivered { .. } | DeliveryUpdate::Dead { .. } => {
+                let mut now_empty = false;
+                if let Some(lane) = s.lanes.get_mut(&key) {
+                    lane.pop_front();
+                    now_empty = lane.is_empty();
+                }
+                if now_empty {
+                    s.lanes.remove(&key);
+                } else {
+                    s.ready.push_back(key);
+                }
+                done = true;
+            }
+        }
+        drop(s);
+        if done {
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.notify.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: i64, key: &str) -> Job {
+        Job {
+            delivery: DeliveryRef {
+                id,
+                event_seq: id,
+                target: "t".into(),
+                order_key: key.into(),
+                attempts: 0,
+                not_before_ms: None,
+            },
+            event: None,
+        }
+    }
+
+    fn delivered(id: i64) -> DeliveryUpdate {
+        DeliveryUpdate::Delivered {
+            id,
+            attempts: 1,
+            reference: None,
+        }
+    }
+
+    #[test]
+    fn a_case_is_delivered_in_order_and_cases_do_not_wait_for_each_other() {
+        let q = TargetQueue::new("t");
+        q.push(job(1, "case-a"));
+        q.push(job(2, "case-a"));
+        q.push(job(3, "case-b"));
+        let a1 = q.next(4).ok().unwrap();
+        let b1 = q.next(4).ok().unwrap();
+        assert_eq!((a1.delivery.id, b1.delivery.id), (1, 3));
+        // case-a's second event waits for its first.
+        assert!(q.next(4).is_err());
+        q.finish(a1, &delivered(1));
+        assert_eq!(q.next(4).ok().unwrap().delivery.id, 2);
+        assert_eq!(q.depth(), 2);
+    }
+
+    #[test]
+    fn a_retry_holds_its_lane_until_the_backoff_ends() {
+        let q = TargetQueue::new("t");
+        q.push(job(1, "c"));
+        q.push(job(2, "c"));
+        let j = q.next(1).ok().unwrap();
+        q.finish(
+            j,
+            &DeliveryUpdate::Retry {
+                id: 1,
+                attempts: 1,
+                error: "503".into(),
+                next_attempt_ms: now_ms() + 60_000,
+            },
+        );
+        match q.next(1) {
+            Err(Wait::For(ms)) => assert!(ms > 50_000),
+            _ => panic!("the lane must wait"),
+        }
+        q.finish(job(1, "c"), &delivered(1));
+        assert_eq!(q.depth(), 1);
+    }
+
+    #[test]
+    fn concurrency_bounds_running_attempts() {
+        let q = TargetQueue::new("t");
+        for i in 0..3 {
+            q.push(job(i, &format!("c{i}")));
+        }
+        assert!(q.next(2).is_ok());
+        assert!(q.next(2).is_ok());
+        assert!(matches!(q.next(2), Err(Wait::Notified)));
+    }
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters_within_half() {
+        let c = DeliveryConfig {
+            max_attempts: 10,
+            backoff_base_ms: 100,
+            backoff_cap_ms: 1000,
+            ..DeliveryConfig::default()
+        };
+        for _ in 0..100 {
+            let d1 = backoff(&c, 1).as_millis();
+            assert!((50..=100).contains(&d1), "{d1}");
+            let d3 = backoff(&c, 3).as_millis();
+            assert!((200..=400).contains(&d3), "{d3}");
+            let d9 = backoff(&c, 9).as_millis();
+            assert!((500..=1000).contains(&d9), "{d9}");
+        }
+    }
+}
