@@ -659,3 +659,97 @@ fn get_event_shows_the_stored_event_and_each_delivery() {
     );
     assert_eq!(hub.get_json("/v1/events/nope").0, 404);
 }
+
+fn hostile() -> AdapterSpec {
+    AdapterSpec::new("hostile", "fixture-hostile").tables("[limits]\nconcurrency = 2")
+}
+
+fn ingest_hostile(hub: &HubProcess, body: &str) -> (u16, serde_json::Value) {
+    let (status, _, answer) = post(&hub.url("/v1/ingest/hostile"), &[], body.as_bytes());
+    (status, serde_json::from_str(&answer).unwrap_or_default())
+}
+
+#[test]
+fn adapter_state_persists_across_instances_and_restarts() {
+    let dir = HubDir::new(&[hostile()], "");
+    {
+        let hub = dir.start();
+        for n in 1..=3 {
+            let (status, v) = ingest_hostile(&hub, "count");
+            assert_eq!(status, 202, "{v}");
+            assert_eq!(v["accepted"][0]["id"], format!("count-{n}"));
+        }
+        // A trap replaces the instance; the state is the adapter's, not the
+        // instance's.
+        assert_eq!(ingest_hostile(&hub, "panic").0, 502);
+        assert_eq!(
+            ingest_hostile(&hub, "count").1["accepted"][0]["id"],
+            "count-4"
+        );
+        let (status, v) = ingest_hostile(&hub, "bigstate");
+        assert_eq!(status, 400, "{v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains("the limit is 65536"),
+            "{v}"
+        );
+    }
+    let hub = dir.start();
+    assert_eq!(
+        ingest_hostile(&hub, "count").1["accepted"][0]["id"],
+        "count-5"
+    );
+}
+
+#[test]
+fn poll_pulls_events_and_its_cursor_survives_a_restart() {
+    let receiver = Receiver::start();
+    let dir = HubDir::new(
+        &[
+            hostile().top("poll_interval_ms = 50"),
+            webhook_to(&receiver, ""),
+        ],
+        "",
+    );
+    let parse = |id: &str| -> (u64, u64) {
+        let parts: Vec<&str> = id.split('-').collect();
+        (parts[1].parse().unwrap(), parts[3].parse().unwrap())
+    };
+    let polled = |r: &Receiver| -> Vec<(u64, u64)> {
+        received_ids(r)
+            .iter()
+            .filter(|id| id.starts_with("poll-"))
+            .map(|id| parse(id))
+            .collect()
+    };
+    let mut hub = dir.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while polled(&receiver).len() < 3 {
+        assert!(Instant::now() < deadline, "polls never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    hub.terminate(Duration::from_secs(15));
+    let mut before = polled(&receiver);
+    // Events without a case may arrive in any order.
+    before.sort_by_key(|(_, call)| *call);
+    let (max_n, max_call) = before
+        .iter()
+        .fold((0, 0), |(n, c), (a, b)| (n.max(*a), c.max(*b)));
+    // Each poll got the cursor the previous one returned.
+    for (i, (n, call)) in before.iter().enumerate() {
+        assert_eq!((*n, *call), (i as u64 + 1, i as u64 + 1), "{before:?}");
+    }
+    let _hub = dir.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first_after = loop {
+        if let Some(p) = polled(&receiver).into_iter().find(|(_, c)| *c > max_call) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no poll after the restart");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The restarted hub went on from the stored cursor, not from the start.
+    assert!(
+        first_after.0 >= max_n,
+        "restarted at {first_after:?} after {max_n}"
+    );
+}

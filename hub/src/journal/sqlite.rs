@@ -13,8 +13,9 @@ use super::{
 use govhub_sdk::{cloudevents, Event};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// Schema migrations, in order; `PRAGMA user_version` counts those applied.
@@ -122,6 +123,16 @@ pub struct SqliteJournal {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     reader: Mutex<Connection>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: Arc<Stats>,
+}
+
+/// Counters of the writer.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Commands applied (each append, record, ... counts one).
+    pub commands: AtomicU64,
 }
 
 fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, JournalError> {
@@ -175,15 +186,23 @@ impl SqliteJournal {
         let reader = open(&config.path, config.synchronous)?;
         let (tx, rx) = mpsc::channel();
         let max_group = config.max_group.max(1);
+        let stats = Arc::new(Stats::default());
+        let counters = stats.clone();
         let handle = std::thread::Builder::new()
             .name("govhub-journal".into())
-            .spawn(move || write_loop(writer, rx, max_group))
+            .spawn(move || write_loop(writer, rx, max_group, &counters))
             .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
         Ok(SqliteJournal {
             tx: Mutex::new(Some(tx)),
             reader: Mutex::new(reader),
             writer: Mutex::new(Some(handle)),
+            stats,
         })
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     fn send(&self, command: Command) -> Result<(), JournalError> {
@@ -234,7 +253,7 @@ impl Drop for SqliteJournal {
     }
 }
 
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, max_group: usize) {
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, max_group: usize, stats: &Stats) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < max_group {
@@ -243,7 +262,11 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, max_group: usiz
                 Err(_) => break,
             }
         }
+        stats
+            .commands
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
         commit_group(&mut conn, group);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
     }
     tracing::debug!("journal writer stopped");
 }
@@ -633,5 +656,177 @@ impl Journal for SqliteJournal {
             let rows = s.query_map(params![adapter], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::Target;
+
+    fn journal(dir: &Path) -> SqliteJournal {
+        SqliteJournal::open(&SqliteConfig {
+            path: dir.join("j.db"),
+            synchronous: Synchronous::Full,
+            max_group: 1024,
+        })
+        .unwrap()
+    }
+
+    fn new_event(id: &str, case: Option<&str>, targets: &[&str]) -> NewEvent {
+        let mut e = Event::new("gov.incident.reported")
+            .with_id(id)
+            .with_source("urn:test");
+        e.caseid = case.map(str::to_string);
+        NewEvent {
+            encoded: cloudevents::to_vec(&e),
+            event: std::sync::Arc::new(e),
+            origin: None,
+            targets: targets
+                .iter()
+                .map(|t| Target {
+                    adapter: t.to_string(),
+                    rule: "test".into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn append_dedups_and_creates_deliveries_in_order_per_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path());
+        let first = j
+            .append(vec![
+                new_event("a", Some("c1"), &["police", "fire"]),
+                new_event("a", None, &["police"]),
+                new_event("b", None, &["police"]),
+            ])
+            .await
+            .unwrap();
+        assert!(!first[0].duplicate && first[1].duplicate && !first[2].duplicate);
+        assert_eq!(first[0].deliveries.len(), 2);
+        assert_eq!(first[0].deliveries[0].order_key, "c1");
+        assert_eq!(
+            first[2].deliveries[0].order_key,
+            format!("event:{}", first[2].seq)
+        );
+        assert_eq!(first[1].seq, first[0].seq);
+        let pending = j.pending().unwrap();
+        assert_eq!(pending.len(), 3);
+        let stored = j.events("a", None).unwrap();
+        assert_eq!(stored[0].event.id, "a");
+        assert_eq!(stored[0].deliveries.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn outcomes_dead_letters_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path());
+        let a = j
+            .append(vec![new_event("a", None, &["police"])])
+            .await
+            .unwrap();
+        let id = a[0].deliveries[0].id;
+        j.record(vec![DeliveryUpdate::Retry {
+            id,
+            attempts: 1,
+            error: "unavailable: 503".into(),
+            next_attempt_ms: now_ms() + 1000,
+        }])
+        .await
+        .unwrap();
+        let p = j.pending().unwrap();
+        assert_eq!((p[0].attempts, p[0].not_before_ms.is_some()), (1, true));
+        j.record(vec![DeliveryUpdate::Dead {
+            id,
+            attempts: 2,
+            error: "rejected: no".into(),
+        }])
+        .await
+        .unwrap();
+        assert!(j.pending().unwrap().is_empty());
+        let dead = j.dead_letters(None, 10).unwrap();
+        assert_eq!(dead[0].last_error.as_deref(), Some("rejected: no"));
+        assert_eq!(dead[0].event_id, "a");
+        let back = j.replay(id).await.unwrap().unwrap();
+        assert_eq!((back.id, back.attempts), (id, 0));
+        assert!(j.replay(id).await.unwrap().is_none(), "not dead any more");
+        j.record(vec![DeliveryUpdate::Delivered {
+            id,
+            attempts: 1,
+            reference: Some("D-1".into()),
+        }])
+        .await
+        .unwrap();
+        let d = &j.events("a", None).unwrap()[0].deliveries[0];
+        assert_eq!(d.status, "delivered");
+        assert_eq!(d.reference.as_deref(), Some("D-1"));
+        assert!(d.delivered_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = std::sync::Arc::new(journal(dir.path()));
+        let before = j.stats().commits.load(Ordering::Relaxed);
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let j = j.clone();
+                tokio::spawn(async move {
+                    j.append(vec![new_event(&format!("e{i}"), None, &[])])
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let commits = j.stats().commits.load(Ordering::Relaxed) - before;
+        assert!(
+            commits < 200,
+            "{commits} commits for 200 appends: no grouping"
+        );
+        assert_eq!(j.events("e199", None).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_everything_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = journal(dir.path());
+            j.append(vec![new_event("kept", None, &["police"])])
+                .await
+                .unwrap();
+            j.set_cursor("police", "2025-08-01T00:00:00Z")
+                .await
+                .unwrap();
+            j.set_state("police", "k", Some(b"v"));
+            j.flush().await.unwrap();
+        }
+        {
+            let j = journal(dir.path());
+            assert_eq!(j.pending().unwrap().len(), 1);
+            assert_eq!(
+                j.cursor("police").unwrap().as_deref(),
+                Some("2025-08-01T00:00:00Z")
+            );
+            assert_eq!(
+                j.state("police").unwrap(),
+                vec![("k".to_string(), b"v".to_vec())]
+            );
+        }
+        let conn = Connection::open(dir.path().join("j.db")).unwrap();
+        conn.pragma_update(None, "user_version", 99i64).unwrap();
+        drop(conn);
+        let e = SqliteJournal::open(&SqliteConfig {
+            path: dir.path().join("j.db"),
+            synchronous: Synchronous::Full,
+            max_group: 1,
+        })
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("schema version 99"), "{e}");
     }
 }
