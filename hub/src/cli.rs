@@ -184,7 +184,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     // One line on stdout that scripts and tests wait for.
     println!("govhub: listening on http://{addr}");
     tracing::info!(%addr, adapters = ?hub.adapter_names(), "govhub is serving");
-    hub.start_polling();
+    hub.run_background()?;
     axum::serve(listener, crate::ingress::router(hub.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -139,6 +139,59 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// One `[[cases.deadlines]]` rule.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlineRule {
+    /// Category prefix (dotted segments); none matches every category.
+    pub category: Option<String>,
+    /// Minimum severity; none matches every severity.
+    pub severity: Option<String>,
+    /// Seconds every dispatched department has to accept.
+    pub accept_s: u64,
+    /// Seconds to close the case.
+    pub resolve_s: u64,
+}
+
+/// `[cases]`: the closed loop.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CasesConfig {
+    /// Seconds to accept when no rule matches.
+    pub default_accept_s: u64,
+    /// Seconds to close when no rule matches.
+    pub default_resolve_s: u64,
+    /// Seconds a case may stay at each escalation level before it goes one
+    /// level higher: community grid, then street command center.
+    pub escalation_s: Vec<u64>,
+    /// Deadlines per category and severity; the most specific wins.
+    pub deadlines: Vec<DeadlineRule>,
+    /// `system`, or `manual` (drills and tests: time moves only through
+    /// `POST /v1/clock`, and is kept in the journal across restarts).
+    pub clock: String,
+    /// Where a manual clock starts (RFC 3339); default: the first start.
+    pub clock_start: Option<String>,
+    /// How often deadlines are checked, ms.
+    pub check_interval_ms: u64,
+}
+
+impl Default for CasesConfig {
+    fn default() -> Self {
+        // A quarter of an hour to accept and four hours to close are the
+        // street's ordinary service promise; the levels above get half an
+        // hour and an hour before the next escalation.
+        CasesConfig {
+            default_accept_s: 900,
+            default_resolve_s: 4 * 3600,
+            escalation_s: vec![1800, 3600],
+            deadlines: Vec::new(),
+            clock: "system".into(),
+            clock_start: None,
+            check_interval_ms: 1000,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,6 +214,9 @@ pub struct Config {
     /// `[delivery]`.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// `[cases]`.
+    #[serde(default)]
+    pub cases: CasesConfig,
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -258,6 +314,31 @@ impl Config {
             );
         }
         crate::router::Router::new(&self.routes).map_err(anyhow::Error::msg)?;
+        let c = &self.cases;
+        if !matches!(c.clock.as_str(), "system" | "manual") {
+            anyhow::bail!("cases.clock `{}` is not one of system, manual", c.clock);
+        }
+        if let Some(start) = &c.clock_start {
+            time::OffsetDateTime::parse(start, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| anyhow::anyhow!("cases.clock_start `{start}`: {e}"))?;
+        }
+        if c.default_accept_s == 0 || c.default_resolve_s == 0 || c.check_interval_ms == 0 {
+            anyhow::bail!(
+                "cases.default_accept_s, cases.default_resolve_s and cases.check_interval_ms must be positive"
+            );
+        }
+        for (i, d) in c.deadlines.iter().enumerate() {
+            if let Some(s) = &d.severity {
+                if govhub_sdk::Severity::parse(s).is_none() {
+                    anyhow::bail!(
+                        "cases.deadlines[{i}].severity `{s}` is not one of info, minor, major, critical"
+                    );
+                }
+            }
+            if d.accept_s == 0 || d.resolve_s == 0 {
+                anyhow::bail!("cases.deadlines[{i}]: accept_s and resolve_s must be positive");
+            }
+        }
         Ok(())
     }
 }

@@ -146,6 +146,7 @@ to = ["police", "grid-app"]
         config.runtime.cache_dir = Some(PathBuf::from(cache));
     }
     let hub = Hub::start(config).await?;
+    hub.run_background()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let app = crate::ingress::router(hub.clone());

@@ -2,6 +2,8 @@
 //! delivery queues, and the one path every event takes through them:
 //! normalize → route → journal (durable) → delivery queues.
 
+use crate::cases::clock::{Clock, ManualClock, SystemClock};
+use crate::cases::Tracker;
 use crate::config::Config;
 use crate::delivery::Deliveries;
 use crate::journal::sqlite::{SqliteConfig, SqliteJournal, Synchronous};
@@ -30,6 +32,9 @@ pub struct Accepted {
     pub id: String,
     /// Its source.
     pub source: String,
+    /// Its case (assigned by the hub to a report that had none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caseid: Option<String>,
     /// True when the same (`source`, `id`) had arrived before; it was not
     /// routed again.
     pub duplicate: bool,
@@ -76,6 +81,12 @@ pub struct Hub {
     pub journal: Arc<dyn Journal>,
     /// The delivery queues.
     pub deliveries: Deliveries,
+    /// The case tracker.
+    pub cases: Arc<Tracker>,
+    /// The hub's time (cases, received times).
+    pub clock: Arc<dyn Clock>,
+    /// The same clock when it is manual (`cases.clock = "manual"`).
+    pub manual_clock: Option<Arc<ManualClock>>,
     adapters: DashMap<String, Loaded>,
     router: Router,
 }
@@ -97,8 +108,8 @@ impl StateStore for JournalState {
 
 impl Hub {
     /// Opens the journal, builds the runtime, loads every manifest in
-    /// `adapters.dir`, checks that every route names a loaded adapter, and
-    /// resumes every delivery the journal holds pending.
+    /// `adapters.dir` and checks that every route names a loaded adapter.
+    /// Nothing runs in the background until [`Hub::run_background`].
     pub async fn start(config: Config) -> anyhow::Result<Arc<Hub>> {
         let journal: Arc<dyn Journal> = Arc::new(
             SqliteJournal::open(&SqliteConfig {
@@ -114,8 +125,37 @@ impl Hub {
             state: Some(Arc::new(JournalState(journal.clone()))),
         })?;
         let router = Router::new(&config.routes).map_err(anyhow::Error::msg)?;
+        let manual_clock = if config.cases.clock == "manual" {
+            let start = match journal.meta("clock_ms")? {
+                Some(v) => v.parse().unwrap_or_else(|_| crate::journal::now_ms()),
+                None => config
+                    .cases
+                    .clock_start
+                    .as_deref()
+                    .and_then(|s| {
+                        time::OffsetDateTime::parse(
+                            s,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
+                    .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                    .unwrap_or_else(crate::journal::now_ms),
+            };
+            Some(Arc::new(ManualClock::new(start)))
+        } else {
+            None
+        };
+        let clock: Arc<dyn Clock> = match &manual_clock {
+            Some(m) => m.clone(),
+            None => Arc::new(SystemClock),
+        };
+        let cases = Arc::new(Tracker::load(config.cases.clone(), &*journal)?);
         let hub = Arc::new(Hub {
             deliveries: Deliveries::new(config.delivery.clone()),
+            cases,
+            clock,
+            manual_clock,
             runtime,
             journal,
             adapters: DashMap::new(),
@@ -133,19 +173,39 @@ impl Hub {
                 );
             }
         }
-        let pending = hub.journal.pending()?;
+        Ok(hub)
+    }
+
+    /// Starts the background work: resumes every delivery the journal holds
+    /// pending, starts the case tracker and the poll loops.
+    pub fn run_background(self: &Arc<Hub>) -> anyhow::Result<()> {
+        let pending = self.journal.pending()?;
         if !pending.is_empty() {
             tracing::info!(
                 deliveries = pending.len(),
                 "resuming deliveries left pending"
             );
         }
-        hub.deliveries.enqueue(&hub, pending, None);
-        Ok(hub)
+        self.deliveries.enqueue(self, pending, None);
+        tokio::spawn(self.cases.clone().run(Arc::downgrade(self)));
+        self.start_polling();
+        Ok(())
+    }
+
+    /// Moves a manual clock forward (and keeps it in the journal); `None`
+    /// when the clock is the system's.
+    pub async fn advance_clock(&self, ms: i64) -> anyhow::Result<Option<i64>> {
+        let Some(clock) = &self.manual_clock else {
+            return Ok(None);
+        };
+        let now = clock.advance(ms);
+        self.journal.set_meta("clock_ms", &now.to_string()).await?;
+        self.cases.wake();
+        Ok(Some(now))
     }
 
     /// Starts the poll loops of adapters with a `poll_interval_ms`.
-    pub fn start_polling(self: &Arc<Hub>) {
+    fn start_polling(self: &Arc<Hub>) {
         for name in self.adapter_names() {
             let Some(adapter) = self.adapter(&name) else {
                 continue;
@@ -235,7 +295,17 @@ impl Hub {
         origin: Option<&str>,
     ) -> Result<Vec<Accepted>, AcceptError> {
         let mut batch = Vec::with_capacity(events.len());
-        for (index, event) in events.into_iter().enumerate() {
+        let received_ms = self.clock.now_ms();
+        for (index, mut event) in events.into_iter().enumerate() {
+            // Every report opens a case; the hub names it when the sender
+            // did not, from the report's identity so a repeat maps to it.
+            if event.caseid.is_none() && crate::cases::model::opens_case(&event.type_) {
+                if event.source.is_empty() || event.id.is_empty() {
+                    event = normalize(event, origin)
+                        .map_err(|error| AcceptError::Invalid { index, error })?;
+                }
+                event.caseid = Some(crate::cases::model::case_id_for(&event.source, &event.id));
+            }
             let event =
                 normalize(event, origin).map_err(|error| AcceptError::Invalid { index, error })?;
             let targets = self.route(&event, origin);
@@ -245,6 +315,7 @@ impl Hub {
                 encoded,
                 origin: origin.map(str::to_string),
                 targets,
+                received_ms,
             });
         }
         let limit = self.deliveries.limit();
@@ -274,6 +345,7 @@ impl Hub {
             accepted.push(Accepted {
                 id: event.id.clone(),
                 source: event.source.clone(),
+                caseid: event.caseid.clone(),
                 duplicate: stored.duplicate,
                 targets: if stored.duplicate {
                     Vec::new()
@@ -282,6 +354,8 @@ impl Hub {
                 },
             });
         }
+        // The case tracker reads what was just stored.
+        self.cases.wake();
         Ok(accepted)
     }
 

@@ -8,10 +8,11 @@
 //! department-specific lives in an adapter, behind the one WIT contract.
 //!
 //! The modules follow the flow: [`ingress`] → [`router`] → [`journal`] →
-//! [`delivery`], with [`runtime`] (the wasmtime host) underneath and
-//! [`config`] and [`cli`] on top.
+//! [`delivery`], with [`cases`] following each case to its close, [`runtime`]
+//! (the wasmtime host) underneath and [`config`] and [`cli`] on top.
 #![deny(missing_docs)]
 
+pub mod cases;
 pub mod cli;
 pub mod config;
 pub mod delivery;

@@ -6,12 +6,15 @@
 //!   that adapter's `ingest`;
 //! - `GET /v1/events/{id}`: the stored event and its deliveries;
 //! - `GET /v1/dead-letters`, `POST /v1/dead-letters/{id}/replay`;
+//! - `GET /v1/cases`, `GET /v1/cases/{id}`, `GET /v1/stats`, and
+//!   `POST /v1/clock` when the clock is manual;
 //! - `GET /healthz`, `GET /readyz`.
 //!
 //! Every error is `application/problem+json` whose `detail` names the
 //! field or cause. Events are acknowledged (`202`) only once the journal
 //! has them on disk.
 
+mod cases;
 mod events;
 mod problem;
 mod query;
@@ -51,6 +54,10 @@ pub fn router(hub: Arc<Hub>) -> axum::Router {
         .route("/v1/ingest/{adapter}", post(raw::ingest))
         .route("/v1/dead-letters", get(query::dead_letters))
         .route("/v1/dead-letters/{id}/replay", post(query::replay))
+        .route("/v1/cases", get(cases::list))
+        .route("/v1/cases/{id}", get(cases::one))
+        .route("/v1/stats", get(cases::statistics))
+        .route("/v1/clock", post(cases::advance_clock))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

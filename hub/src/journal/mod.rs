@@ -47,6 +47,76 @@ pub struct NewEvent {
     pub origin: Option<String>,
     /// The routing decision.
     pub targets: Vec<Target>,
+    /// When the hub accepted it (unix ms, the hub's clock).
+    pub received_ms: i64,
+}
+
+/// A stored event as the case tracker reads it, in journal order.
+#[derive(Debug, Clone)]
+pub struct FedEvent {
+    /// Its sequence number.
+    pub seq: i64,
+    /// When the hub accepted it (unix ms, the hub's clock).
+    pub received_ms: i64,
+    /// The adapter it came from.
+    pub origin: Option<String>,
+    /// The event.
+    pub event: Event,
+    /// Where it was routed, and why.
+    pub targets: Vec<Target>,
+}
+
+/// A case as stored: the columns queries filter on, and the whole case.
+#[derive(Debug, Clone)]
+pub struct CaseRow {
+    /// The case id.
+    pub id: String,
+    /// `incident` or `dispute`.
+    pub kind: String,
+    /// Its category.
+    pub category: Option<String>,
+    /// Its grid.
+    pub grid: Option<String>,
+    /// Its stage, as a rank (0 reported ... 5 closed).
+    pub stage: u8,
+    /// Its escalation level.
+    pub level: u8,
+    /// Opened (unix ms).
+    pub opened_ms: i64,
+    /// Acceptance due.
+    pub accept_due_ms: i64,
+    /// Resolution due.
+    pub resolve_due_ms: i64,
+    /// Closed, if it is.
+    pub closed_ms: Option<i64>,
+    /// The case, JSON.
+    pub doc: Vec<u8>,
+}
+
+/// Which cases to list.
+#[derive(Debug, Clone, Default)]
+pub struct CaseFilter {
+    /// `open`, `closed`, or a stage rank.
+    pub status: Option<CaseStatus>,
+    /// Grid prefix.
+    pub grid: Option<String>,
+    /// Category prefix.
+    pub category: Option<String>,
+    /// Only cases past a deadline at this time (unix ms).
+    pub overdue_at: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// A status filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseStatus {
+    /// Not closed.
+    Open,
+    /// Closed.
+    Closed,
+    /// Exactly this stage rank.
+    Stage(u8),
 }
 
 /// One delivery the journal created (or holds pending).
@@ -223,6 +293,28 @@ pub trait Journal: Send + Sync + 'static {
 
     /// An adapter's whole state.
     fn state(&self, adapter: &str) -> Result<Vec<(String, Vec<u8>)>, JournalError>;
+
+    /// Up to `limit` events after sequence number `seq`, oldest first.
+    fn events_after(&self, seq: i64, limit: usize) -> Result<Vec<FedEvent>, JournalError>;
+
+    /// Stores cases and, when given, how far the case tracker has read the
+    /// journal, in one transaction.
+    fn store_cases(&self, rows: Vec<CaseRow>, fed_up_to: Option<i64>) -> Pending<()>;
+
+    /// How far the case tracker has read the journal.
+    fn case_feed_position(&self) -> Result<i64, JournalError>;
+
+    /// One case, JSON.
+    fn case(&self, id: &str) -> Result<Option<Vec<u8>>, JournalError>;
+
+    /// Cases matching a filter, JSON, newest first.
+    fn cases(&self, filter: &CaseFilter) -> Result<Vec<Vec<u8>>, JournalError>;
+
+    /// A value of the hub's own bookkeeping (the manual clock).
+    fn meta(&self, key: &str) -> Result<Option<String>, JournalError>;
+
+    /// Stores a bookkeeping value.
+    fn set_meta(&self, key: &str, value: &str) -> Pending<()>;
 }
 
 /// Milliseconds since the Unix epoch.

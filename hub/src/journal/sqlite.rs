@@ -7,9 +7,11 @@
 //! their own connection, which WAL lets run beside the writer.
 
 use super::{
-    now_ms, rfc3339_ms, Appended, DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, Journal,
-    JournalError, NewEvent, Pending, StoredEvent,
+    now_ms, rfc3339_ms, Appended, CaseFilter, CaseRow, CaseStatus, DeadLetter, DeliveryRef,
+    DeliveryStatus, DeliveryUpdate, FedEvent, Journal, JournalError, NewEvent, Pending,
+    StoredEvent,
 };
+use crate::router::Target;
 use govhub_sdk::{cloudevents, Event};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -64,6 +66,27 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (adapter, key)
     );
     "#,
+    // 2: cases (fed from the events above) and the hub's bookkeeping.
+    r#"
+    CREATE TABLE cases (
+        id             TEXT PRIMARY KEY,
+        kind           TEXT NOT NULL,
+        category       TEXT,
+        grid           TEXT,
+        stage          INTEGER NOT NULL,
+        level          INTEGER NOT NULL,
+        opened_ms      INTEGER NOT NULL,
+        accept_due_ms  INTEGER NOT NULL,
+        resolve_due_ms INTEGER NOT NULL,
+        closed_ms      INTEGER,
+        doc            BLOB NOT NULL
+    );
+    CREATE INDEX cases_by_opened ON cases (opened_ms);
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// How commits reach the disk.
@@ -115,6 +138,12 @@ enum Command {
     ),
     Cursor(String, String, oneshot::Sender<Result<(), JournalError>>),
     State(String, String, Option<Vec<u8>>),
+    Cases(
+        Vec<CaseRow>,
+        Option<i64>,
+        oneshot::Sender<Result<(), JournalError>>,
+    ),
+    Meta(String, String, oneshot::Sender<Result<(), JournalError>>),
     Flush(oneshot::Sender<Result<(), JournalError>>),
 }
 
@@ -333,6 +362,21 @@ fn commit_group(conn: &mut Connection, group: Vec<Command>) {
                         tracing::error!(%adapter, %key, "cannot store adapter state: {e}");
                     }
                 }
+                Command::Cases(rows, fed, reply) => {
+                    let r = store_cases(&tx, &rows, fed).map_err(JournalError::from);
+                    replies.push(Reply::Unit(reply, r));
+                }
+                Command::Meta(key, value, reply) => {
+                    let r = tx
+                        .execute(
+                            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            params![key, value],
+                        )
+                        .map(|_| ())
+                        .map_err(JournalError::from);
+                    replies.push(Reply::Unit(reply, r));
+                }
                 Command::Flush(reply) => replies.push(Reply::Unit(reply, Ok(()))),
             }
         }
@@ -367,6 +411,46 @@ fn commit_group(conn: &mut Connection, group: Vec<Command>) {
     }
 }
 
+fn store_cases(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[CaseRow],
+    fed_up_to: Option<i64>,
+) -> Result<(), rusqlite::Error> {
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO cases (id, kind, category, grid, stage, level, opened_ms, accept_due_ms,
+                            resolve_due_ms, closed_ms, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, category = excluded.category,
+           grid = excluded.grid, stage = excluded.stage, level = excluded.level,
+           opened_ms = excluded.opened_ms, accept_due_ms = excluded.accept_due_ms,
+           resolve_due_ms = excluded.resolve_due_ms, closed_ms = excluded.closed_ms,
+           doc = excluded.doc",
+    )?;
+    for r in rows {
+        upsert.execute(params![
+            r.id,
+            r.kind,
+            r.category,
+            r.grid,
+            r.stage,
+            r.level,
+            r.opened_ms,
+            r.accept_due_ms,
+            r.resolve_due_ms,
+            r.closed_ms,
+            r.doc
+        ])?;
+    }
+    if let Some(seq) = fed_up_to {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('case_feed', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![seq.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
 fn append(
     tx: &rusqlite::Transaction<'_>,
     events: &[NewEvent],
@@ -391,7 +475,7 @@ fn append(
             e.type_,
             e.caseid,
             new.origin,
-            now,
+            new.received_ms,
             new.encoded
         ])?;
         if inserted == 0 {
@@ -657,12 +741,117 @@ impl Journal for SqliteJournal {
             rows.collect()
         })
     }
+
+    fn events_after(&self, seq: i64, limit: usize) -> Result<Vec<FedEvent>, JournalError> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT seq, received_ms, origin, cloudevent FROM events
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows: Vec<(i64, i64, Option<String>, Vec<u8>)> = s
+                .query_map(params![seq, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut t = c.prepare_cached(
+                "SELECT target, rule FROM deliveries WHERE event_seq = ?1 ORDER BY id",
+            )?;
+            rows.into_iter()
+                .map(|(seq, received_ms, origin, body)| {
+                    let targets = t
+                        .query_map(params![seq], |r| {
+                            Ok(Target {
+                                adapter: r.get(0)?,
+                                rule: r.get(1)?,
+                            })
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(FedEvent {
+                        seq,
+                        received_ms,
+                        origin,
+                        event: decode(&body)?,
+                        targets,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn store_cases(&self, rows: Vec<CaseRow>, fed_up_to: Option<i64>) -> Pending<()> {
+        self.ask(|reply| Command::Cases(rows, fed_up_to, reply))
+    }
+
+    fn case_feed_position(&self) -> Result<i64, JournalError> {
+        Ok(self
+            .meta("case_feed")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    fn case(&self, id: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        self.read(|c| {
+            c.query_row("SELECT doc FROM cases WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+    }
+
+    fn cases(&self, f: &CaseFilter) -> Result<Vec<Vec<u8>>, JournalError> {
+        let (open, closed, stage) = match f.status {
+            Some(CaseStatus::Open) => (true, false, None),
+            Some(CaseStatus::Closed) => (false, true, None),
+            Some(CaseStatus::Stage(s)) => (false, false, Some(s)),
+            None => (false, false, None),
+        };
+        self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT doc FROM cases
+                 WHERE (?1 = 0 OR closed_ms IS NULL)
+                   AND (?2 = 0 OR closed_ms IS NOT NULL)
+                   AND (?3 IS NULL OR stage = ?3)
+                   AND (?4 IS NULL OR grid = ?4 OR substr(grid, 1, length(?4) + 1) = ?4 || '/')
+                   AND (?5 IS NULL OR category = ?5
+                        OR substr(category, 1, length(?5) + 1) = ?5 || '.')
+                   AND (?6 IS NULL OR (closed_ms IS NULL
+                        AND (resolve_due_ms <= ?6 OR (stage < 2 AND accept_due_ms <= ?6))))
+                 ORDER BY opened_ms DESC, id LIMIT ?7",
+            )?;
+            let rows = s.query_map(
+                params![
+                    open as i64,
+                    closed as i64,
+                    stage,
+                    f.grid,
+                    f.category,
+                    f.overdue_at,
+                    f.limit as i64
+                ],
+                |r| r.get(0),
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, JournalError> {
+        self.read(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Pending<()> {
+        let (k, v) = (key.to_string(), value.to_string());
+        self.ask(|reply| Command::Meta(k, v, reply))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::Target;
 
     fn journal(dir: &Path) -> SqliteJournal {
         SqliteJournal::open(&SqliteConfig {
@@ -682,6 +871,7 @@ mod tests {
             encoded: cloudevents::to_vec(&e),
             event: std::sync::Arc::new(e),
             origin: None,
+            received_ms: now_ms(),
             targets: targets
                 .iter()
                 .map(|t| Target {

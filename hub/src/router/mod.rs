@@ -58,6 +58,10 @@ pub struct RouteMatch {
     pub grid: Option<String>,
     /// Minimum severity: `major` matches `major` and `critical`.
     pub severity: Option<String>,
+    /// Extension attributes that must have exactly these values, e.g.
+    /// `{ escalatedto = "street" }` for escalations to the street level.
+    #[serde(default)]
+    pub extensions: std::collections::BTreeMap<String, String>,
 }
 
 /// One `[[routes]]` entry.
@@ -88,6 +92,7 @@ struct Route {
     category: Option<String>,
     grid: Option<String>,
     severity: Option<Severity>,
+    extensions: Vec<(String, String)>,
     to: Vec<String>,
 }
 
@@ -149,6 +154,12 @@ impl Router {
                             })
                         })
                         .transpose()?,
+                    extensions: r
+                        .match_
+                        .extensions
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                     to: r.to.clone(),
                 })
             })
@@ -199,7 +210,10 @@ impl Router {
                     event
                         .severity
                         .is_some_and(|s| severity_rank(s) >= severity_rank(min))
-                });
+                })
+                && r.extensions
+                    .iter()
+                    .all(|(k, v)| event.extension(k) == Some(v.as_str()));
             if matches {
                 for to in &r.to {
                     add(to, format!("route: {}", r.name));
@@ -284,6 +298,30 @@ mod tests {
         );
         assert_eq!(targets[0].rule, "route: river");
         assert_eq!(targets[3].rule, "subscription: gov.*");
+    }
+
+    #[test]
+    fn routes_can_require_extension_values() {
+        let mut m = RouteMatch {
+            type_: Some("gov.case.escalated".into()),
+            ..Default::default()
+        };
+        m.extensions.insert("escalatedto".into(), "street".into());
+        let router = Router::new(&[route("street", m, &["command-center"])]).unwrap();
+        let e = Event::new("gov.case.escalated");
+        assert!(router
+            .route(
+                &e.clone().with_extension("escalatedto", "community"),
+                None,
+                []
+            )
+            .is_empty());
+        assert_eq!(
+            router
+                .route(&e.with_extension("escalatedto", "street"), None, [])
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -1,0 +1,322 @@
+//! Closed-loop cases: every reported incident is a case that is done only
+//! when every department that had to act has reported back, within its
+//! deadline; an overdue case escalates up the grid.
+//!
+//! The tracker is fed by the journal: it reads stored events in order and
+//! stores the cases it derives together with how far it has read, in one
+//! transaction, so after a crash it picks up exactly where it stopped. The
+//! events it emits (`gov.case.escalated`, `gov.case.closed`) have ids
+//! derived from the case, so emitting one twice (after a crash between
+//! emitting and storing) is a duplicate the journal drops.
+
+pub mod clock;
+pub mod model;
+pub mod stats;
+
+use crate::config::CasesConfig;
+use crate::hub::Hub;
+use crate::journal::{CaseRow, FedEvent, Journal, JournalError};
+use model::{opens_case, Case, Effect, Entry, Stage};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Events read from the journal per pass.
+const FEED_BATCH: usize = 500;
+
+/// The case tracker.
+pub struct Tracker {
+    config: CasesConfig,
+    open: Mutex<HashMap<String, Case>>,
+    fed: AtomicI64,
+    wake: Notify,
+}
+
+/// The stored form of a case.
+pub fn row(case: &Case) -> CaseRow {
+    CaseRow {
+        id: case.id.clone(),
+        kind: match case.kind {
+            model::Kind::Incident => "incident".into(),
+            model::Kind::Dispute => "dispute".into(),
+        },
+        category: case.category.clone(),
+        grid: case.grid.clone(),
+        stage: case.stage as u8,
+        level: case.level,
+        opened_ms: case.opened_ms,
+        accept_due_ms: case.accept_due_ms,
+        resolve_due_ms: case.resolve_due_ms,
+        closed_ms: case.closed_ms,
+        doc: serde_json::to_vec(case).unwrap_or_default(),
+    }
+}
+
+/// A stored case, read back.
+pub fn from_doc(doc: &[u8]) -> Option<Case> {
+    serde_json::from_slice(doc).ok()
+}
+
+impl Tracker {
+    /// A tracker with the open cases and feed position stored in `journal`.
+    pub fn load(config: CasesConfig, journal: &dyn Journal) -> Result<Tracker, JournalError> {
+        let open = journal
+            .cases(&crate::journal::CaseFilter {
+                status: Some(crate::journal::CaseStatus::Open),
+                limit: usize::MAX >> 1,
+                ..Default::default()
+            })?
+            .iter()
+            .filter_map(|d| from_doc(d))
+            .map(|c| (c.id.clone(), c))
+            .collect();
+        Ok(Tracker {
+            config,
+            open: Mutex::new(open),
+            fed: AtomicI64::new(journal.case_feed_position()?),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Asks the tracker to read new events (and check deadlines) now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Cases open right now.
+    pub fn open_count(&self) -> usize {
+        self.open.lock().map(|o| o.len()).unwrap_or(0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Case>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs until the hub is dropped: feed, check deadlines, sleep until
+    /// woken or the next check.
+    pub async fn run(self: Arc<Tracker>, hub: Weak<Hub>) {
+        let interval = Duration::from_millis(self.config.check_interval_ms);
+        loop {
+            let Some(hub) = hub.upgrade() else { return };
+            if let Err(e) = self.feed(&hub).await {
+                tracing::warn!("case tracker could not read the journal: {e:#}");
+                self.reload(&*hub.journal);
+            }
+            if let Err(e) = self.check(&hub).await {
+                tracing::warn!("case tracker could not escalate: {e:#}");
+                self.reload(&*hub.journal);
+            }
+            drop(hub);
+            let _ = tokio::time::timeout(interval, self.wake.notified()).await;
+        }
+    }
+
+    /// After a failure half way, forget the in-memory state and read it
+    /// back from the journal (the feed position was not advanced).
+    fn reload(&self, journal: &dyn Journal) {
+        if let Ok(fresh) = Tracker::load(self.config.clone(), journal) {
+            *self.lock() = fresh.open.into_inner().unwrap_or_default();
+            self.fed
+                .store(fresh.fed.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
+
+    /// Reads every event stored since the last pass into the cases.
+    pub async fn feed(&self, hub: &Arc<Hub>) -> anyhow::Result<()> {
+        loop {
+            let from = self.fed.load(Ordering::SeqCst);
+            let journal = hub.journal.clone();
+            let batch = tokio::task::spawn_blocking(move || journal.events_after(from, FEED_BATCH))
+                .await??;
+            let Some(last) = batch.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            let full = batch.len() == FEED_BATCH;
+            let (rows, effects) = self.apply_batch(&*hub.journal, batch);
+            self.emit(hub, effects).await?;
+            hub.journal.store_cases(rows, Some(last)).await?;
+            self.fed.store(last, Ordering::SeqCst);
+            self.forget_closed();
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn apply_batch(
+        &self,
+        journal: &dyn Journal,
+        batch: Vec<FedEvent>,
+    ) -> (Vec<CaseRow>, Vec<govhub_sdk::Event>) {
+        let mut changed: HashMap<String, Case> = HashMap::new();
+        let mut effects = Vec::new();
+        let mut open = self.lock();
+        for fe in batch {
+            let Some(caseid) = fe.event.caseid.clone() else {
+                continue;
+            };
+            let department = fe
+                .event
+                .extension("department")
+                .map(str::to_string)
+                .or_else(|| fe.origin.clone());
+            if let Some(case) = open.get_mut(&caseid) {
+                if opens_case(&fe.event.type_) {
+                    case.timeline
+                        .push(entry(&fe, department.as_deref(), "reported again"));
+                } else {
+                    effects.extend(case.apply(&fe.event, department.as_deref(), fe.received_ms));
+                }
+                changed.insert(caseid, case.clone());
+                continue;
+            }
+            // Not open: closed already (look it up), or new.
+            let stored = changed.get(&caseid).cloned().or_else(|| {
+                journal
+                    .case(&caseid)
+                    .ok()
+                    .flatten()
+                    .and_then(|d| from_doc(&d))
+            });
+            match stored {
+                Some(mut closed) => {
+                    closed
+                        .timeline
+                        .push(entry(&fe, department.as_deref(), "after closing"));
+                    changed.insert(caseid, closed);
+                }
+                None if opens_case(&fe.event.type_) => {
+                    // The departments that must act are those the routes
+                    // chose; subscribers only listen.
+                    let departments: Vec<String> = fe
+                        .targets
+                        .iter()
+                        .filter(|t| t.rule.starts_with("route:"))
+                        .map(|t| t.adapter.clone())
+                        .collect();
+                    let case = Case::open(
+                        &self.config,
+                        &caseid,
+                        &fe.event,
+                        &departments,
+                        fe.received_ms,
+                    );
+                    tracing::info!(case = %caseid, departments = ?departments, "case opened");
+                    open.insert(caseid.clone(), case.clone());
+                    changed.insert(caseid, case);
+                }
+                None => {
+                    tracing::debug!(case = %caseid, event = %fe.event.id, "event of an unknown case");
+                }
+            }
+        }
+        let rows = changed.values().map(row).collect();
+        let emit = effects.into_iter().map(|Effect::Emit(e)| e).collect();
+        (rows, emit)
+    }
+
+    fn forget_closed(&self) {
+        self.lock().retain(|_, c| c.stage != Stage::Closed);
+    }
+
+    /// Escalates every open case past its deadline.
+    pub async fn check(&self, hub: &Arc<Hub>) -> anyhow::Result<()> {
+        let now = hub.clock.now_ms();
+        let mut rows = Vec::new();
+        let mut effects = Vec::new();
+        {
+            let mut open = self.lock();
+            for case in open.values_mut() {
+                let e = case.check(&self.config, now);
+                if !e.is_empty() {
+                    tracing::warn!(case = %case.id, level = case.level, "case overdue: escalated");
+                    rows.push(row(case));
+                    effects.extend(e.into_iter().map(|Effect::Emit(e)| e));
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.emit(hub, effects).await?;
+        hub.journal.store_cases(rows, None).await?;
+        Ok(())
+    }
+
+    async fn emit(&self, hub: &Arc<Hub>, events: Vec<govhub_sdk::Event>) -> anyhow::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        hub.accept(events, None).await?;
+        Ok(())
+    }
+}
+
+fn entry(fe: &FedEvent, department: Option<&str>, note: &str) -> Entry {
+    Entry {
+        at_ms: fe.received_ms,
+        what: fe.event.type_.clone(),
+        source: fe.event.source.clone(),
+        department: department.map(str::to_string),
+        event_id: fe.event.id.clone(),
+        note: Some(note.to_string()),
+    }
+}
+
+/// A case as the API shows it: times as RFC 3339, whether it is overdue,
+/// who is still open.
+pub fn view(case: &Case, now_ms: i64) -> serde_json::Value {
+    use crate::journal::rfc3339_ms as t;
+    let departments: Vec<serde_json::Value> = case
+        .departments
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "name": d.name,
+                "stage": d.stage.as_str(),
+                "dispatched_at": d.dispatched_ms.map(t),
+                "accepted_at": d.accepted_ms.map(t),
+                "on_scene_at": d.on_scene_ms.map(t),
+                "resolved_at": d.resolved_ms.map(t),
+            })
+        })
+        .collect();
+    let timeline: Vec<serde_json::Value> = case
+        .timeline
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "at": t(e.at_ms),
+                "what": e.what,
+                "source": e.source,
+                "department": e.department,
+                "event_id": e.event_id,
+                "note": e.note,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "id": case.id,
+        "kind": case.kind,
+        "category": case.category,
+        "severity": case.severity.map(|s| s.as_str()),
+        "grid": case.grid,
+        "status": case.stage.as_str(),
+        "level": case.level,
+        "level_name": model::ESCALATION_LEVELS[case.level as usize],
+        "opened_at": t(case.opened_ms),
+        "accept_due_at": t(case.accept_due_ms),
+        "resolve_due_at": t(case.resolve_due_ms),
+        "level_due_at": case.level_due_ms.map(t),
+        "closed_at": case.closed_ms.map(t),
+        "close_reason": case.close_reason,
+        "on_time": case.on_time(),
+        "overdue": case.overdue(now_ms),
+        "open_departments": case.open_departments(),
+        "departments": departments,
+        "mediation": case.mediation,
+        "timeline": timeline,
+    })
+}

@@ -1,0 +1,150 @@
+//! The closed loop, read: cases, one case with its timeline, statistics;
+//! and the manual clock of drills and tests.
+
+use super::{App, Problem};
+use crate::cases::{from_doc, model::Stage, stats, view};
+use crate::journal::{CaseFilter, CaseStatus};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use std::sync::Arc;
+
+fn journal_problem(e: impl std::fmt::Display) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "journal unavailable",
+        e.to_string(),
+    )
+    .with_retry_after(5)
+}
+
+#[derive(Deserialize)]
+pub(super) struct CasesQuery {
+    status: Option<String>,
+    grid: Option<String>,
+    category: Option<String>,
+    overdue: Option<bool>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn list(
+    State(app): State<Arc<App>>,
+    Query(q): Query<CasesQuery>,
+) -> Result<Response, Problem> {
+    let status = match q.status.as_deref() {
+        None | Some("") | Some("all") => None,
+        Some("open") => Some(CaseStatus::Open),
+        Some("closed") => Some(CaseStatus::Closed),
+        Some(s) => match Stage::parse(s) {
+            Some(stage) => Some(CaseStatus::Stage(stage as u8)),
+            None => {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid status",
+                    format!(
+                        "status `{s}` is not one of open, closed, reported, dispatched, accepted, on-scene, resolved"
+                    ),
+                )
+                .with_field("status"))
+            }
+        },
+    };
+    let now = app.hub.clock.now_ms();
+    let filter = CaseFilter {
+        status,
+        grid: q.grid.filter(|g| !g.is_empty()),
+        category: q.category.filter(|c| !c.is_empty()),
+        overdue_at: q.overdue.unwrap_or(false).then_some(now),
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let journal = app.hub.journal.clone();
+    let docs = tokio::task::spawn_blocking(move || journal.cases(&filter))
+        .await
+        .map_err(journal_problem)?
+        .map_err(journal_problem)?;
+    let cases: Vec<serde_json::Value> = docs
+        .iter()
+        .filter_map(|d| from_doc(d))
+        .map(|c| {
+            let mut v = view(&c, now);
+            // The list is a summary; the timeline is on the case itself.
+            if let Some(o) = v.as_object_mut() {
+                o.remove("timeline");
+            }
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "cases": cases })).into_response())
+}
+
+pub(super) async fn one(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let journal = app.hub.journal.clone();
+    let key = id.clone();
+    let doc = tokio::task::spawn_blocking(move || journal.case(&key))
+        .await
+        .map_err(journal_problem)?
+        .map_err(journal_problem)?;
+    match doc.as_deref().and_then(from_doc) {
+        Some(case) => Ok(Json(view(&case, app.hub.clock.now_ms())).into_response()),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "no such case",
+            format!("no case `{id}`"),
+        )),
+    }
+}
+
+pub(super) async fn statistics(State(app): State<Arc<App>>) -> Result<Response, Problem> {
+    let journal = app.hub.journal.clone();
+    let docs = tokio::task::spawn_blocking(move || {
+        journal.cases(&CaseFilter {
+            limit: usize::MAX >> 1,
+            ..Default::default()
+        })
+    })
+    .await
+    .map_err(journal_problem)?
+    .map_err(journal_problem)?;
+    let cases: Vec<_> = docs.iter().filter_map(|d| from_doc(d)).collect();
+    Ok(Json(stats::compute(&cases)).into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct Advance {
+    advance_s: i64,
+}
+
+pub(super) async fn advance_clock(
+    State(app): State<Arc<App>>,
+    Json(body): Json<Advance>,
+) -> Result<Response, Problem> {
+    if body.advance_s < 0 {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid advance",
+            "advance_s must not be negative: the clock only moves forward",
+        )
+        .with_field("advance_s"));
+    }
+    match app
+        .hub
+        .advance_clock(body.advance_s * 1000)
+        .await
+        .map_err(journal_problem)?
+    {
+        Some(now) => Ok(Json(serde_json::json!({
+            "now": crate::journal::rfc3339_ms(now)
+        }))
+        .into_response()),
+        None => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "system clock",
+            "the clock can only be moved when cases.clock = \"manual\"",
+        )),
+    }
+}
