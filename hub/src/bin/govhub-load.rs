@@ -47,6 +47,10 @@ enum Cmd {
         /// The govhub binary (default: next to this one).
         #[arg(long)]
         govhub: Option<PathBuf>,
+        /// Event type sent. The default opens no case; `gov.incident.reported`
+        /// makes every event a case the tracker opens too.
+        #[arg(long = "type", default_value = "gov.alert.issued")]
+        event_type: String,
         /// Which phases to run (for profiling one of them).
         #[arg(
             long,
@@ -59,13 +63,15 @@ enum Cmd {
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
 
+static EVENT_TYPE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn event_json(id: &str) -> serde_json::Value {
     // About 1 KB once encoded, like the raw rows of the ceiling.
     serde_json::json!({
         "specversion": "1.0",
         "id": id,
         "source": "urn:govhub:load",
-        "type": "gov.incident.reported",
+        "type": EVENT_TYPE.get().map(String::as_str).unwrap_or("gov.alert.issued"),
         "time": "2025-08-01T14:05:00+08:00",
         "category": "traffic.congestion",
         "severity": "minor",
@@ -359,7 +365,10 @@ fn main() {
             latency_seconds,
             govhub,
             phases,
+            event_type,
         } => {
+            let _ = EVENT_TYPE.set(event_type.clone());
+            println!("event type: {event_type}");
             let temp = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
             let dir = dir.unwrap_or_else(|| temp.path().to_path_buf());
             std::fs::create_dir_all(&dir).unwrap();

@@ -32,6 +32,8 @@ pub struct Tracker {
     open: Mutex<HashMap<String, Case>>,
     fed: AtomicI64,
     wake: Notify,
+    /// The hub-clock time deadlines were last checked at.
+    checked_at: AtomicI64,
 }
 
 /// The stored form of a case.
@@ -77,6 +79,7 @@ impl Tracker {
             open: Mutex::new(open),
             fed: AtomicI64::new(journal.case_feed_position()?),
             wake: Notify::new(),
+            checked_at: AtomicI64::new(i64::MIN),
         })
     }
 
@@ -123,21 +126,26 @@ impl Tracker {
         }
     }
 
-    /// Reads every event stored since the last pass into the cases.
+    /// Reads every case event stored since the last pass into the cases.
     pub async fn feed(&self, hub: &Arc<Hub>) -> anyhow::Result<()> {
         loop {
             let from = self.fed.load(Ordering::SeqCst);
             let journal = hub.journal.clone();
-            let batch = tokio::task::spawn_blocking(move || journal.events_after(from, FEED_BATCH))
-                .await??;
-            let Some(last) = batch.last().map(|e| e.seq) else {
+            let (batch, position) =
+                tokio::task::spawn_blocking(move || journal.case_events_after(from, FEED_BATCH))
+                    .await??;
+            if batch.is_empty() {
+                // Only events without a case since: nothing to store; the
+                // position is kept in memory (after a restart those events
+                // are skipped again, cheaply).
+                self.fed.store(position, Ordering::SeqCst);
                 return Ok(());
-            };
+            }
             let full = batch.len() == FEED_BATCH;
             let (rows, effects) = self.apply_batch(&*hub.journal, batch);
             self.emit(hub, effects).await?;
-            hub.journal.store_cases(rows, Some(last)).await?;
-            self.fed.store(last, Ordering::SeqCst);
+            hub.journal.store_cases(rows, Some(position)).await?;
+            self.fed.store(position, Ordering::SeqCst);
             self.forget_closed();
             if !full {
                 return Ok(());
@@ -221,9 +229,16 @@ impl Tracker {
         self.lock().retain(|_, c| c.stage != Stage::Closed);
     }
 
-    /// Escalates every open case past its deadline.
+    /// Escalates every open case past its deadline. Runs at most once per
+    /// `check_interval_ms` of the hub's clock (a busy feed wakes the tracker
+    /// far more often than deadlines can pass).
     pub async fn check(&self, hub: &Arc<Hub>) -> anyhow::Result<()> {
         let now = hub.clock.now_ms();
+        let last = self.checked_at.load(Ordering::SeqCst);
+        if last != i64::MIN && now.saturating_sub(last) < self.config.check_interval_ms as i64 {
+            return Ok(());
+        }
+        self.checked_at.store(now, Ordering::SeqCst);
         let mut rows = Vec::new();
         let mut effects = Vec::new();
         {

@@ -294,8 +294,14 @@ pub trait Journal: Send + Sync + 'static {
     /// An adapter's whole state.
     fn state(&self, adapter: &str) -> Result<Vec<(String, Vec<u8>)>, JournalError>;
 
-    /// Up to `limit` events after sequence number `seq`, oldest first.
-    fn events_after(&self, seq: i64, limit: usize) -> Result<Vec<FedEvent>, JournalError>;
+    /// Up to `limit` events of a case (with a `caseid`) after sequence
+    /// number `seq`, oldest first, and the position read up to (past the
+    /// events without a case in between).
+    fn case_events_after(
+        &self,
+        seq: i64,
+        limit: usize,
+    ) -> Result<(Vec<FedEvent>, i64), JournalError>;
 
     /// Stores cases and, when given, how far the case tracker has read the
     /// journal, in one transaction.

@@ -742,21 +742,34 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn events_after(&self, seq: i64, limit: usize) -> Result<Vec<FedEvent>, JournalError> {
+    fn case_events_after(
+        &self,
+        seq: i64,
+        limit: usize,
+    ) -> Result<(Vec<FedEvent>, i64), JournalError> {
         self.read(|c| {
-            let mut s = c.prepare_cached(
+            // One read transaction: the events and the position are from
+            // the same snapshot, so nothing between them is skipped.
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare_cached(
                 "SELECT seq, received_ms, origin, cloudevent FROM events
-                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                 WHERE seq > ?1 AND caseid IS NOT NULL ORDER BY seq LIMIT ?2",
             )?;
             let rows: Vec<(i64, i64, Option<String>, Vec<u8>)> = s
                 .query_map(params![seq, limit as i64], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?
                 .collect::<Result<_, _>>()?;
-            let mut t = c.prepare_cached(
+            let position = if rows.len() == limit {
+                rows.last().map(|r| r.0).unwrap_or(seq)
+            } else {
+                tx.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?
+            };
+            let mut t = tx.prepare_cached(
                 "SELECT target, rule FROM deliveries WHERE event_seq = ?1 ORDER BY id",
             )?;
-            rows.into_iter()
+            let events = rows
+                .into_iter()
                 .map(|(seq, received_ms, origin, body)| {
                     let targets = t
                         .query_map(params![seq], |r| {
@@ -774,7 +787,8 @@ impl Journal for SqliteJournal {
                         targets,
                     })
                 })
-                .collect()
+                .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+            Ok((events, position.max(seq)))
         })
     }
 
