@@ -312,21 +312,31 @@ fn an_unanswered_case_escalates_level_by_level_across_a_restart() {
         received_at(&receiver, "/street")[0].header("ce-grid"),
         Some("yingfeng")
     );
-    let notes: Vec<String> = c["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["note"].as_str().map(str::to_string))
-        .collect();
-    assert!(
-        notes
+    // The escalation events come back through the journal onto the
+    // timeline.
+    let notes = |c: &serde_json::Value| -> Vec<String> {
+        c["timeline"]
+            .as_array()
+            .unwrap()
             .iter()
-            .any(|n| n == "escalated to the community level"),
-        "{notes:?}"
+            .filter_map(|e| e["note"].as_str().map(str::to_string))
+            .collect()
+    };
+    let c = hub.wait_until(
+        &format!("/v1/cases/{caseid}"),
+        Duration::from_secs(10),
+        |c| {
+            notes(c)
+                .iter()
+                .any(|n| n == "escalated to the street level")
+        },
     );
     assert!(
-        notes.iter().any(|n| n == "escalated to the street level"),
-        "{notes:?}"
+        notes(&c)
+            .iter()
+            .any(|n| n == "escalated to the community level"),
+        "{:?}",
+        notes(&c)
     );
     // The street is the top: no third escalation.
     advance(&hub, 100_000);

@@ -317,23 +317,29 @@ async fn durable(dir: &Path, govhub: &Path, opts: Durable) {
     if !run("latency") {
         return;
     }
-    // Open loop at half the single-request maximum.
+    // Open loop at half the single-request maximum, on the same number of
+    // connections: request i is due at start + i/rate on connection
+    // i mod C, and its latency counts from when it was due, so a stall
+    // shows in every request it delayed (no coordinated omission).
     let rate = single_rate / 2.0;
     let total = (rate * latency_seconds as f64) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let due = started + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(due.into()).await;
+    let started = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(concurrency);
+    for lane in 0..concurrency {
         let (client, url, latencies) = (client.clone(), url.clone(), latencies.clone());
-        let body = bytes::Bytes::from(event_json(&format!("lat-{i}")).to_string());
         tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let status = post(&client, &url, "application/cloudevents+json", body).await;
-            assert_eq!(status, 202);
-            latencies.lock().unwrap().push(t.elapsed());
+            let mut mine = Vec::new();
+            for i in (lane..total).step_by(concurrency) {
+                let due = started + interval.mul_f64(i as f64);
+                tokio::time::sleep_until(due).await;
+                let body = bytes::Bytes::from(event_json(&format!("lat-{i}")).to_string());
+                let status = post(&client, &url, "application/cloudevents+json", body).await;
+                assert_eq!(status, 202);
+                mine.push(due.elapsed());
+            }
+            latencies.lock().unwrap().extend(mine);
         }));
     }
     for t in tasks {

@@ -26,6 +26,11 @@ use tokio::sync::Notify;
 /// Events read from the journal per pass.
 const FEED_BATCH: usize = 500;
 
+/// Shortest time between two passes. Under load every accepted request
+/// wakes the tracker; gathering what arrives in 20 ms into one pass costs
+/// cases 20 ms of freshness and saves thousands of journal reads a second.
+const MIN_PASS_GAP: Duration = Duration::from_millis(20);
+
 /// The case tracker.
 pub struct Tracker {
     config: CasesConfig,
@@ -113,6 +118,7 @@ impl Tracker {
             }
             drop(hub);
             let _ = tokio::time::timeout(interval, self.wake.notified()).await;
+            tokio::time::sleep(MIN_PASS_GAP).await;
         }
     }
 

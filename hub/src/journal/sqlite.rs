@@ -152,7 +152,33 @@ pub struct SqliteJournal {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     reader: Mutex<Connection>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     stats: Arc<Stats>,
+}
+
+/// How often the checkpointer moves the WAL into the database file.
+/// SQLite's own checkpoint runs inside a commit once the WAL passes 4 MiB,
+/// and its fsync of the whole database then stalls every request waiting
+/// on that commit; done beside the writer, a passive checkpoint never
+/// blocks it.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+    loop {
+        match stop.recv_timeout(CHECKPOINT_EVERY) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!("journal checkpoint failed: {e}");
+                }
+            }
+            // Stopping: one last full checkpoint so the WAL is small at
+            // the next start.
+            _ => {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                return;
+            }
+        }
+    }
 }
 
 /// Counters of the writer.
@@ -212,7 +238,14 @@ impl SqliteJournal {
         }
         let mut writer = open(&config.path, config.synchronous)?;
         migrate(&mut writer, &config.path)?;
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = open(&config.path, config.synchronous)?;
+        let checkpoints = open(&config.path, config.synchronous)?;
+        let (stop, stopped) = mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("govhub-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoints, stopped))
+            .map_err(|e| JournalError::Storage(format!("cannot start the checkpointer: {e}")))?;
         let (tx, rx) = mpsc::channel();
         let max_group = config.max_group.max(1);
         let stats = Arc::new(Stats::default());
@@ -225,6 +258,7 @@ impl SqliteJournal {
             tx: Mutex::new(Some(tx)),
             reader: Mutex::new(reader),
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some((stop, checkpointer))),
             stats,
         })
     }
@@ -260,6 +294,10 @@ impl SqliteJournal {
             tx.take();
         }
         if let Some(handle) = self.writer.lock().ok().and_then(|mut h| h.take()) {
+            let _ = handle.join();
+        }
+        if let Some((stop, handle)) = self.checkpointer.lock().ok().and_then(|mut c| c.take()) {
+            let _ = stop.send(());
             let _ = handle.join();
         }
     }
