@@ -178,6 +178,42 @@ fn joint_dispatch_closes_only_when_every_department_resolved() {
         .collect();
     assert_eq!(timeline.first(), Some(&"gov.incident.reported"));
     assert!(timeline.contains(&"gov.incident.on-scene"));
+    // A second case where the village never answers: it stays open, shows
+    // who is missing, and is overdue once the deadline passes.
+    let stuck = open_case(
+        &hub,
+        &report(
+            "etrike-2",
+            "traffic.congestion",
+            "minor",
+            "yingfeng/yingyi/2",
+        ),
+    );
+    for d in ["traffic", "police"] {
+        status(&hub, &stuck, "gov.incident.accepted", d, &[]);
+        status(&hub, &stuck, "gov.incident.resolved", d, &[]);
+    }
+    hub.wait_until(
+        &format!("/v1/cases/{stuck}"),
+        Duration::from_secs(10),
+        |c| c["open_departments"] == serde_json::json!(["village"]),
+    );
+    advance(&hub, 1801);
+    let c = hub.wait_until(
+        &format!("/v1/cases/{stuck}"),
+        Duration::from_secs(10),
+        |c| c["overdue"] == true && c["level"] == 1,
+    );
+    assert_ne!(c["status"], "closed");
+    assert_eq!(c["open_departments"], serde_json::json!(["village"]));
+    let overdue = hub.get_json("/v1/cases?overdue=true").1;
+    let ids: Vec<&str> = overdue["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [stuck.as_str()], "the closed case is not overdue");
     // The hub announced the close as an event of the case.
     let (code, closed) = hub.get_json(&format!("/v1/events/closed-{caseid}"));
     assert_eq!(code, 200, "{closed}");

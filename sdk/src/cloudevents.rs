@@ -78,19 +78,25 @@ fn err(attribute: &str, message: impl Into<String>) -> Error {
     }
 }
 
-/// True for `application/json`, `text/json` and any `+json` media type.
-pub fn is_json_media_type(content_type: &str) -> bool {
-    let essence = content_type
+/// The media type without its parameters, lower case:
+/// `Application/JSON; charset=utf-8` → `application/json`.
+pub fn media_type_essence(content_type: &str) -> String {
+    content_type
         .split(';')
         .next()
         .unwrap_or_default()
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+/// True for `application/json`, `text/json` and any `+json` media type.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let essence = media_type_essence(content_type);
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
 fn is_text_media_type(content_type: &str) -> bool {
-    let essence = content_type.trim().to_ascii_lowercase();
+    let essence = media_type_essence(content_type);
     essence.starts_with("text/")
         || essence.ends_with("+xml")
         || essence.starts_with("application/xml")

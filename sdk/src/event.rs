@@ -234,13 +234,8 @@ impl Inbound {
     /// The media type of the body (`content-type` without parameters,
     /// lower case), if given.
     pub fn content_type(&self) -> Option<String> {
-        self.header("content-type").map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        })
+        self.header("content-type")
+            .map(crate::cloudevents::media_type_essence)
     }
 
     /// The body as UTF-8 text, or [`AdapterError::InvalidInput`].

@@ -1,7 +1,7 @@
 //! The closed loop, read: cases, one case with its timeline, statistics;
 //! and the manual clock of drills and tests.
 
-use super::{App, Problem};
+use super::{journal_problem, App, Problem};
 use crate::cases::{from_doc, model::Stage, stats, view};
 use crate::journal::{CaseFilter, CaseStatus};
 use axum::extract::{Path, Query, State};
@@ -10,15 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use std::sync::Arc;
-
-fn journal_problem(e: impl std::fmt::Display) -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "journal unavailable",
-        e.to_string(),
-    )
-    .with_retry_after(5)
-}
 
 #[derive(Deserialize)]
 pub(super) struct CasesQuery {

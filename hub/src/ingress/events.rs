@@ -36,13 +36,7 @@ pub(super) async fn post_events(
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        match essence.as_str() {
+        match cloudevents::media_type_essence(content_type).as_str() {
             "application/cloudevents+json" => {
                 vec![cloudevents::from_slice(&body).map_err(invalid)?]
             }

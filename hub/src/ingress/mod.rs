@@ -132,6 +132,16 @@ struct Answer {
     accepted: Vec<crate::hub::Accepted>,
 }
 
+/// The problem for a journal read or write that failed.
+fn journal_problem(e: impl std::fmt::Display) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "journal unavailable",
+        e.to_string(),
+    )
+    .with_retry_after(5)
+}
+
 /// The problem for events the hub did not accept.
 fn accept_problem(e: &AcceptError) -> Problem {
     match e {

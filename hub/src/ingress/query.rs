@@ -1,7 +1,7 @@
 //! Looking at what became of events: one event with its deliveries, the
 //! dead letters, and replaying one.
 
-use super::{App, Problem};
+use super::{journal_problem, App, Problem};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -9,15 +9,6 @@ use axum::Json;
 use govhub_sdk::cloudevents;
 use serde::Deserialize;
 use std::sync::Arc;
-
-fn journal_problem(e: impl std::fmt::Display) -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "journal unavailable",
-        e.to_string(),
-    )
-    .with_retry_after(5)
-}
 
 #[derive(Deserialize)]
 pub(super) struct EventQuery {
