@@ -7,32 +7,18 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use govhub::runtime::{Manifest, Runtime, RuntimeConfig};
 use govhub_sdk::{Adapter, Inbound};
-use std::path::Path;
-use std::process::Command;
 
 const RIVER: &str = include_str!("../../adapters/police/samples/incident-river.json");
 
+/// The adapters, built once the way the end-to-end tests build them.
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 fn police_wasm() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("GOVHUB_BENCH_POLICE_WASM") {
-        return p.into();
+    match std::env::var_os("GOVHUB_BENCH_POLICE_WASM") {
+        Some(p) => p.into(),
+        None => support::wasm("police-adapter"),
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-            "target/adapters",
-            "-p",
-            "police-adapter",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success());
-    root.join("target/adapters/wasm32-wasip2/release/police_adapter.wasm")
 }
 
 fn bench(c: &mut Criterion) {

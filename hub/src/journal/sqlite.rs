@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 /// Schema migrations, in order; `PRAGMA user_version` counts those applied.
 /// Never edit a released step: add one.
 const MIGRATIONS: &[&str] = &[
-    // 1: events, deliveries, cursors, adapter state.
+    // 1: events, deliveries, adapter state.
     r#"
     CREATE TABLE events (
         seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -55,10 +55,6 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (event_seq, target)
     );
     CREATE INDEX deliveries_open ON deliveries (status, id);
-    CREATE TABLE cursors (
-        adapter TEXT PRIMARY KEY,
-        cursor  TEXT NOT NULL
-    );
     CREATE TABLE adapter_state (
         adapter TEXT NOT NULL,
         key     TEXT NOT NULL,
@@ -66,7 +62,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (adapter, key)
     );
     "#,
-    // 2: cases (fed from the events above) and the hub's bookkeeping.
+    // 2: cases (fed from the events above) and the hub's bookkeeping
+    // (the case feed position, poll cursors, the manual clock).
     r#"
     CREATE TABLE cases (
         id             TEXT PRIMARY KEY,
@@ -136,7 +133,6 @@ enum Command {
         i64,
         oneshot::Sender<Result<Option<DeliveryRef>, JournalError>>,
     ),
-    Cursor(String, String, oneshot::Sender<Result<(), JournalError>>),
     State(String, String, Option<Vec<u8>>),
     Cases(
         Vec<CaseRow>,
@@ -372,17 +368,6 @@ fn commit_group(conn: &mut Connection, group: Vec<Command>) {
                 Command::Replay(id, reply) => {
                     let r = replay(&tx, id, now).map_err(JournalError::from);
                     replies.push(Reply::Replay(reply, r));
-                }
-                Command::Cursor(adapter, cursor, reply) => {
-                    let r = tx
-                        .execute(
-                            "INSERT INTO cursors (adapter, cursor) VALUES (?1, ?2)
-                             ON CONFLICT (adapter) DO UPDATE SET cursor = excluded.cursor",
-                            params![adapter, cursor],
-                        )
-                        .map(|_| ())
-                        .map_err(JournalError::from);
-                    replies.push(Reply::Unit(reply, r));
                 }
                 Command::State(adapter, key, value) => {
                     let r = match value {
@@ -638,8 +623,7 @@ impl Journal for SqliteJournal {
     }
 
     fn set_cursor(&self, adapter: &str, cursor: &str) -> Pending<()> {
-        let (a, c) = (adapter.to_string(), cursor.to_string());
-        self.ask(|reply| Command::Cursor(a, c, reply))
+        self.set_meta(&format!("cursor/{adapter}"), cursor)
     }
 
     fn set_state(&self, adapter: &str, key: &str, value: Option<&[u8]>) {
@@ -762,14 +746,7 @@ impl Journal for SqliteJournal {
     }
 
     fn cursor(&self, adapter: &str) -> Result<Option<String>, JournalError> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT cursor FROM cursors WHERE adapter = ?1",
-                params![adapter],
-                |r| r.get(0),
-            )
-            .optional()
-        })
+        self.meta(&format!("cursor/{adapter}"))
     }
 
     fn state(&self, adapter: &str) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
