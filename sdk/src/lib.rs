@@ -87,6 +87,7 @@ pub mod http;
 mod panic;
 mod sys;
 pub mod testing;
+pub mod when;
 
 pub use bindings::govhub::adapter::types::{
     AdapterError, Attribute, Description, Event, Header, Inbound, Outcome, PollResult, Severity,

@@ -224,28 +224,47 @@ fn severity_to_priority(s: Severity) -> u8 {
     }
 }
 
-/// CAD times come as RFC 3339 or as `YYYY-MM-DD HH:MM:SS` local time; the
-/// latter gets the configured `utc_offset` (default `+08:00`).
-fn normalize_time(t: &str) -> Result<String, AdapterError> {
-    use time::format_description::well_known::Rfc3339;
-    let t = t.trim();
-    if time::OffsetDateTime::parse(t, &Rfc3339).is_ok() {
-        return Ok(t.to_string());
-    }
-    let local = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    let offset = config::get("utc_offset").unwrap_or_else(|| "+08:00".to_string());
-    let stamped = time::PrimitiveDateTime::parse(t, local)
-        .ok()
-        .map(|_| format!("{}T{}{offset}", &t[..10], &t[11..]));
-    match stamped {
-        Some(s) if time::OffsetDateTime::parse(&s, &Rfc3339).is_ok() => Ok(s),
-        Some(_) => Err(AdapterError::Unavailable(format!(
-            "config key `utc_offset`: `{offset}` is not an offset like +08:00"
-        ))),
-        None => Err(AdapterError::InvalidInput(format!(
-            "field `call_time`: `{t}` is neither RFC 3339 nor `YYYY-MM-DD HH:MM:SS`"
-        ))),
-    }
+/// The CAD's status on a dispatch it was sent.
+#[derive(Debug, Deserialize)]
+pub struct Status {
+    dispatch_id: String,
+    case_id: String,
+    status: String,
+    time: String,
+    #[serde(default)]
+    officer: Option<String>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// The CAD's status words → event types.
+pub const STATUSES: &[(&str, &str)] = &[
+    ("accepted", "gov.incident.accepted"),
+    ("on_scene", "gov.incident.on-scene"),
+    ("resolved", "gov.incident.resolved"),
+];
+
+fn status(s: Status) -> Result<Vec<Event>, AdapterError> {
+    let ty = STATUSES
+        .iter()
+        .find(|(w, _)| *w == s.status)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            AdapterError::InvalidInput(format!(
+                "field `status`: `{}` is not one of accepted, on_scene, resolved",
+                s.status
+            ))
+        })?;
+    let source = config::get("source").unwrap_or_else(|| "urn:govhub:police".to_string());
+    Ok(vec![Event::new(ty)
+        .with_id(format!("police-{}-{}", s.dispatch_id, s.status))
+        .with_source(source)
+        .with_subject(&s.dispatch_id)
+        .with_case(&s.case_id)
+        .with_time(govhub_sdk::when::normalize(&s.time, "time")?)
+        .with_json(
+            &serde_json::json!({ "officer": s.officer, "note": s.note }),
+        )])
 }
 
 /// The police adapter.
@@ -261,6 +280,10 @@ impl Adapter for Police {
     }
 
     fn ingest(message: Inbound) -> Result<Vec<Event>, AdapterError> {
+        let value: serde_json::Value = message.json()?;
+        if value.get("status").is_some() {
+            return status(message.json()?);
+        }
         let incident: Incident = message.json()?;
         if incident.incident_no.trim().is_empty() {
             return Err(AdapterError::InvalidInput(
@@ -284,7 +307,10 @@ impl Adapter for Police {
             .with_id(&incident.incident_no)
             .with_source(source)
             .with_subject(&incident.incident_no)
-            .with_time(normalize_time(&incident.call_time)?)
+            .with_time(govhub_sdk::when::normalize(
+                &incident.call_time,
+                "call_time",
+            )?)
             .with_category(category.taxonomy)
             .with_severity(severity);
         if let Some(c) = &incident.coordinates {
@@ -468,6 +494,28 @@ mod tests {
             d.description.as_deref(),
             Some("台风预警期间，有人驾驶小船进入钱塘江江面")
         );
+    }
+
+    #[test]
+    fn status_back_becomes_case_events() {
+        let body = include_str!("../samples/status-on-scene.json");
+        let e = &Harness::new()
+            .ingest::<Police>(Inbound::post_json(body))
+            .unwrap()[0];
+        assert_eq!(e.type_, "gov.incident.on-scene");
+        assert_eq!(e.id, "police-vp-20250801-140455-cam17-on_scene");
+        assert_eq!(e.caseid.as_deref(), Some("case-5f0c2a8e1b7d3c44"));
+        assert_eq!(e.subject.as_deref(), Some("vp-20250801-140455-cam17"));
+        let bad = body.replace("\"on_scene\"", "\"asleep\"");
+        assert!(matches!(
+            Harness::new().ingest::<Police>(Inbound::post_json(bad)),
+            Err(AdapterError::InvalidInput(m)) if m.contains("`status`")
+        ));
+        let no_case = body.replace("\"case_id\"", "\"case\"");
+        assert!(matches!(
+            Harness::new().ingest::<Police>(Inbound::post_json(no_case)),
+            Err(AdapterError::InvalidInput(m)) if m.contains("case_id")
+        ));
     }
 
     #[test]

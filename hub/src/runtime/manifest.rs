@@ -89,6 +89,9 @@ pub enum ConfigValue {
     Float(f64),
     /// `key = true`.
     Bool(bool),
+    /// A table or an array (a device table, say): the adapter reads it as
+    /// JSON text.
+    Structured(serde_json::Value),
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +265,7 @@ impl Manifest {
                     ConfigValue::Integer(i) => i.to_string(),
                     ConfigValue::Float(f) => f.to_string(),
                     ConfigValue::Bool(b) => b.to_string(),
+                    ConfigValue::Structured(v) => v.to_string(),
                 };
                 Ok((key.clone(), text))
             })
@@ -363,6 +367,9 @@ mod tests {
             [config]
             url = "http://127.0.0.1:9000/events"
             retries = 3
+            [config.devices.SD-0101]
+            lat = 30.249
+            grid = "yingfeng/wangjiang/1"
             "#
         ))
         .unwrap();
@@ -371,6 +378,8 @@ mod tests {
         assert_eq!(m.limits.deadline_ms, DEFAULT_DEADLINE_MS);
         let config = m.resolve_config().unwrap();
         assert_eq!(config["retries"], "3");
+        let devices: serde_json::Value = serde_json::from_str(&config["devices"]).unwrap();
+        assert_eq!(devices["SD-0101"]["grid"], "yingfeng/wangjiang/1");
     }
 
     #[test]
