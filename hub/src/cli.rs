@@ -33,12 +33,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Replay the typhoon river patrol on loopback with the shipped adapters.
+    /// Run the Yingfeng deployment on loopback with the mock departments and
+    /// replay its two stories (typhoon river patrol, e-trike congestion).
     Demo {
-        /// Folder with the built adapters (police_adapter.wasm,
-        /// webhook_adapter.wasm).
+        /// Folder with the built adapters (police_adapter.wasm, ...).
         #[arg(long)]
         wasm_dir: Option<PathBuf>,
+        /// The deployment to render (default: examples/yingfeng).
+        #[arg(long)]
+        deployment: Option<PathBuf>,
+        /// Render it here and keep it (default: a temporary folder).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// The mock-departments binary (default: next to govhub).
+        #[arg(long)]
+        mock: Option<PathBuf>,
     },
     /// Check a config file and every adapter manifest it loads, then exit.
     CheckConfig {
@@ -161,7 +170,20 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => run(&config).await,
         Command::CheckConfig { config } => check_config(&config).await,
-        Command::Demo { wasm_dir } => crate::demo::run(wasm_dir).await,
+        Command::Demo {
+            wasm_dir,
+            deployment,
+            workdir,
+            mock,
+        } => {
+            crate::demo::run(crate::demo::Options {
+                wasm_dir,
+                deployment,
+                workdir,
+                mock,
+            })
+            .await
+        }
         Command::Adapter(AdapterCommand::New {
             name,
             dir,

@@ -139,6 +139,18 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// `[grids]`: the grid map.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GridsConfig {
+    /// A GeoJSON FeatureCollection of the grids' polygons, each with a
+    /// `code` property. Without it, events keep the grid they came with.
+    pub map: Option<PathBuf>,
+    /// The street's code, used for places outside every grid (default:
+    /// the map's shortest code).
+    pub street: Option<String>,
+}
+
 /// One `[[cases.deadlines]]` rule.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -217,6 +229,9 @@ pub struct Config {
     /// `[cases]`.
     #[serde(default)]
     pub cases: CasesConfig,
+    /// `[grids]`.
+    #[serde(default)]
+    pub grids: GridsConfig,
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -262,6 +277,9 @@ impl Config {
         };
         resolve(&mut self.storage.path);
         resolve(&mut self.adapters.dir);
+        if let Some(map) = &mut self.grids.map {
+            resolve(map);
+        }
         match &mut self.runtime.cache_dir {
             Some(dir) => resolve(dir),
             None => {

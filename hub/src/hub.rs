@@ -89,6 +89,7 @@ pub struct Hub {
     pub manual_clock: Option<Arc<ManualClock>>,
     adapters: DashMap<String, Loaded>,
     router: Router,
+    grids: Option<crate::router::grids::GridMap>,
 }
 
 /// Adapter state kept in the journal.
@@ -151,6 +152,15 @@ impl Hub {
             None => Arc::new(SystemClock),
         };
         let cases = Arc::new(Tracker::load(config.cases.clone(), &*journal)?);
+        let grids = match &config.grids.map {
+            Some(path) => {
+                let map =
+                    crate::router::grids::GridMap::load(path, config.grids.street.as_deref())?;
+                tracing::info!(grids = map.len(), map = %path.display(), "grid map loaded");
+                Some(map)
+            }
+            None => None,
+        };
         let hub = Arc::new(Hub {
             deliveries: Deliveries::new(config.delivery.clone()),
             cases,
@@ -160,6 +170,7 @@ impl Hub {
             journal,
             adapters: DashMap::new(),
             router,
+            grids,
             config,
         });
         for manifest in read_manifests(&hub.config.adapters.dir)? {
@@ -306,8 +317,9 @@ impl Hub {
                 }
                 event.caseid = Some(crate::cases::model::case_id_for(&event.source, &event.id));
             }
-            let event =
+            let mut event =
                 normalize(event, origin).map_err(|error| AcceptError::Invalid { index, error })?;
+            self.assign_grid(&mut event);
             let targets = self.route(&event, origin);
             let encoded = cloudevents::to_vec(&event);
             batch.push(NewEvent {
@@ -357,6 +369,23 @@ impl Hub {
         // The case tracker reads what was just stored.
         self.cases.wake();
         Ok(accepted)
+    }
+
+    /// An event with coordinates and no grid gets its grid from the map.
+    fn assign_grid(&self, event: &mut Event) {
+        let (Some(map), None, Some(lat), Some(lon)) =
+            (&self.grids, &event.grid, event.lat, event.lon)
+        else {
+            return;
+        };
+        let a = map.assign(lat, lon);
+        if !a.inside {
+            event.extensions.push(govhub_sdk::Attribute {
+                name: "gridflag".into(),
+                value: "outside-map".into(),
+            });
+        }
+        event.grid = Some(a.grid);
     }
 
     fn route(&self, event: &Event, origin: Option<&str>) -> Vec<Target> {

@@ -179,7 +179,7 @@ impl Tracker {
             if let Some(case) = open.get_mut(&caseid) {
                 if opens_case(&fe.event.type_) {
                     case.timeline
-                        .push(entry(&fe, department.as_deref(), "reported again"));
+                        .push(entry(&fe, department.as_deref(), Some("reported again")));
                 } else {
                     effects.extend(case.apply(&fe.event, department.as_deref(), fe.received_ms));
                 }
@@ -196,9 +196,10 @@ impl Tracker {
             });
             match stored {
                 Some(mut closed) => {
-                    closed
-                        .timeline
-                        .push(entry(&fe, department.as_deref(), "after closing"));
+                    // The hub's own announcement of the close is no news.
+                    let own = fe.event.type_ == "gov.case.closed";
+                    let note = (!own).then_some("after closing");
+                    closed.timeline.push(entry(&fe, department.as_deref(), note));
                     changed.insert(caseid, closed);
                 }
                 None if opens_case(&fe.event.type_) => {
@@ -275,14 +276,14 @@ impl Tracker {
     }
 }
 
-fn entry(fe: &FedEvent, department: Option<&str>, note: &str) -> Entry {
+fn entry(fe: &FedEvent, department: Option<&str>, note: Option<&str>) -> Entry {
     Entry {
         at_ms: fe.received_ms,
         what: fe.event.type_.clone(),
         source: fe.event.source.clone(),
         department: department.map(str::to_string),
         event_id: fe.event.id.clone(),
-        note: Some(note.to_string()),
+        note: note.map(str::to_string),
     }
 }
 

@@ -6,6 +6,8 @@
 //! never a target of it: a department does not need its own report back,
 //! and it would loop.
 
+pub mod grids;
+
 use govhub_sdk::{Event, Severity};
 use serde::{Deserialize, Serialize};
 
