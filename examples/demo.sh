@@ -9,9 +9,10 @@ rustup target add wasm32-wasip2
 
 echo "==> building the adapters for wasm32-wasip2"
 cargo build --release --target wasm32-wasip2 --target-dir target/adapters \
-    -p police-adapter -p webhook-adapter
+    -p police-adapter -p webhook-adapter -p traffic-adapter -p fire-adapter \
+    -p four-platforms-adapter -p video-patrol-adapter -p city-management-adapter
 
-echo "==> building the hub (the first build compiles wasmtime: several minutes)"
+echo "==> building the hub and the mock departments (the first build compiles wasmtime: several minutes)"
 cargo build --release -p govhub
 
 echo "==> govhub demo"

@@ -309,28 +309,3 @@ fn env_overrides_config_keys() {
     );
     assert!(body.contains("server.max_body_bytes (600 bytes)"), "{body}");
 }
-
-#[test]
-fn the_demo_replays_the_river_patrol() {
-    let out = std::process::Command::new(govhub_bin())
-        .args(["demo", "--wasm-dir"])
-        .arg(wasm_dir())
-        .env("GOVHUB_CACHE_DIR", cache_dir())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("police CAD received /dispatch"), "{stdout}");
-    assert!(
-        stdout.contains("grid worker app received /grid-worker/tasks"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("both departments got the incident"),
-        "{stdout}"
-    );
-}

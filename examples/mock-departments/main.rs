@@ -16,7 +16,8 @@
 //! - `GET /_records`: everything received, in order;
 //! - `POST /_control/report` `{"department", "case_id", "status", "note"}`:
 //!   the department reports on the case it received (for the city: the
-//!   Open311 request's status changes and the hub finds it when it polls).
+//!   Open311 request's status changes and the hub finds it when it polls);
+//! - `POST /_control/hub` `{"url"}`: where reports go (instead of `--hub`).
 //!
 //! `mock-departments --hub http://127.0.0.1:8080 [--listen 127.0.0.1:0]`
 //! prints `mock-departments: listening on http://ADDR` when ready.
@@ -57,7 +58,7 @@ struct ServiceRequest {
 
 #[derive(Default)]
 struct Mock {
-    hub: String,
+    hub: Mutex<String>,
     records: Mutex<Vec<Record>>,
     city: Mutex<Vec<ServiceRequest>>,
 }
@@ -390,7 +391,8 @@ async fn control_report(State(m): State<Shared>, Json(r): Json<Report>) -> Respo
     };
     let time = now_rfc3339();
     let client = reqwest_like::Client::new();
-    let url = format!("{}/v1/ingest/{}", m.hub, r.department);
+    let hub = m.hub.lock().map(|h| h.clone()).unwrap_or_default();
+    let url = format!("{hub}/v1/ingest/{}", r.department);
     let result = match r.department.as_str() {
         "police" => client.post_json(&url, &serde_json::json!({
             "dispatch_id": reference, "case_id": r.case_id, "status": r.status, "time": time,
@@ -441,6 +443,19 @@ async fn control_report(State(m): State<Shared>, Json(r): Json<Report>) -> Respo
         )
             .into_response(),
     }
+}
+
+#[derive(Deserialize)]
+struct HubUrl {
+    url: String,
+}
+
+/// Where the callbacks go, when the hub started after the mock.
+async fn control_hub(State(m): State<Shared>, Json(h): Json<HubUrl>) -> Response {
+    if let Ok(mut hub) = m.hub.lock() {
+        *hub = h.url.trim_end_matches('/').to_string();
+    }
+    StatusCode::OK.into_response()
 }
 
 async fn records(State(m): State<Shared>) -> Response {
@@ -518,7 +533,7 @@ fn main() {
     let hub = arg("--hub").unwrap_or_else(|| "http://127.0.0.1:8080".into());
     let listen = arg("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
     let mock = Arc::new(Mock {
-        hub: hub.trim_end_matches('/').to_string(),
+        hub: Mutex::new(hub.trim_end_matches('/').to_string()),
         ..Mock::default()
     });
     let app = Router::new()
@@ -534,6 +549,7 @@ fn main() {
         .route("/{department}/events", post(webhook))
         .route("/_records", get(records))
         .route("/_control/report", post(control_report))
+        .route("/_control/hub", post(control_hub))
         .with_state(mock);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -134,7 +134,7 @@ fn start_mock(binary: &Path, hub_url: &str) -> anyhow::Result<(MockProcess, Stri
 
 /// Renders the deployment into `workdir`: config, grid map, manifests with
 /// the modules copied in and pinned, department URLs filled in.
-fn render(
+pub fn render(
     deployment: &Path,
     wasm_dir: &Path,
     workdir: &Path,

@@ -38,6 +38,11 @@ pub fn cache_dir() -> PathBuf {
 pub const ADAPTER_CRATES: &[&str] = &[
     "police-adapter",
     "webhook-adapter",
+    "traffic-adapter",
+    "fire-adapter",
+    "four-platforms-adapter",
+    "video-patrol-adapter",
+    "city-management-adapter",
     "fixture-hostile",
     "fixture-not-an-adapter",
     "fixture-future-major",
@@ -179,50 +184,181 @@ impl HubDir {
 
     /// Starts with extra environment variables.
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> HubProcess {
-        let mut cmd = Command::new(govhub_bin());
-        cmd.arg("run")
-            .arg("--config")
-            .arg(self.config())
-            .env("GOVHUB_LOG", "info,govhub=debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
+        spawn_hub(&self.config(), self.dir.path(), env)
+    }
+}
+
+/// Starts `govhub run --config CONFIG` and waits until it serves.
+pub fn spawn_hub(config: &Path, dir: &Path, env: &[(&str, &str)]) -> HubProcess {
+    let mut cmd = Command::new(govhub_bin());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("GOVHUB_LOG", "info,govhub=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("govhub binary starts");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
         }
-        let mut child = cmd.spawn().expect("govhub binary starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+    });
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("govhub: listening on ") {
+                let _ = tx.send(addr.to_string());
             }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("govhub: listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
+        }
+    });
+    let base = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(base) => base,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "govhub did not start within 60 s; its log:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        }
+    };
+    HubProcess {
+        child,
+        base,
+        dir: dir.to_path_buf(),
+        log,
+    }
+}
+
+/// The `mock-departments` binary, stopped when dropped.
+pub struct MockDepartments {
+    child: Child,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl Drop for MockDepartments {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl MockDepartments {
+    /// Starts it on a free loopback port.
+    pub fn start() -> MockDepartments {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-departments"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mock-departments starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("mock-departments: listening on ")
+            .expect("mock-departments announces its address")
+            .to_string();
+        MockDepartments { child, url }
+    }
+
+    /// Everything the departments received.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        let (_, body) = get(&format!("{}/_records", self.url));
+        serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap_or_default()
+    }
+
+    /// What `department` received of `case`.
+    pub fn received(&self, department: &str, case: &str) -> Vec<serde_json::Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| {
+                r["department"] == department
+                    && (r["body"].as_str().is_some_and(|b| b.contains(case))
+                        || r["headers"]["ce-caseid"] == case)
+            })
+            .collect()
+    }
+
+    /// Waits until `department` received something of `case`.
+    pub fn wait_received(&self, department: &str, case: &str) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.received(department, case);
+            if !got.is_empty() {
+                return got;
             }
-        });
-        let base = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(base) => base,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "govhub did not start within 60 s; its log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
-        HubProcess {
-            child,
-            base,
-            dir: self.dir.path().to_path_buf(),
-            log,
+            assert!(
+                Instant::now() < deadline,
+                "{department} never received {case}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The department reports on the case, in its own protocol.
+    pub fn report(&self, department: &str, case: &str, status: &str) {
+        let (code, _, body) = post(
+            &format!("{}/_control/report", self.url),
+            &[("content-type", "application/json")],
+            serde_json::json!({"department": department, "case_id": case, "status": status, "note": "test"})
+                .to_string()
+                .as_bytes(),
+        );
+        assert!(
+            (200..300).contains(&code),
+            "{department} report {status}: {code} {body}"
+        );
+    }
+}
+
+/// The Yingfeng deployment, rendered and running against the mock
+/// departments.
+pub struct Deployment {
+    pub hub: HubProcess,
+    pub mock: MockDepartments,
+    _dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// Renders `examples/yingfeng` and starts it.
+    pub fn start() -> Deployment {
+        let mock = MockDepartments::start();
+        let dir = tempfile::tempdir().unwrap();
+        govhub::demo::render(
+            &root().join("examples/yingfeng"),
+            wasm_dir(),
+            dir.path(),
+            &mock.url,
+        )
+        .unwrap();
+        let cache = cache_dir();
+        let hub = spawn_hub(
+            &dir.path().join("govhub.toml"),
+            dir.path(),
+            &[
+                ("GOVHUB__SERVER__LISTEN", "127.0.0.1:0"),
+                ("GOVHUB__RUNTIME__CACHE_DIR", cache.to_str().unwrap()),
+            ],
+        );
+        let (code, _, _) = post(
+            &format!("{}/_control/hub", mock.url),
+            &[("content-type", "application/json")],
+            serde_json::json!({"url": hub.base}).to_string().as_bytes(),
+        );
+        assert_eq!(code, 200);
+        Deployment {
+            hub,
+            mock,
+            _dir: dir,
         }
     }
 }

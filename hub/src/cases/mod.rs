@@ -199,7 +199,9 @@ impl Tracker {
                     // The hub's own announcement of the close is no news.
                     let own = fe.event.type_ == "gov.case.closed";
                     let note = (!own).then_some("after closing");
-                    closed.timeline.push(entry(&fe, department.as_deref(), note));
+                    closed
+                        .timeline
+                        .push(entry(&fe, department.as_deref(), note));
                     changed.insert(caseid, closed);
                 }
                 None if opens_case(&fe.event.type_) => {
