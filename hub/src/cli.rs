@@ -9,6 +9,7 @@ use govhub_sdk::{cloudevents, Header, Inbound};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod ops;
 mod scaffold;
 
 #[derive(Parser)]
@@ -19,7 +20,7 @@ mod scaffold;
 )]
 struct Cli {
     /// Log as JSON lines instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "GOVHUB_LOG_JSON")]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
@@ -55,9 +56,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Work on one adapter module: scaffold, inspect, test offline.
+    /// Work on one adapter module: scaffold, inspect, test offline, sign.
     #[command(subcommand)]
     Adapter(AdapterCommand),
+    /// Manage the adapters of a running hub (its admin API): list, load a
+    /// new version, unload, roll back.
+    #[command(subcommand)]
+    Adapters(ops::AdaptersCommand),
+    /// The tamper-evident audit log of adapter loads and admin actions.
+    #[command(subcommand)]
+    Audit(ops::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -86,6 +94,23 @@ enum AdapterCommand {
     },
     /// Run a module's ingest or deliver offline and print the result.
     Test(TestArgs),
+    /// Make an ed25519 key pair for signing modules.
+    Keygen {
+        /// Where to write the secret key (the public key goes to OUT.pub).
+        #[arg(long, default_value = "govhub-signing.key")]
+        out: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a module: writes MODULE.wasm.sig beside it.
+    Sign {
+        /// The adapter module (.wasm).
+        module: PathBuf,
+        /// The secret key file made by `govhub adapter keygen`.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -193,6 +218,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             inspect(&file, json, cache).await
         }
         Command::Adapter(AdapterCommand::Test(args)) => test(args).await,
+        Command::Adapter(AdapterCommand::Keygen { out, force }) => ops::keygen(&out, force),
+        Command::Adapter(AdapterCommand::Sign { module, key }) => ops::sign(&module, &key),
+        Command::Adapters(c) => ops::adapters(c).await,
+        Command::Audit(c) => ops::audit(c),
     }
 }
 
@@ -238,18 +267,55 @@ async fn shutdown_signal() {
 }
 
 async fn check_config(config_path: &Path) -> anyhow::Result<()> {
+    // Checks without touching the journal: the config, the routes, the
+    // grid map, and every manifest compiled, instantiated and described.
     let config = Config::load(config_path)?;
-    let hub = Hub::start(config).await?;
-    println!("config {} is valid", config_path.display());
-    for name in hub.adapter_names() {
-        if let Some(a) = hub.adapter(&name) {
-            println!(
-                "  adapter {name}: {} {} ({}), sha256 {}",
-                a.description.name, a.description.version, a.world, a.sha256
+    if let Some(path) = &config.grids.map {
+        crate::router::grids::GridMap::load(path, config.grids.street.as_deref())?;
+    }
+    let keys = crate::admin::signing::parse_keys(&config.signing.trusted_keys)?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: config.runtime.cache_dir.clone(),
+        state: None,
+    })?;
+    let router = crate::router::Router::new(&config.routes).map_err(anyhow::Error::msg)?;
+    let mut names = Vec::new();
+    let mut lines = Vec::new();
+    for path in crate::hub::manifest_paths(&config.adapters.dir)? {
+        let c = crate::admin::versions::Candidate::from_file(&path)?;
+        let module = crate::runtime::read_module(&c.manifest)?;
+        let signed = crate::admin::signing::check(
+            &c.manifest.name,
+            &module,
+            c.signature.as_deref(),
+            &keys,
+            config.signing.require_signatures,
+        )?;
+        let a = runtime.load(&c.manifest).await?;
+        names.push(c.manifest.name.clone());
+        lines.push(format!(
+            "  adapter {}: {} {} ({}), sha256 {}{}",
+            c.manifest.name,
+            a.description.name,
+            a.description.version,
+            a.world,
+            a.sha256,
+            if signed { ", signed" } else { "" }
+        ));
+    }
+    for (route, target) in router.route_targets() {
+        if !names.iter().any(|n| n == target) {
+            anyhow::bail!(
+                "route `{route}` sends to adapter `{target}`, but no manifest in {} names it",
+                config.adapters.dir.display()
             );
         }
     }
-    println!("  routes: {}", hub.config.routes.len());
+    println!("config {} is valid", config_path.display());
+    for line in lines {
+        println!("{line}");
+    }
+    println!("  routes: {}", config.routes.len());
     Ok(())
 }
 

@@ -22,6 +22,8 @@ pub struct ServerConfig {
     /// left stays pending in the journal. Ten seconds covers a department
     /// call at the default deadline several times over.
     pub shutdown_grace_ms: u64,
+    /// Largest admin upload (a module with its manifest), bytes.
+    pub max_upload_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -30,6 +32,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
             shutdown_grace_ms: 10_000,
+            max_upload_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -91,12 +94,66 @@ impl Default for AuthConfig {
 pub struct AdaptersConfig {
     /// Every `NAME.toml` manifest (and its module) in this folder is loaded.
     pub dir: PathBuf,
+    /// Watch the folder: a changed manifest or module is loaded as a new
+    /// version while the hub runs.
+    pub watch: bool,
+    /// How often the folder is looked at, ms.
+    pub watch_interval_ms: u64,
 }
 
 impl Default for AdaptersConfig {
     fn default() -> Self {
         AdaptersConfig {
             dir: PathBuf::from("adapters.d"),
+            watch: true,
+            watch_interval_ms: 1000,
+        }
+    }
+}
+
+/// `[signing]`: which adapter modules the hub accepts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// Refuse modules without a valid signature.
+    pub require_signatures: bool,
+    /// ed25519 public keys (base64) whose signatures are trusted.
+    pub trusted_keys: Vec<String>,
+}
+
+/// `[quarantine]`: when an adapter that keeps failing is taken out of
+/// rotation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuarantineConfig {
+    /// Calls remembered per adapter.
+    pub window: usize,
+    /// Fewest calls in the window before judging.
+    pub min_calls: usize,
+    /// Failures (traps, deadline hits, `unavailable`) over calls at which
+    /// the adapter is quarantined.
+    pub max_failure_rate: f64,
+    /// An adapter quarantined within this many seconds of an upgrade, with
+    /// traps or deadline hits among its failures, is rolled back to the
+    /// version before.
+    pub rollback_window_s: u64,
+    /// While quarantined, one delivery is let through this often as a
+    /// probe; when it succeeds the adapter is back in rotation.
+    pub probe_interval_ms: u64,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        // Half of the last twenty calls failing is not a blip: a department
+        // outage alone (`unavailable`) gets there too, and then deliveries
+        // wait in the journal anyway, probed every ten seconds; ten minutes
+        // after an upgrade, a crashing upgrade is the first suspect.
+        QuarantineConfig {
+            window: 20,
+            min_calls: 10,
+            max_failure_rate: 0.5,
+            rollback_window_s: 600,
+            probe_interval_ms: 10_000,
         }
     }
 }
@@ -232,6 +289,12 @@ pub struct Config {
     /// `[grids]`.
     #[serde(default)]
     pub grids: GridsConfig,
+    /// `[signing]`.
+    #[serde(default)]
+    pub signing: SigningConfig,
+    /// `[quarantine]`.
+    #[serde(default)]
+    pub quarantine: QuarantineConfig,
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -321,6 +384,26 @@ impl Config {
         }
         if self.delivery.queue_depth == 0 {
             anyhow::bail!("delivery.queue_depth must be at least 1");
+        }
+        crate::admin::signing::parse_keys(&self.signing.trusted_keys)?;
+        if self.signing.require_signatures && self.signing.trusted_keys.is_empty() {
+            anyhow::bail!("signing.require_signatures is on but signing.trusted_keys is empty");
+        }
+        let q = &self.quarantine;
+        if q.window == 0
+            || q.min_calls == 0
+            || q.min_calls > q.window
+            || !(0.0..=1.0).contains(&q.max_failure_rate)
+        {
+            anyhow::bail!(
+                "quarantine: window and min_calls must be positive, min_calls at most window, max_failure_rate between 0 and 1"
+            );
+        }
+        if q.probe_interval_ms == 0 {
+            anyhow::bail!("quarantine.probe_interval_ms must be positive");
+        }
+        if self.adapters.watch_interval_ms == 0 {
+            anyhow::bail!("adapters.watch_interval_ms must be positive");
         }
         let d = &self.delivery;
         if d.max_attempts == 0 {

@@ -12,7 +12,6 @@
 use crate::config::Config;
 use crate::hub::Hub;
 use anyhow::Context;
-use http_body_util::{BodyExt, Full};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,68 +35,7 @@ fn source_tree() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<bytes::Bytes>,
->;
-
-/// A small JSON-over-HTTP helper for the demo's own calls.
-struct Http {
-    client: Client,
-}
-
-impl Http {
-    fn new() -> Http {
-        Http {
-            client: hyper_util::client::legacy::Client::builder(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .build_http(),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: &str,
-        url: &str,
-        body: Option<serde_json::Value>,
-    ) -> anyhow::Result<(u16, serde_json::Value)> {
-        let mut req = http::Request::builder().method(method).uri(url);
-        let bytes = match body {
-            Some(b) => {
-                req = req.header("content-type", "application/json");
-                bytes::Bytes::from(b.to_string())
-            }
-            None => bytes::Bytes::new(),
-        };
-        let resp = self
-            .client
-            .request(req.body(Full::new(bytes))?)
-            .await
-            .with_context(|| format!("{method} {url}"))?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        let value = serde_json::from_slice(&body)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
-        Ok((status, value))
-    }
-
-    async fn post(&self, url: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        let (status, v) = self.send("POST", url, Some(body)).await?;
-        if !(200..300).contains(&status) {
-            anyhow::bail!("POST {url} answered {status}: {v}");
-        }
-        Ok(v)
-    }
-
-    async fn get(&self, url: &str) -> anyhow::Result<serde_json::Value> {
-        let (status, v) = self.send("GET", url, None).await?;
-        if status != 200 {
-            anyhow::bail!("GET {url} answered {status}: {v}");
-        }
-        Ok(v)
-    }
-}
+use crate::client::Http;
 
 /// The mock departments' process, stopped when dropped.
 struct MockProcess(Child);

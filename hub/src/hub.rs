@@ -9,7 +9,7 @@ use crate::delivery::Deliveries;
 use crate::journal::sqlite::{SqliteConfig, SqliteJournal, Synchronous};
 use crate::journal::{Journal, JournalError, NewEvent};
 use crate::router::{Router, Target, TypeGlob};
-use crate::runtime::{Adapter, Manifest, Runtime, RuntimeConfig, StateStore};
+use crate::runtime::{Adapter, Runtime, RuntimeConfig, StateStore};
 use anyhow::Context;
 use dashmap::DashMap;
 use govhub_sdk::{cloudevents, Event};
@@ -17,12 +17,52 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A loaded adapter with its compiled subscriptions.
+/// A loaded version of an adapter with its compiled subscriptions.
 pub struct Loaded {
     /// The adapter.
     pub adapter: Arc<Adapter>,
     /// Its subscriptions, compiled.
     pub subscriptions: Arc<[TypeGlob]>,
+    /// Its version record in the journal.
+    pub version_id: i64,
+    /// `dir`, `admin` or `rollback`.
+    pub origin: String,
+    /// When it started serving (unix ms).
+    pub loaded_ms: i64,
+    /// Whether its module's signature was verified.
+    pub signed: bool,
+}
+
+/// A registry entry: the version serving, and whether it is quarantined.
+pub struct Slot {
+    /// The version serving.
+    pub active: Arc<Loaded>,
+    /// Why it is out of rotation, if it is.
+    pub quarantined: Option<String>,
+    /// While quarantined: when the next probe delivery may go.
+    pub next_probe: Option<std::time::Instant>,
+}
+
+/// Whether a target's worker may start deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// In rotation.
+    Open,
+    /// Quarantined, and one probe delivery may go now.
+    Probe,
+    /// Quarantined (or not loaded); look again after this long.
+    Closed(std::time::Duration),
+}
+
+/// One delivery call's result, as quarantine counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Delivered, or refused for a reason of the event's own.
+    Ok,
+    /// The department was unavailable.
+    Unavailable,
+    /// The adapter trapped, panicked, hit its memory cap or its deadline.
+    Crashed,
 }
 
 /// What became of one event handed to the hub.
@@ -87,7 +127,14 @@ pub struct Hub {
     pub clock: Arc<dyn Clock>,
     /// The same clock when it is manual (`cases.clock = "manual"`).
     pub manual_clock: Option<Arc<ManualClock>>,
-    adapters: DashMap<String, Loaded>,
+    pub(crate) adapters: DashMap<String, Slot>,
+    pub(crate) health: DashMap<String, std::sync::Mutex<std::collections::VecDeque<Health>>>,
+    pub(crate) dir_seen: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, String>>,
+    /// Counters for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
+    /// One version change (load, rollback, unload) at a time, so the
+    /// journal's active version is always the one serving.
+    pub(crate) versions_lock: tokio::sync::Mutex<()>,
     router: Router,
     grids: Option<crate::router::grids::GridMap>,
 }
@@ -169,15 +216,24 @@ impl Hub {
             runtime,
             journal,
             adapters: DashMap::new(),
+            health: DashMap::new(),
+            dir_seen: Default::default(),
+            versions_lock: Default::default(),
+            metrics: crate::metrics::Metrics::new(),
             router,
             grids,
             config,
         });
-        for manifest in read_manifests(&hub.config.adapters.dir)? {
-            hub.load(&manifest).await?;
-        }
+        hub.metrics.watch(&hub);
+        hub.load_at_start().await?;
         for (route, target) in hub.router.route_targets() {
-            if !hub.adapters.contains_key(target) {
+            if hub.adapters.contains_key(target) {
+                continue;
+            }
+            if !hub.journal.versions(target)?.is_empty() {
+                // Unloaded by an operator: its deliveries wait for a load.
+                tracing::warn!(%route, adapter = %target, "route sends to an unloaded adapter: its deliveries wait until a version is loaded");
+            } else {
                 anyhow::bail!(
                     "route `{route}` sends to adapter `{target}`, but no manifest in {} names it",
                     hub.config.adapters.dir.display()
@@ -200,6 +256,17 @@ impl Hub {
         self.deliveries.enqueue(self, pending, None);
         tokio::spawn(self.cases.clone().run(Arc::downgrade(self)));
         self.start_polling();
+        if self.config.adapters.watch {
+            let hub = Arc::downgrade(self);
+            let every = Duration::from_millis(self.config.adapters.watch_interval_ms);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(hub) = hub.upgrade() else { return };
+                    hub.scan_folder().await;
+                }
+            });
+        }
         Ok(())
     }
 
@@ -258,34 +325,39 @@ impl Hub {
         Ok(n)
     }
 
-    /// Loads (or replaces) one adapter.
-    pub async fn load(&self, manifest: &Manifest) -> anyhow::Result<Arc<Adapter>> {
-        let adapter = self.runtime.load(manifest).await?;
-        let subscriptions = adapter
-            .subscriptions()
-            .map(TypeGlob::new)
-            .collect::<Result<Arc<[_]>, _>>()
-            .map_err(|m| anyhow::anyhow!("adapter `{}` subscription: {m}", manifest.name))?;
-        tracing::info!(
-            adapter = %manifest.name,
-            version = %adapter.description.version,
-            sha256 = %adapter.sha256,
-            cache = ?adapter.cache,
-            "adapter loaded"
-        );
-        self.adapters.insert(
-            manifest.name.clone(),
-            Loaded {
-                adapter: adapter.clone(),
-                subscriptions,
-            },
-        );
-        Ok(adapter)
-    }
-
     /// The adapter called `name`.
     pub fn adapter(&self, name: &str) -> Option<Arc<Adapter>> {
-        self.adapters.get(name).map(|l| l.adapter.clone())
+        self.adapters.get(name).map(|s| s.active.adapter.clone())
+    }
+
+    /// Why `name` is quarantined, if it is.
+    pub fn quarantined(&self, name: &str) -> Option<String> {
+        self.adapters.get(name).and_then(|s| s.quarantined.clone())
+    }
+
+    /// Whether `name`'s deliveries may go: in rotation, a probe of a
+    /// quarantined adapter now due (taken by this call), or not yet.
+    pub fn gate(&self, name: &str) -> Gate {
+        let Some(mut slot) = self.adapters.get_mut(name) else {
+            return Gate::Closed(std::time::Duration::from_secs(1));
+        };
+        if slot.quarantined.is_none() {
+            return Gate::Open;
+        }
+        let now = std::time::Instant::now();
+        let interval = std::time::Duration::from_millis(self.config.quarantine.probe_interval_ms);
+        match slot.next_probe {
+            Some(at) if at > now => Gate::Closed((at - now).min(std::time::Duration::from_secs(1))),
+            _ => {
+                slot.next_probe = Some(now + interval);
+                Gate::Probe
+            }
+        }
+    }
+
+    /// The serving version of `name`.
+    pub fn loaded(&self, name: &str) -> Option<Arc<Loaded>> {
+        self.adapters.get(name).map(|s| s.active.clone())
     }
 
     /// Names of the loaded adapters, sorted.
@@ -321,6 +393,13 @@ impl Hub {
                 normalize(event, origin).map_err(|error| AcceptError::Invalid { index, error })?;
             self.assign_grid(&mut event);
             let targets = self.route(&event, origin);
+            tracing::debug!(
+                event = %event.id,
+                source = %event.source,
+                r#type = %event.type_,
+                targets = ?targets.iter().map(|t| t.adapter.as_str()).collect::<Vec<_>>(),
+                "routed"
+            );
             let encoded = cloudevents::to_vec(&event);
             batch.push(NewEvent {
                 event: Arc::new(event),
@@ -350,6 +429,7 @@ impl Hub {
         let appended = self.journal.append(batch).await?;
         let mut accepted = Vec::with_capacity(summary.len());
         for ((event, targets), stored) in summary.into_iter().zip(appended) {
+            self.metrics.received(origin, stored.duplicate);
             if !stored.deliveries.is_empty() {
                 self.deliveries
                     .enqueue(self, stored.deliveries, Some(event.clone()));
@@ -392,8 +472,8 @@ impl Hub {
         let subs: Vec<(String, Arc<[TypeGlob]>)> = self
             .adapters
             .iter()
-            .filter(|e| !e.subscriptions.is_empty())
-            .map(|e| (e.key().clone(), e.subscriptions.clone()))
+            .filter(|e| !e.active.subscriptions.is_empty())
+            .map(|e| (e.key().clone(), e.active.subscriptions.clone()))
             .collect();
         self.router.route(
             event,
@@ -444,9 +524,9 @@ pub fn now_rfc3339() -> String {
 }
 
 /// Every `*.toml` manifest in `dir`, sorted by file name.
-pub fn read_manifests(dir: &Path) -> anyhow::Result<Vec<Manifest>> {
+pub fn manifest_paths(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     if !dir.exists() {
-        tracing::warn!(dir = %dir.display(), "adapters.dir does not exist: no adapters loaded");
+        tracing::warn!(dir = %dir.display(), "adapters.dir does not exist: no adapters loaded from it");
         return Ok(Vec::new());
     }
     let mut paths: Vec<_> = std::fs::read_dir(dir)
@@ -455,19 +535,5 @@ pub fn read_manifests(dir: &Path) -> anyhow::Result<Vec<Manifest>> {
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     paths.sort();
-    let manifests = paths
-        .iter()
-        .map(|p| Manifest::load(p).map_err(anyhow::Error::from))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut names = std::collections::HashSet::new();
-    for m in &manifests {
-        if !names.insert(m.name.clone()) {
-            anyhow::bail!(
-                "two manifests in {} name the adapter `{}`",
-                dir.display(),
-                m.name
-            );
-        }
-    }
-    Ok(manifests)
+    Ok(paths)
 }

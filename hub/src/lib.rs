@@ -12,13 +12,16 @@
 //! (the wasmtime host) underneath and [`config`] and [`cli`] on top.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod cases;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod hub;
 pub mod ingress;
 pub mod journal;
+pub mod metrics;
 pub mod router;
 pub mod runtime;

@@ -46,6 +46,9 @@ pub const ADAPTER_CRATES: &[&str] = &[
     "fixture-hostile",
     "fixture-not-an-adapter",
     "fixture-future-major",
+    "fixture-marker-v1",
+    "fixture-marker-v2",
+    "fixture-marker-bad",
 ];
 
 /// The folder holding the built `.wasm` files.
@@ -452,7 +455,16 @@ fn agent() -> ureq::Agent {
 
 /// GET → (status, body).
 pub fn get(url: &str) -> (u16, String) {
-    let mut r = agent().get(url).call().expect("request sent");
+    get_with(url, &[])
+}
+
+/// GET with headers → (status, body).
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = agent().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut r = req.call().expect("request sent");
     (
         r.status().as_u16(),
         r.body_mut().read_to_string().unwrap_or_default(),
@@ -650,11 +662,17 @@ impl Receiver {
 
 /// Runs `govhub` with arguments → (exit success, stdout, stderr).
 pub fn govhub(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(govhub_bin())
-        .args(args)
-        .env("GOVHUB_CACHE_DIR", cache_dir())
-        .output()
-        .unwrap();
+    govhub_with_env(args, &[])
+}
+
+/// Runs `govhub` with arguments and environment variables.
+pub fn govhub_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(govhub_bin());
+    cmd.args(args).env("GOVHUB_CACHE_DIR", cache_dir());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

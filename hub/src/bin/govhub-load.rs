@@ -5,6 +5,10 @@
 //! `POST /v1/events` (single and batched requests) beside the raw ceiling of
 //! the same disk (rusqlite inserting 1 KB rows, synchronous=FULL, 256 rows a
 //! transaction), then p50/p99 latency at half the single-request maximum.
+//!
+//! `govhub-load swap`: adapter swap time from upload to serving (compile
+//! cache cold and warm) beside raw wasmtime compiling / deserializing the
+//! same module, and the delivery pause a stream sees during swaps.
 
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
@@ -58,6 +62,29 @@ enum Cmd {
             default_value = "ceiling,single,batch,latency"
         )]
         phases: Vec<String>,
+    },
+    /// Swap time (cold and warm compile cache) and the delivery pause
+    /// during swaps, with the marker fixtures.
+    Swap {
+        /// Folder with fixture_marker_v1.wasm and fixture_marker_v2.wasm
+        /// (default: target/adapters/wasm32-wasip2/release).
+        #[arg(long)]
+        wasm_dir: Option<PathBuf>,
+        /// Working folder; default a temp folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Cold swaps (each on a fresh hub with an empty compile cache).
+        #[arg(long, default_value_t = 3)]
+        cold: usize,
+        /// Warm swaps (v1 and v2 alternately, both cached).
+        #[arg(long, default_value_t = 20)]
+        warm: usize,
+        /// Events per second streamed through the hub during the warm swaps.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// The govhub binary (default: next to this one).
+        #[arg(long)]
+        govhub: Option<PathBuf>,
     },
 }
 
@@ -123,21 +150,29 @@ impl Drop for Hub {
 }
 
 fn start_hub(govhub: &Path, dir: &Path) -> Hub {
+    start_hub_with(govhub, dir, "", &[])
+}
+
+fn start_hub_with(govhub: &Path, dir: &Path, extra: &str, env: &[(&str, &str)]) -> Hub {
     let config = dir.join("govhub.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 8388608\n[storage]\npath = \"{}\"\n[adapters]\ndir = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 8388608\n[storage]\npath = \"{}\"\n[adapters]\ndir = \"{}\"\n{extra}",
             dir.join("hub.db").display(),
             dir.join("adapters.d").display()
         ),
     )
     .unwrap();
     let _ = std::fs::remove_file(dir.join("hub.db"));
-    let mut child = Command::new(govhub)
-        .args(["run", "--config"])
+    let mut cmd = Command::new(govhub);
+    cmd.args(["run", "--config"])
         .arg(&config)
-        .env("GOVHUB_LOG", "warn")
+        .env("GOVHUB_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -356,6 +391,298 @@ async fn durable(dir: &Path, govhub: &Path, opts: Durable) {
     drop(hub);
 }
 
+/// A department on loopback recording when each event arrived, and from
+/// which marker version.
+struct Arrivals {
+    addr: std::net::SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+}
+
+async fn arrivals() -> Arrivals {
+    let seen: Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rec = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let rec = rec.clone();
+        async move {
+            let id = headers
+                .get("ce-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            rec.lock().unwrap().push((Instant::now(), id));
+            axum::http::StatusCode::OK
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Arrivals { addr, seen }
+}
+
+fn marker_manifest(module: &Path, receiver: std::net::SocketAddr) -> String {
+    format!(
+        "name = \"marker\"\nwasm = \"{}\"\nsha256 = \"{}\"\nsubscribe = [\"gov.*\"]\n[limits]\nconcurrency = 4\n[capabilities]\noutbound_hosts = [\"{receiver}\"]\n[config]\nurl = \"http://{receiver}/events\"\n",
+        module.display(),
+        govhub::runtime::sha256_file(module).unwrap()
+    )
+}
+
+/// PUT the module as a new version; the client-side time until the hub
+/// answered (it answers once the new version serves) and the hub's own
+/// `load_ms`.
+async fn put_version(
+    client: &HttpClient,
+    base: &str,
+    module: &Path,
+    receiver: std::net::SocketAddr,
+) -> (Duration, f64, bool) {
+    use base64::Engine as _;
+    let body = serde_json::json!({
+        "manifest": marker_manifest(module, receiver),
+        "module": base64::engine::general_purpose::STANDARD.encode(std::fs::read(module).unwrap()),
+    })
+    .to_string();
+    let req = hyper::Request::put(format!("{base}/v1/adapters/marker"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer swap-bench")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let started = Instant::now();
+    let resp = client.request(req).await.expect("hub answers");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let took = started.elapsed();
+    assert!(
+        status.is_success(),
+        "swap answered {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    (
+        took,
+        v["load_ms"].as_f64().unwrap_or(f64::NAN),
+        v["cached"].as_bool() == Some(true),
+    )
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Swap {
+    wasm_dir: PathBuf,
+    cold: usize,
+    warm: usize,
+    rate: u64,
+}
+
+async fn swap(dir: &Path, govhub: &Path, opts: Swap) {
+    let v1 = opts.wasm_dir.join("fixture_marker_v1.wasm");
+    let v2 = opts.wasm_dir.join("fixture_marker_v2.wasm");
+    for m in [&v1, &v2] {
+        assert!(
+            m.exists(),
+            "{} is missing: build the fixtures (tests/run.sh builds them)",
+            m.display()
+        );
+    }
+    println!(
+        "machine: {} cores; modules {} KiB / {} KiB",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::metadata(&v1).unwrap().len() / 1024,
+        std::fs::metadata(&v2).unwrap().len() / 1024
+    );
+    // Baseline: raw wasmtime with the hub's engine settings.
+    let runtime = govhub::runtime::Runtime::new(govhub::runtime::RuntimeConfig {
+        cache_dir: None,
+        state: None,
+    })
+    .unwrap();
+    let bytes = std::fs::read(&v2).unwrap();
+    let mut raw_compile = Vec::new();
+    let mut raw_deserialize = Vec::new();
+    for _ in 0..opts.cold.max(1) {
+        let t = Instant::now();
+        let c = wasmtime::component::Component::new(runtime.engine(), &bytes).unwrap();
+        raw_compile.push(ms(t.elapsed()));
+        let serialized = c.serialize().unwrap();
+        let path = dir.join("raw.cwasm");
+        std::fs::write(&path, &serialized).unwrap();
+        let t = Instant::now();
+        // SAFETY: the file was serialized by this engine a moment ago.
+        let _ =
+            unsafe { wasmtime::component::Component::deserialize_file(runtime.engine(), &path) }
+                .unwrap();
+        raw_deserialize.push(ms(t.elapsed()));
+    }
+    let raw_compile = median(&mut raw_compile);
+    let raw_deserialize = median(&mut raw_deserialize);
+
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let receiver = arrivals().await;
+    let env = [("GOVHUB_ADMIN_TOKEN", "swap-bench")];
+    let setup = |run: &Path| {
+        let adapters = run.join("adapters.d");
+        std::fs::create_dir_all(&adapters).unwrap();
+        std::fs::copy(&v1, adapters.join("marker.wasm")).unwrap();
+        std::fs::write(
+            adapters.join("marker.toml"),
+            marker_manifest(&adapters.join("marker.wasm"), receiver.addr),
+        )
+        .unwrap();
+        format!(
+            "[runtime]\ncache_dir = \"{}\"\n",
+            run.join("cache").display()
+        )
+    };
+
+    // Cold: a fresh hub and an empty cache each time; v2 never compiled.
+    let mut cold = Vec::new();
+    let mut cold_hub = Vec::new();
+    for i in 0..opts.cold {
+        let run = dir.join(format!("cold-{i}"));
+        let extra = setup(&run);
+        let hub = start_hub_with(govhub, &run, &extra, &env);
+        let (took, load_ms, cached) = put_version(&client, &hub.base, &v2, receiver.addr).await;
+        assert!(!cached, "the cold swap hit the cache");
+        cold.push(ms(took));
+        cold_hub.push(load_ms);
+        println!(
+            "  cold swap {}: {:.1} ms (hub: {load_ms:.1} ms)",
+            i + 1,
+            ms(took)
+        );
+    }
+
+    // Warm: both versions cached; alternate under a stream of events.
+    let run = dir.join("warm");
+    let extra = setup(&run);
+    let hub = start_hub_with(govhub, &run, &extra, &env);
+    put_version(&client, &hub.base, &v2, receiver.addr).await;
+    put_version(&client, &hub.base, &v1, receiver.addr).await;
+    let url = format!("{}/v1/events", hub.base);
+    let sent: Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lanes = 8;
+    let interval = Duration::from_secs_f64(lanes as f64 / opts.rate as f64);
+    let mut streams = Vec::new();
+    for lane in 0..lanes {
+        let (client, url, sent, stop) = (client.clone(), url.clone(), sent.clone(), stop.clone());
+        streams.push(tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + interval.mul_f64(lane as f64 / lanes as f64);
+            // Bounded: at most 10 minutes of events.
+            for i in 0..(opts.rate as usize * 600 / lanes) {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+                let id = format!("s-{lane}-{i}");
+                let body = bytes::Bytes::from(event_json(&id).to_string());
+                let at = Instant::now();
+                let status = post(&client, &url, "application/cloudevents+json", body).await;
+                assert_eq!(status, 202);
+                sent.lock().unwrap().push((at, id));
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut warm = Vec::new();
+    let mut warm_hub = Vec::new();
+    let mut windows = Vec::new();
+    for i in 0..opts.warm {
+        let module = if i % 2 == 0 { &v2 } else { &v1 };
+        let t = Instant::now();
+        let (took, load_ms, cached) = put_version(&client, &hub.base, module, receiver.addr).await;
+        assert!(cached, "the warm swap missed the cache");
+        windows.push((t, t + took));
+        warm.push(ms(took));
+        warm_hub.push(load_ms);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in streams {
+        s.await.unwrap();
+    }
+    // Wait for the last deliveries.
+    let want = sent.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.seen.lock().unwrap().len() < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let arrived: std::collections::HashMap<String, Instant> = receiver
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, id)| (id.clone(), *t))
+        .collect();
+    let sent = sent.lock().unwrap().clone();
+    let lost = sent
+        .iter()
+        .filter(|(_, id)| !arrived.contains_key(id))
+        .count();
+    // Send-to-delivery latency of each event, split by whether it was
+    // sent while a swap was under way (or within 50 ms after).
+    let (mut during, mut outside) = (Vec::new(), Vec::new());
+    for (at, id) in &sent {
+        let Some(got) = arrived.get(id) else { continue };
+        let latency = ms(got.saturating_duration_since(*at));
+        if windows
+            .iter()
+            .any(|(a, b)| *at >= *a && *at <= *b + Duration::from_millis(50))
+        {
+            during.push(latency);
+        } else {
+            outside.push(latency);
+        }
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+        }
+    };
+    let cold_med = median(&mut cold);
+    let cold_hub_med = median(&mut cold_hub);
+    let warm_med = median(&mut warm.clone());
+    let warm_max = warm.iter().cloned().fold(0.0, f64::max);
+    let warm_hub_med = median(&mut warm_hub);
+    println!("raw wasmtime, same engine settings: compile {raw_compile:.1} ms, deserialize {raw_deserialize:.2} ms");
+    println!(
+        "swap, cache cold ({} runs): median {cold_med:.1} ms upload-to-serving (hub {cold_hub_med:.1} ms) = {:.2}x raw compile",
+        cold.len(),
+        cold_med / raw_compile
+    );
+    println!(
+        "swap, cache warm ({} swaps): median {warm_med:.1} ms, max {warm_max:.1} ms upload-to-serving (hub {warm_hub_med:.1} ms) = {:.1}x raw deserialize",
+        warm.len(),
+        warm_med / raw_deserialize
+    );
+    println!(
+        "stream at {} events/s: {} sent, {lost} lost; send-to-delivery p50/p99/max {:.1}/{:.1}/{:.1} ms outside swaps vs {:.1}/{:.1}/{:.1} ms during swaps ({} events)",
+        opts.rate,
+        sent.len(),
+        pct(&mut outside, 0.5),
+        pct(&mut outside, 0.99),
+        pct(&mut outside, 1.0),
+        pct(&mut during, 0.5),
+        pct(&mut during, 0.99),
+        pct(&mut during, 1.0),
+        during.len()
+    );
+    drop(hub);
+}
+
 fn main() {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -389,6 +716,34 @@ fn main() {
                     batch,
                     latency_seconds,
                     phases,
+                },
+            ));
+        }
+        Cmd::Swap {
+            wasm_dir,
+            dir,
+            cold,
+            warm,
+            rate,
+            govhub,
+        } => {
+            let temp = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
+            let dir = dir.unwrap_or_else(|| temp.path().to_path_buf());
+            std::fs::create_dir_all(&dir).unwrap();
+            let govhub =
+                govhub.unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("govhub"));
+            let wasm_dir = wasm_dir.unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/adapters/wasm32-wasip2/release")
+            });
+            rt.block_on(swap(
+                &dir,
+                &govhub,
+                Swap {
+                    wasm_dir,
+                    cold,
+                    warm,
+                    rate,
                 },
             ));
         }

@@ -66,6 +66,13 @@ impl Deliveries {
         self.queues.get(target).map(|q| q.depth()).unwrap_or(0)
     }
 
+    /// Wakes `target`'s worker (after a swap, a rollback, a release).
+    pub fn wake(&self, target: &str) {
+        if let Some(q) = self.queues.get(target) {
+            q.wake();
+        }
+    }
+
     /// The deepest queue limit (`delivery.queue_depth`).
     pub fn limit(&self) -> usize {
         self.config.queue_depth
@@ -115,10 +122,22 @@ async fn worker(hub: Weak<Hub>, queue: Arc<TargetQueue>) {
         if hub.deliveries.stopping() {
             return;
         }
-        let concurrency = hub
-            .adapter(queue.target())
-            .map(|a| a.manifest.limits.concurrency as usize)
-            .unwrap_or(1);
+        // A quarantined or unloaded adapter gets nothing but, when
+        // quarantined, a probe now and then: its deliveries wait in the
+        // journal until a probe succeeds or a load or rollback wakes the
+        // worker.
+        let concurrency = match hub.gate(queue.target()) {
+            crate::hub::Gate::Open => hub
+                .adapter(queue.target())
+                .map(|a| a.manifest.limits.concurrency as usize)
+                .unwrap_or(1),
+            crate::hub::Gate::Probe => 1,
+            crate::hub::Gate::Closed(wait) => {
+                drop(hub);
+                queue.wait(queue::Wait::For(wait.as_millis() as u64)).await;
+                continue;
+            }
+        };
         match queue.next(concurrency) {
             Ok(job) => {
                 hub.deliveries.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -130,6 +149,37 @@ async fn worker(hub: Weak<Hub>, queue: Arc<TargetQueue>) {
             }
         }
     }
+}
+
+/// One call of `deliver`, timed, traced and counted for health and metrics.
+async fn call(
+    hub: &Arc<Hub>,
+    d: &DeliveryRef,
+    event: &govhub_sdk::Event,
+    adapter: &crate::runtime::Adapter,
+    attempts: u32,
+) -> Result<govhub_sdk::Outcome, crate::runtime::CallError> {
+    let config = &hub.deliveries.config;
+    let span =
+        tracing::info_span!("deliver", adapter = %d.target, event = %event.id, attempt = attempts);
+    let started = std::time::Instant::now();
+    let result = tracing::Instrument::instrument(adapter.deliver(event), span).await;
+    let health = match &result {
+        Err(crate::runtime::CallError::Adapter(govhub_sdk::AdapterError::Unavailable(_))) => {
+            crate::hub::Health::Unavailable
+        }
+        Err(e) if e.killed_instance() => crate::hub::Health::Crashed,
+        _ => crate::hub::Health::Ok,
+    };
+    hub.record_health(&d.target, health);
+    let outcome = match &result {
+        Ok(_) => "delivered",
+        Err(e) if e.disposition() == Disposition::Fail || attempts >= config.max_attempts => "dead",
+        Err(_) => "retry",
+    };
+    hub.metrics
+        .delivery(&d.target, outcome, started.elapsed().as_secs_f64());
+    result
 }
 
 /// One delivery attempt, its outcome recorded before the lane moves on.
@@ -162,7 +212,7 @@ async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
             error: format!("adapter `{}` is not loaded", d.target),
             next_attempt_ms: now_ms() + config.backoff_cap_ms as i64,
         },
-        (Some(event), Some(adapter)) => match adapter.deliver(&event).await {
+        (Some(event), Some(adapter)) => match call(&hub, d, &event, &adapter, attempts).await {
             Ok(outcome) => {
                 tracing::debug!(adapter = %d.target, event = %event.id, attempts, "delivered");
                 if !outcome.events.is_empty() {

@@ -21,7 +21,12 @@ pub(super) async fn post_events(
 ) -> Result<Response, Problem> {
     app.authenticate(request.headers())?;
     let (parts, body) = request.into_parts();
-    let body = read_body(body, app.hub.config.server.max_body_bytes).await?;
+    let body = read_body(
+        body,
+        app.hub.config.server.max_body_bytes,
+        "server.max_body_bytes",
+    )
+    .await?;
     let headers = || {
         parts
             .headers

@@ -8,7 +8,8 @@
 //! - `GET /v1/dead-letters`, `POST /v1/dead-letters/{id}/replay`;
 //! - `GET /v1/cases`, `GET /v1/cases/{id}`, `GET /v1/stats`, and
 //!   `POST /v1/clock` when the clock is manual;
-//! - `GET /healthz`, `GET /readyz`.
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics`;
+//! - the admin API (`crate::admin::api`).
 //!
 //! Every error is `application/problem+json` whose `detail` names the
 //! field or cause. Events are acknowledged (`202`) only once the journal
@@ -47,8 +48,10 @@ pub fn router(hub: Arc<Hub>) -> axum::Router {
         .as_deref()
         .and_then(|var| std::env::var(var).ok())
         .filter(|t| !t.is_empty());
+    let admin = crate::admin::api::router(hub.clone());
     let app = Arc::new(App { hub, ingest_token });
     axum::Router::new()
+        .route("/metrics", get(metrics))
         .route("/v1/events", post(events::post_events))
         .route("/v1/events/{id}", get(query::get_event))
         .route("/v1/ingest/{adapter}", post(raw::ingest))
@@ -62,6 +65,17 @@ pub fn router(hub: Arc<Hub>) -> axum::Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .with_state(app)
+        .merge(admin)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.hub.metrics.encode(),
+    )
 }
 
 async fn not_found(request: Request) -> Problem {
@@ -103,8 +117,9 @@ impl App {
     }
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with `413`.
-pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Problem> {
+/// Reads the whole body, refusing more than `limit` bytes with `413`
+/// naming `key`, the config key that sets the limit.
+pub async fn read_body(body: Body, limit: usize, key: &str) -> Result<bytes::Bytes, Problem> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .and_then(|s| s.downcast_ref::<http_body_util::LengthLimitError>())
@@ -114,7 +129,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Problem
             Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body too large",
-                format!("the request body is larger than server.max_body_bytes ({limit} bytes)"),
+                format!("the request body is larger than {key} ({limit} bytes)"),
             )
         } else {
             Problem::new(

@@ -28,8 +28,22 @@ pub(super) async fn ingest(
             ),
         )
     })?;
+    if let Some(reason) = hub.quarantined(&name) {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "adapter quarantined",
+            format!("adapter `{name}` is quarantined ({reason}); load or roll back a version"),
+        )
+        .with_kind("quarantined")
+        .with_retry_after(30));
+    }
     let (parts, body) = request.into_parts();
-    let body = read_body(body, hub.config.server.max_body_bytes).await?;
+    let body = read_body(
+        body,
+        hub.config.server.max_body_bytes,
+        "server.max_body_bytes",
+    )
+    .await?;
     let message = Inbound {
         method: parts.method.as_str().to_string(),
         query: parts.uri.query().unwrap_or_default().to_string(),
@@ -44,18 +58,27 @@ pub(super) async fn ingest(
             .collect(),
         body: body.to_vec(),
     };
-    let events = adapter
-        .ingest(&message)
-        .await
-        .map_err(|e| call_problem(&name, &e))?;
-    let accepted = hub.accept(events, Some(&name)).await.map_err(|e| match e {
-        AcceptError::Invalid { .. } => Problem::new(
-            StatusCode::BAD_GATEWAY,
-            "adapter produced an invalid event",
-            format!("adapter `{name}` produced an invalid {e}"),
-        ),
-        other => accept_problem(&other),
-    })?;
+    // One span for the request: the adapter's own log lines and the
+    // routing lines of the events it produced carry the adapter's name.
+    let span = tracing::info_span!("ingest", adapter = %name);
+    let accepted = tracing::Instrument::instrument(
+        async {
+            let events = adapter
+                .ingest(&message)
+                .await
+                .map_err(|e| call_problem(&name, &e))?;
+            hub.accept(events, Some(&name)).await.map_err(|e| match e {
+                AcceptError::Invalid { .. } => Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "adapter produced an invalid event",
+                    format!("adapter `{name}` produced an invalid {e}"),
+                ),
+                other => accept_problem(&other),
+            })
+        },
+        span,
+    )
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(super::Answer { accepted })).into_response())
 }
 

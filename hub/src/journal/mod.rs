@@ -248,6 +248,67 @@ pub struct DeadLetter {
     pub dead_at: String,
 }
 
+/// One loaded version of an adapter, as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionRecord {
+    /// Its id (what rollback names).
+    pub id: i64,
+    /// The adapter.
+    pub name: String,
+    /// The module's sha256.
+    pub sha256: String,
+    /// The manifest as loaded, its `wasm` pointing at the stored module.
+    pub manifest: String,
+    /// `dir` (adapters.dir), `admin` (the admin API) or `rollback`.
+    pub origin: String,
+    /// When it was loaded (unix ms).
+    pub loaded_ms: i64,
+    /// Whether it is the one serving.
+    pub active: bool,
+}
+
+/// An audit record: who did what to which adapter, chained by hash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRecord {
+    /// Its position in the chain.
+    pub seq: i64,
+    /// When (unix ms).
+    pub at_ms: i64,
+    /// Who: `token:<first 12 hex of the token's sha256>`, `dir`, `hub`.
+    pub actor: String,
+    /// What: `load`, `unload`, `rollback`, `quarantine`, `refused`, ...
+    pub action: String,
+    /// Which adapter.
+    pub target: String,
+    /// Details (module hash, version, reason), JSON.
+    pub detail: String,
+    /// The previous record's hash (64 zeros for the first).
+    pub prev_hash: String,
+    /// sha256 of the previous hash and this record's fields.
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// The hash this record must carry, from its fields and `prev_hash`.
+    pub fn expected_hash(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [
+            self.prev_hash.as_str(),
+            &self.seq.to_string(),
+            &self.at_ms.to_string(),
+            &self.actor,
+            &self.action,
+            &self.target,
+            &self.detail,
+        ] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        hex::encode(h.finalize())
+    }
+}
+
 /// The durable store behind the hub.
 pub trait Journal: Send + Sync + 'static {
     /// Stores events with their routing decisions; resolves once they are
@@ -321,6 +382,28 @@ pub trait Journal: Send + Sync + 'static {
 
     /// Stores a bookkeeping value.
     fn set_meta(&self, key: &str, value: &str) -> Pending<()>;
+
+    /// Records a newly loaded version of an adapter and makes it the active
+    /// one; returns its id.
+    fn add_version(&self, version: VersionRecord) -> Pending<i64>;
+
+    /// Makes version `id` the active one of its adapter (rollback).
+    fn activate_version(&self, id: i64) -> Pending<()>;
+
+    /// Marks no version of `name` active (unload).
+    fn deactivate(&self, name: &str) -> Pending<()>;
+
+    /// The active version of every adapter.
+    fn active_versions(&self) -> Result<Vec<VersionRecord>, JournalError>;
+
+    /// Every version of `name`, oldest first.
+    fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, JournalError>;
+
+    /// Appends to the audit chain (the writer computes the hashes).
+    fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Pending<AuditRecord>;
+
+    /// The whole audit chain, in order.
+    fn audit_log(&self) -> Result<Vec<AuditRecord>, JournalError>;
 }
 
 /// Milliseconds since the Unix epoch.

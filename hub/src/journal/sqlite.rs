@@ -7,9 +7,9 @@
 //! their own connection, which WAL lets run beside the writer.
 
 use super::{
-    now_ms, rfc3339_ms, Appended, CaseFilter, CaseRow, CaseStatus, DeadLetter, DeliveryRef,
-    DeliveryStatus, DeliveryUpdate, FedEvent, Journal, JournalError, NewEvent, Pending,
-    StoredEvent,
+    now_ms, rfc3339_ms, Appended, AuditRecord, CaseFilter, CaseRow, CaseStatus, DeadLetter,
+    DeliveryRef, DeliveryStatus, DeliveryUpdate, FedEvent, Journal, JournalError, NewEvent,
+    Pending, StoredEvent, VersionRecord,
 };
 use crate::router::Target;
 use govhub_sdk::{cloudevents, Event};
@@ -84,6 +84,35 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 3: adapter versions (what serves, what it replaced) and the audit chain.
+    r#"
+    CREATE TABLE adapter_versions (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        name      TEXT NOT NULL,
+        sha256    TEXT NOT NULL,
+        manifest  TEXT NOT NULL,
+        origin    TEXT NOT NULL,
+        loaded_ms INTEGER NOT NULL,
+        active    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX adapter_versions_by_name ON adapter_versions (name, id);
+    CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY,
+        at_ms     INTEGER NOT NULL,
+        actor     TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        target    TEXT NOT NULL,
+        detail    TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    );
+    -- Append-only: the hub never changes or removes a record (the hash
+    -- chain shows it when someone does it behind the hub's back).
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    "#,
 ];
 
 /// How commits reach the disk.
@@ -140,6 +169,13 @@ enum Command {
         oneshot::Sender<Result<(), JournalError>>,
     ),
     Meta(String, String, oneshot::Sender<Result<(), JournalError>>),
+    AddVersion(VersionRecord, oneshot::Sender<Result<i64, JournalError>>),
+    Activate(i64, oneshot::Sender<Result<(), JournalError>>),
+    Deactivate(String, oneshot::Sender<Result<(), JournalError>>),
+    Audit(
+        [String; 4],
+        oneshot::Sender<Result<AuditRecord, JournalError>>,
+    ),
     Flush(oneshot::Sender<Result<(), JournalError>>),
 }
 
@@ -348,6 +384,14 @@ enum Reply {
         oneshot::Sender<Result<Option<DeliveryRef>, JournalError>>,
         Result<Option<DeliveryRef>, JournalError>,
     ),
+    Id(
+        oneshot::Sender<Result<i64, JournalError>>,
+        Result<i64, JournalError>,
+    ),
+    Audit(
+        oneshot::Sender<Result<AuditRecord, JournalError>>,
+        Result<AuditRecord, JournalError>,
+    ),
 }
 
 fn commit_group(conn: &mut Connection, group: Vec<Command>) {
@@ -400,6 +444,28 @@ fn commit_group(conn: &mut Connection, group: Vec<Command>) {
                         .map_err(JournalError::from);
                     replies.push(Reply::Unit(reply, r));
                 }
+                Command::AddVersion(v, reply) => {
+                    let r = add_version(&tx, &v, now).map_err(JournalError::from);
+                    replies.push(Reply::Id(reply, r));
+                }
+                Command::Activate(id, reply) => {
+                    let r = activate(&tx, id).map_err(JournalError::from);
+                    replies.push(Reply::Unit(reply, r));
+                }
+                Command::Deactivate(name, reply) => {
+                    let r = tx
+                        .execute(
+                            "UPDATE adapter_versions SET active = 0 WHERE name = ?1",
+                            params![name],
+                        )
+                        .map(|_| ())
+                        .map_err(JournalError::from);
+                    replies.push(Reply::Unit(reply, r));
+                }
+                Command::Audit(fields, reply) => {
+                    let r = append_audit(&tx, &fields, now).map_err(JournalError::from);
+                    replies.push(Reply::Audit(reply, r));
+                }
                 Command::Flush(reply) => replies.push(Reply::Unit(reply, Ok(()))),
             }
         }
@@ -430,8 +496,113 @@ fn commit_group(conn: &mut Connection, group: Vec<Command>) {
                     None => r,
                 });
             }
+            Reply::Id(tx, r) => {
+                let _ = tx.send(match &failed {
+                    Some(e) => Err(e.clone()),
+                    None => r,
+                });
+            }
+            Reply::Audit(tx, r) => {
+                let _ = tx.send(match &failed {
+                    Some(e) => Err(e.clone()),
+                    None => r,
+                });
+            }
         }
     }
+}
+
+fn add_version(
+    tx: &rusqlite::Transaction<'_>,
+    v: &VersionRecord,
+    now: i64,
+) -> Result<i64, rusqlite::Error> {
+    tx.execute(
+        "UPDATE adapter_versions SET active = 0 WHERE name = ?1",
+        params![v.name],
+    )?;
+    tx.execute(
+        "INSERT INTO adapter_versions (name, sha256, manifest, origin, loaded_ms, active)
+         VALUES (?1, ?2, ?3, ?4, ?5, 1)",
+        params![v.name, v.sha256, v.manifest, v.origin, now],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn activate(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), rusqlite::Error> {
+    let name: String = tx.query_row(
+        "SELECT name FROM adapter_versions WHERE id = ?1",
+        params![id],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "UPDATE adapter_versions SET active = (id = ?2) WHERE name = ?1",
+        params![name, id],
+    )?;
+    Ok(())
+}
+
+fn append_audit(
+    tx: &rusqlite::Transaction<'_>,
+    [actor, action, target, detail]: &[String; 4],
+    now: i64,
+) -> Result<AuditRecord, rusqlite::Error> {
+    let last: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev_hash) = match last {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, "0".repeat(64)),
+    };
+    let mut record = AuditRecord {
+        seq,
+        at_ms: now,
+        actor: actor.clone(),
+        action: action.clone(),
+        target: target.clone(),
+        detail: detail.clone(),
+        prev_hash,
+        hash: String::new(),
+    };
+    record.hash = record.expected_hash();
+    tx.execute(
+        "INSERT INTO audit (seq, at_ms, actor, action, target, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            record.seq,
+            record.at_ms,
+            record.actor,
+            record.action,
+            record.target,
+            record.detail,
+            record.prev_hash,
+            record.hash
+        ],
+    )?;
+    // The head, kept apart from the chain: a removed last record shows as
+    // a head the chain no longer reaches.
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('audit_head', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![format!("{} {}", record.seq, record.hash)],
+    )?;
+    Ok(record)
+}
+
+fn version_row(r: &rusqlite::Row<'_>) -> Result<VersionRecord, rusqlite::Error> {
+    Ok(VersionRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        sha256: r.get(2)?,
+        manifest: r.get(3)?,
+        origin: r.get(4)?,
+        loaded_ms: r.get(5)?,
+        active: r.get::<_, i64>(6)? != 0,
+    })
 }
 
 fn store_cases(
@@ -875,6 +1046,73 @@ impl Journal for SqliteJournal {
     fn set_meta(&self, key: &str, value: &str) -> Pending<()> {
         let (k, v) = (key.to_string(), value.to_string());
         self.ask(|reply| Command::Meta(k, v, reply))
+    }
+
+    fn add_version(&self, version: VersionRecord) -> Pending<i64> {
+        self.ask(|reply| Command::AddVersion(version, reply))
+    }
+
+    fn activate_version(&self, id: i64) -> Pending<()> {
+        self.ask(|reply| Command::Activate(id, reply))
+    }
+
+    fn deactivate(&self, name: &str) -> Pending<()> {
+        let name = name.to_string();
+        self.ask(|reply| Command::Deactivate(name, reply))
+    }
+
+    fn active_versions(&self) -> Result<Vec<VersionRecord>, JournalError> {
+        self.read(|c| {
+            let mut s = c.prepare(
+                "SELECT id, name, sha256, manifest, origin, loaded_ms, active
+                 FROM adapter_versions WHERE active = 1 ORDER BY name",
+            )?;
+            let rows = s.query_map([], version_row)?;
+            rows.collect()
+        })
+    }
+
+    fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, JournalError> {
+        self.read(|c| {
+            let mut s = c.prepare(
+                "SELECT id, name, sha256, manifest, origin, loaded_ms, active
+                 FROM adapter_versions WHERE name = ?1 ORDER BY id",
+            )?;
+            let rows = s.query_map(params![name], version_row)?;
+            rows.collect()
+        })
+    }
+
+    fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Pending<AuditRecord> {
+        let fields = [
+            actor.to_string(),
+            action.to_string(),
+            target.to_string(),
+            detail.to_string(),
+        ];
+        self.ask(|reply| Command::Audit(fields, reply))
+    }
+
+    fn audit_log(&self) -> Result<Vec<AuditRecord>, JournalError> {
+        self.read(|c| {
+            let mut s = c.prepare(
+                "SELECT seq, at_ms, actor, action, target, detail, prev_hash, hash
+                 FROM audit ORDER BY rowid",
+            )?;
+            let rows = s.query_map([], |r| {
+                Ok(AuditRecord {
+                    seq: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: r.get(5)?,
+                    prev_hash: r.get(6)?,
+                    hash: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
     }
 }
 

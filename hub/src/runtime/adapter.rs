@@ -99,6 +99,7 @@ impl Adapter {
                 .collect(),
             log_lines_per_call: manifest.limits.log_lines_per_call,
             logs_dropped: AtomicU64::new(0),
+            memory_bytes: AtomicU64::new(0),
         });
         let mut adapter = Adapter {
             permits: tokio::sync::Semaphore::new(manifest.limits.concurrency as usize),
@@ -142,6 +143,11 @@ impl Adapter {
     /// Instances idle in the pool right now.
     pub fn idle_instances(&self) -> usize {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Linear memory of the live instances, bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.shared.memory_bytes.load(Ordering::Relaxed)
     }
 
     /// Log lines dropped over the per-call budget since load.

@@ -31,6 +31,8 @@ pub struct Shared {
     pub log_lines_per_call: u32,
     /// Log lines dropped over the budget, since load.
     pub logs_dropped: AtomicU64,
+    /// Linear memory of the live instances, bytes.
+    pub memory_bytes: AtomicU64,
 }
 
 /// Per-call bookkeeping, reset before each call.
@@ -52,6 +54,17 @@ pub struct MemoryCap {
     pub cap_bytes: u64,
     /// A refused growth (bytes asked for); read after a failed call.
     pub refused: Option<u64>,
+    /// The instance's memory now, bytes (counted in `shared.memory_bytes`).
+    current: u64,
+    shared: Arc<Shared>,
+}
+
+impl Drop for MemoryCap {
+    fn drop(&mut self) {
+        self.shared
+            .memory_bytes
+            .fetch_sub(self.current, Ordering::Relaxed);
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
@@ -67,6 +80,13 @@ impl wasmtime::ResourceLimiter for MemoryCap {
             // that aborts traps, and the recorded size says why.
             self.refused = Some(desired as u64);
             return Ok(false);
+        }
+        let desired = desired as u64;
+        if desired > self.current {
+            self.shared
+                .memory_bytes
+                .fetch_add(desired - self.current, Ordering::Relaxed);
+            self.current = desired;
         }
         Ok(true)
     }
@@ -168,6 +188,8 @@ impl HostState {
             memory: MemoryCap {
                 cap_bytes: memory_cap_bytes,
                 refused: None,
+                current: 0,
+                shared: shared.clone(),
             },
             shared,
             call: CallState::default(),

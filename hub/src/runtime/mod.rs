@@ -148,25 +148,17 @@ impl Runtime {
         })
     }
 
+    /// The engine, configured as for adapters (benchmarks compile with it).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Reads, verifies, compiles (or reads from the cache) and checks a
     /// module against the `adapter` world, without instantiating it.
     pub fn check(&self, manifest: &Manifest) -> Result<Checked, LoadError> {
         let name = &manifest.name;
         let path = &manifest.wasm;
-        let bytes = std::fs::read(path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                LoadError::ModuleMissing {
-                    adapter: name.clone(),
-                    path: path.clone(),
-                }
-            } else {
-                LoadError::ModuleRead {
-                    adapter: name.clone(),
-                    path: path.clone(),
-                    source,
-                }
-            }
-        })?;
+        let bytes = read_module(manifest)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if let Some(expected) = &manifest.sha256 {
             if *expected != sha256 {
@@ -347,6 +339,24 @@ pub fn compatible(found: &str, supported: &str) -> bool {
         (Some((fmaj, _)), Some((smaj, _))) => fmaj == smaj,
         _ => false,
     }
+}
+
+/// Reads a manifest's module, with the named error for a missing file.
+pub fn read_module(manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(&manifest.wasm).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            LoadError::ModuleMissing {
+                adapter: manifest.name.clone(),
+                path: manifest.wasm.clone(),
+            }
+        } else {
+            LoadError::ModuleRead {
+                adapter: manifest.name.clone(),
+                path: manifest.wasm.clone(),
+                source,
+            }
+        }
+    })
 }
 
 /// Hex sha256 of a file, for manifests.

@@ -1,0 +1,252 @@
+//! `GET /metrics`: what flows, what is slow, what is stuck, in the
+//! Prometheus text format (prometheus-client).
+//!
+//! Counted as it happens: events received (per origin) and duplicates,
+//! deliveries per adapter and outcome (`delivered`, `retry`, `dead`), the
+//! delivery call's duration. Read at each scrape from the adapters and the
+//! queues: calls, traps, deadline hits, instances created, idle instances,
+//! linear memory, queue depth, quarantine.
+
+use crate::hub::Hub;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+
+type Labels = Vec<(String, String)>;
+
+/// The hub's metrics.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    received: Family<Labels, Counter>,
+    duplicates: Family<Labels, Counter>,
+    deliveries: Family<Labels, Counter>,
+    delivery_seconds: Family<Labels, Histogram>,
+}
+
+fn label(k: &str, v: &str) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+impl Metrics {
+    /// Empty counters, registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("govhub");
+        let received = Family::<Labels, Counter>::default();
+        let duplicates = Family::<Labels, Counter>::default();
+        let deliveries = Family::<Labels, Counter>::default();
+        // 1 ms to about 16 s: loopback departments answer in a millisecond,
+        // a slow one near its deadline in seconds.
+        let delivery_seconds = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 15))
+        });
+        registry.register(
+            "events_received",
+            "Events accepted, by origin adapter (or `cloudevents`)",
+            received.clone(),
+        );
+        registry.register(
+            "events_duplicate",
+            "Events answered as duplicates, by origin",
+            duplicates.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Delivery attempts by adapter and outcome (delivered, retry, dead)",
+            deliveries.clone(),
+        );
+        registry.register(
+            "delivery_duration_seconds",
+            "Duration of adapter deliver calls",
+            delivery_seconds.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            received,
+            duplicates,
+            deliveries,
+            delivery_seconds,
+        }
+    }
+
+    /// Reads the adapters' and queues' own counters at each scrape.
+    pub fn watch(&self, hub: &Arc<Hub>) {
+        if let Ok(mut r) = self.registry.lock() {
+            r.register_collector(Box::new(HubCollector(Arc::downgrade(hub))));
+        }
+    }
+
+    /// Counts an accepted event.
+    pub fn received(&self, origin: Option<&str>, duplicate: bool) {
+        let l = label("origin", origin.unwrap_or("cloudevents"));
+        if duplicate {
+            self.duplicates.get_or_create(&l).inc();
+        } else {
+            self.received.get_or_create(&l).inc();
+        }
+    }
+
+    /// Counts a delivery attempt and its duration.
+    pub fn delivery(&self, adapter: &str, outcome: &str, seconds: f64) {
+        self.deliveries
+            .get_or_create(&vec![
+                ("adapter".to_string(), adapter.to_string()),
+                ("outcome".to_string(), outcome.to_string()),
+            ])
+            .inc();
+        self.delivery_seconds
+            .get_or_create(&label("adapter", adapter))
+            .observe(seconds);
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+struct HubCollector(Weak<Hub>);
+
+impl std::fmt::Debug for HubCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HubCollector")
+    }
+}
+
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(String, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (adapter, v) in values {
+        let l = label("adapter", adapter);
+        ConstCounter::new(*v).encode(m.encode_family(&l)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(String, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (adapter, v) in values {
+        let l = label("adapter", adapter);
+        ConstGauge::new(*v).encode(m.encode_family(&l)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for HubCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(hub) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let names = hub.adapter_names();
+        let adapters: Vec<_> = names
+            .iter()
+            .filter_map(|n| hub.adapter(n).map(|a| (n.clone(), a)))
+            .collect();
+        let stat = |f: fn(&crate::runtime::AdapterStats) -> u64| -> Vec<(String, u64)> {
+            adapters
+                .iter()
+                .map(|(n, a)| (n.clone(), f(&a.stats)))
+                .collect()
+        };
+        counters(
+            &mut encoder,
+            "adapter_calls",
+            "Calls into the adapter",
+            &stat(|s| s.calls.load(Ordering::Relaxed)),
+        )?;
+        counters(
+            &mut encoder,
+            "adapter_traps",
+            "Calls that trapped (panics, memory cap, other traps)",
+            &stat(|s| s.traps.load(Ordering::Relaxed)),
+        )?;
+        counters(
+            &mut encoder,
+            "adapter_deadline_hits",
+            "Calls stopped at their deadline",
+            &stat(|s| s.deadline_hits.load(Ordering::Relaxed)),
+        )?;
+        counters(
+            &mut encoder,
+            "adapter_instances_created",
+            "Instances created (the first and every replacement)",
+            &stat(|s| s.instances_created.load(Ordering::Relaxed)),
+        )?;
+        let idle: Vec<(String, i64)> = adapters
+            .iter()
+            .map(|(n, a)| (n.clone(), a.idle_instances() as i64))
+            .collect();
+        gauges(
+            &mut encoder,
+            "adapter_instances_idle",
+            "Instances idle in the pool",
+            &idle,
+        )?;
+        let concurrency: Vec<(String, i64)> = adapters
+            .iter()
+            .map(|(n, a)| (n.clone(), i64::from(a.manifest.limits.concurrency)))
+            .collect();
+        gauges(
+            &mut encoder,
+            "adapter_pool_size",
+            "Instances the pool may hold (concurrency)",
+            &concurrency,
+        )?;
+        let memory: Vec<(String, i64)> = adapters
+            .iter()
+            .map(|(n, a)| (n.clone(), a.memory_bytes() as i64))
+            .collect();
+        gauges(
+            &mut encoder,
+            "adapter_memory_bytes",
+            "Linear memory of the adapter's live instances",
+            &memory,
+        )?;
+        let depth: Vec<(String, i64)> = names
+            .iter()
+            .map(|n| (n.clone(), hub.deliveries.depth(n) as i64))
+            .collect();
+        gauges(
+            &mut encoder,
+            "queue_depth",
+            "Deliveries waiting, per target adapter",
+            &depth,
+        )?;
+        let quarantined: Vec<(String, i64)> = names
+            .iter()
+            .map(|n| (n.clone(), i64::from(hub.quarantined(n).is_some())))
+            .collect();
+        gauges(
+            &mut encoder,
+            "adapter_quarantined",
+            "1 while the adapter is out of rotation",
+            &quarantined,
+        )?;
+        Ok(())
+    }
+}
