@@ -119,6 +119,27 @@ fn adapter_entry(hub: &HubProcess, name: &str) -> Option<serde_json::Value> {
         .cloned()
 }
 
+/// Sends each id as an event; every one must be accepted.
+fn send_all(hub: &HubProcess, ids: &[String]) {
+    for id in ids {
+        let (status, _, body) = send_event(&hub.base, &cloudevent(id, None, 50)).unwrap();
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+/// Waits until `/v1/adapters` shows `name` quarantined; returns its entry.
+fn wait_quarantined(hub: &HubProcess, name: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = adapter_entry(hub, name).unwrap();
+        if e["quarantined"].is_string() {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "never quarantined: {e}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn an_upgrade_mid_stream_loses_nothing_and_every_later_event_goes_to_the_new_version() {
     const TOTAL: usize = 2_000;
@@ -388,10 +409,7 @@ fn a_failing_upgrade_is_quarantined_rolled_back_and_its_backlog_delivered() {
     cli_ok(&hub, &["adapters", "load", bad.to_str().unwrap()]);
 
     let ids: Vec<String> = (0..30).map(|i| format!("q-{i}")).collect();
-    for id in &ids {
-        let (status, _, body) = send_event(&hub.base, &cloudevent(id, None, 50)).unwrap();
-        assert_eq!(status, 202, "{body}");
-    }
+    send_all(&hub, &ids);
     let got = wait_marks(&receiver, &ids, Duration::from_secs(60));
     for id in &ids {
         assert_eq!(got[id], ["v1"], "{id}");
@@ -449,19 +467,8 @@ fn a_failing_adapter_with_nothing_to_roll_back_to_waits_quarantined_without_drop
     let dir = HubDir::new(&[marker(&receiver, "fixture-marker-bad")], &config);
     let hub = dir.start_with_env(&[("GOVHUB_ADMIN_TOKEN", TOKEN)]);
     let ids: Vec<String> = (0..20).map(|i| format!("w-{i}")).collect();
-    for id in &ids {
-        let (status, _, body) = send_event(&hub.base, &cloudevent(id, None, 50)).unwrap();
-        assert_eq!(status, 202, "{body}");
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let entry = loop {
-        let e = adapter_entry(&hub, "marker").unwrap();
-        if e["quarantined"].is_string() {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "never quarantined: {e}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    send_all(&hub, &ids);
+    let entry = wait_quarantined(&hub, "marker");
     assert!(
         entry["quarantined"].as_str().unwrap().contains("failed"),
         "{entry}"
@@ -631,10 +638,7 @@ fn metrics_parse_and_move_with_traffic_and_json_logs_carry_the_event() {
     let before = scrape();
     const N: usize = 25;
     let ids: Vec<String> = (0..N).map(|i| format!("m-{i}")).collect();
-    for id in &ids {
-        let (status, _, body) = send_event(&hub.base, &cloudevent(id, None, 50)).unwrap();
-        assert_eq!(status, 202, "{body}");
-    }
+    send_all(&hub, &ids);
     wait_marks(&receiver, &ids, Duration::from_secs(30));
     // The outcome is recorded just after the department answers.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -781,19 +785,8 @@ fn a_department_outage_quarantines_without_rollback_until_a_probe_succeeds() {
     // The department goes down just after the upgrade.
     receiver.answer(503);
     let ids: Vec<String> = (0..20).map(|i| format!("o-{i}")).collect();
-    for id in &ids {
-        let (status, _, body) = send_event(&hub.base, &cloudevent(id, None, 50)).unwrap();
-        assert_eq!(status, 202, "{body}");
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let entry = loop {
-        let e = adapter_entry(&hub, "marker").unwrap();
-        if e["quarantined"].is_string() {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "never quarantined: {e}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    send_all(&hub, &ids);
+    let entry = wait_quarantined(&hub, "marker");
     assert!(
         entry["quarantined"]
             .as_str()
