@@ -640,7 +640,8 @@ fn metrics_parse_and_move_with_traffic_and_json_logs_carry_the_event() {
     let ids: Vec<String> = (0..N).map(|i| format!("m-{i}")).collect();
     send_all(&hub, &ids);
     wait_marks(&receiver, &ids, Duration::from_secs(30));
-    // The outcome is recorded just after the department answers.
+    // The outcome is counted just after the department answers, and the
+    // queue shrinks once that outcome is committed to the journal.
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
         let s = scrape();
@@ -649,12 +650,13 @@ fn metrics_parse_and_move_with_traffic_and_json_logs_carry_the_event() {
             "govhub_deliveries_total",
             &[("adapter", "marker"), ("outcome", "delivered")],
         ) >= N as f64
+            && value(&s, "govhub_queue_depth", &[("adapter", "marker")]) == 0.0
         {
             break s;
         }
         assert!(
             Instant::now() < deadline,
-            "delivery counter never reached {N}"
+            "delivery counter never reached {N} with an empty queue"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
