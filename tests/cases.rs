@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::*;
 
 /// A webhook adapter standing for one department, delivering to `receiver`
@@ -398,6 +398,15 @@ fn a_minor_case_resolved_in_the_grid_never_leaves_it() {
         &hub,
         &report("vendor-1", "vendor.street", "minor", "yingfeng/yingyi/2"),
     );
+    // The grid worker got the report (checked again at the end: only once).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received_at(&receiver, "/grid-app").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the grid worker never got the report"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     advance(&hub, 60);
     status(&hub, &caseid, "gov.incident.accepted", "grid-app", &[]);
     advance(&hub, 60);

@@ -141,7 +141,9 @@ fn an_infinite_loop_is_stopped_by_the_deadline() {
     eprintln!("infinite loop with a 300 ms deadline stopped after {took:?} (HTTP round trip)");
     assert_eq!(status, 504, "{detail}");
     assert!(detail.contains("deadline of 300 ms exceeded"), "{detail}");
-    assert!(took < Duration::from_millis(1000), "took {took:?}");
+    // Generous: the bound is for a loaded 2-core CI machine; the figure is
+    // printed above.
+    assert!(took < Duration::from_millis(3000), "took {took:?}");
     assert!(took >= Duration::from_millis(300), "took {took:?}");
     still_serves(&hub);
 }

@@ -277,6 +277,7 @@ async fn check_config(config_path: &Path) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: config.runtime.cache_dir.clone(),
         state: None,
+        pooling: config.runtime.pooling(),
     })?;
     let router = crate::router::Router::new(&config.routes).map_err(anyhow::Error::msg)?;
     let mut names = Vec::new();
@@ -349,6 +350,7 @@ async fn inspect(file: &Path, json: bool, cache: CacheArgs) -> anyhow::Result<()
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: cache_dir(&cache),
         state: None,
+        pooling: None,
     })?;
     let manifest = Manifest::for_module(file, &name_from_file(file));
     let adapter = runtime.load(&manifest).await?;
@@ -432,6 +434,7 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: cache_dir(&args.cache),
         state: None,
+        pooling: None,
     })?;
     let mut manifest = Manifest::for_module(&args.file, &name_from_file(&args.file));
     manifest.limits.memory_mb = args.memory_mb;

@@ -159,11 +159,40 @@ impl Default for QuarantineConfig {
 }
 
 /// `[runtime]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
     /// Compiled-module cache. Default: `cache/` beside the storage file.
     pub cache_dir: Option<PathBuf>,
+    /// wasmtime's pooling allocator: instance slots reserved at start and
+    /// reused (faster instantiation; reserves address space up front).
+    pub pooling_allocator: bool,
+    /// With the pooling allocator: instances alive at once, all adapters.
+    pub pooling_instances: u32,
+    /// With the pooling allocator: the largest `memory_mb` an adapter may
+    /// have.
+    pub pooling_max_memory_mb: u32,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection {
+            cache_dir: None,
+            pooling_allocator: false,
+            pooling_instances: 1000,
+            pooling_max_memory_mb: 256,
+        }
+    }
+}
+
+impl RuntimeSection {
+    /// The pooling sizes, when the pooling allocator is on.
+    pub fn pooling(&self) -> Option<crate::runtime::Pooling> {
+        self.pooling_allocator.then_some(crate::runtime::Pooling {
+            instances: self.pooling_instances,
+            max_memory_mb: self.pooling_max_memory_mb,
+        })
+    }
 }
 
 /// `[delivery]`.
@@ -397,6 +426,13 @@ impl Config {
         {
             anyhow::bail!(
                 "quarantine: window and min_calls must be positive, min_calls at most window, max_failure_rate between 0 and 1"
+            );
+        }
+        if self.runtime.pooling_allocator
+            && (self.runtime.pooling_instances == 0 || self.runtime.pooling_max_memory_mb == 0)
+        {
+            anyhow::bail!(
+                "runtime.pooling_instances and runtime.pooling_max_memory_mb must be positive"
             );
         }
         if q.probe_interval_ms == 0 {

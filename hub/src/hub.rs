@@ -171,6 +171,7 @@ impl Hub {
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: config.runtime.cache_dir.clone(),
             state: Some(Arc::new(JournalState(journal.clone()))),
+            pooling: config.runtime.pooling(),
         })?;
         let router = Router::new(&config.routes).map_err(anyhow::Error::msg)?;
         let manual_clock = if config.cases.clock == "manual" {

@@ -200,12 +200,12 @@ impl<'a> Url<'a> {
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(not(all(target_arch = "wasm32", target_env = "p2")))]
 fn send(request: &Request, _url: &Url<'_>) -> Result<Response, AdapterError> {
     crate::testing::with_current(|h| h.send(request)).map_err(AdapterError::Unavailable)
 }
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", target_env = "p2"))]
 fn send(request: &Request, url: &Url<'_>) -> Result<Response, AdapterError> {
     use crate::bindings::wasi::http::outgoing_handler;
     use crate::bindings::wasi::http::types::{
@@ -320,7 +320,7 @@ fn send(request: &Request, url: &Url<'_>) -> Result<Response, AdapterError> {
     })
 }
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", target_env = "p2"))]
 fn denied(authority: &str) -> AdapterError {
     AdapterError::Rejected(format!(
         "outbound HTTP to `{authority}` denied by the hub: the host is not in the manifest's [capabilities] outbound_hosts"

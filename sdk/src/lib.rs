@@ -168,12 +168,13 @@ impl<T: Adapter> Guest for T {
 #[macro_export]
 macro_rules! export_adapter {
     ($adapter:ident) => {
-        // Natively (cargo test, the offline harness) nothing is exported:
+        // Outside a wasm32-wasip2 component (cargo test, the offline
+        // harness, a plain library build) nothing is exported:
         // the component ABI's export names are not valid native symbols.
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(all(target_arch = "wasm32", target_env = "p2"))]
         $crate::__export_adapter_impl!($adapter with_types_in $crate::bindings);
         // ...but the adapter type still counts as used there.
-        #[cfg(not(target_arch = "wasm32"))]
+        #[cfg(not(all(target_arch = "wasm32", target_env = "p2")))]
         const _: fn() -> $crate::Description = <$adapter as $crate::Adapter>::describe;
     };
 }

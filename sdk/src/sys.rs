@@ -1,11 +1,11 @@
-//! The host functions, behind one switch: inside the hub (wasm32) they are
-//! the WIT imports; natively (in `cargo test`) they are served by the
+//! The host functions, behind one switch: inside the hub (a wasm32-wasip2 component) they are
+//! the WIT imports; natively (in `cargo test`, or any other target) they are served by the
 //! offline harness in [`crate::testing`].
 
 use crate::bindings::govhub::adapter::host::Level;
 use crate::Header;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", target_env = "p2"))]
 mod imp {
     use super::*;
     use crate::bindings::govhub::adapter::host;
@@ -41,7 +41,7 @@ mod imp {
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(not(all(target_arch = "wasm32", target_env = "p2")))]
 mod imp {
     use super::*;
     use crate::testing::with_current;

@@ -28,7 +28,7 @@
 //! assert_eq!(sent[0].body, br#""e1""#);
 //! ```
 
-#![cfg_attr(target_arch = "wasm32", allow(dead_code))]
+#![cfg_attr(all(target_arch = "wasm32", target_env = "p2"), allow(dead_code))]
 
 use crate::bindings::govhub::adapter::host::Level;
 use crate::http::{Request, Response};

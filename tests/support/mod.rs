@@ -49,6 +49,7 @@ pub const ADAPTER_CRATES: &[&str] = &[
     "fixture-marker-v1",
     "fixture-marker-v2",
     "fixture-marker-bad",
+    "fixture-trivial",
 ];
 
 /// The folder holding the built `.wasm` files.
@@ -430,6 +431,20 @@ impl HubProcess {
     /// What the hub logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the log holds `needle` (stdout and stderr are read by
+    /// separate threads, so a line can arrive after a later event).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "`{needle}` never appeared in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Whether `/healthz` answers 200.

@@ -162,6 +162,13 @@ struct Reporter {
     phone: Option<String>,
 }
 
+/// Tells a status report from an incident.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    status: Option<serde::de::IgnoredAny>,
+}
+
 /// The `data` of a reported incident.
 #[derive(Serialize)]
 struct IncidentData<'a> {
@@ -280,8 +287,9 @@ impl Adapter for Police {
     }
 
     fn ingest(message: Inbound) -> Result<Vec<Event>, AdapterError> {
-        let value: serde_json::Value = message.json()?;
-        if value.get("status").is_some() {
+        // A status report carries `status`; an incident does not. The probe
+        // skips every other field without building it.
+        if message.json::<Probe>()?.status.is_some() {
             return status(message.json()?);
         }
         let incident: Incident = message.json()?;

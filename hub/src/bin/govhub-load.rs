@@ -500,11 +500,7 @@ async fn swap(dir: &Path, govhub: &Path, opts: Swap) {
         std::fs::metadata(&v2).unwrap().len() / 1024
     );
     // Baseline: raw wasmtime with the hub's engine settings.
-    let runtime = govhub::runtime::Runtime::new(govhub::runtime::RuntimeConfig {
-        cache_dir: None,
-        state: None,
-    })
-    .unwrap();
+    let runtime = govhub::runtime::Runtime::new(govhub::runtime::RuntimeConfig::default()).unwrap();
     let bytes = std::fs::read(&v2).unwrap();
     let mut raw_compile = Vec::new();
     let mut raw_deserialize = Vec::new();

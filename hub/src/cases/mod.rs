@@ -108,11 +108,16 @@ impl Tracker {
         let interval = Duration::from_millis(self.config.check_interval_ms);
         loop {
             let Some(hub) = hub.upgrade() else { return };
+            // The time is read before the feed: everything the journal
+            // held at `now` is applied before deadlines are judged at
+            // `now` (a status that came in just before a clock step is
+            // not missed).
+            let now = hub.clock.now_ms();
             if let Err(e) = self.feed(&hub).await {
                 tracing::warn!("case tracker could not read the journal: {e:#}");
                 self.reload(&*hub.journal);
             }
-            if let Err(e) = self.check(&hub).await {
+            if let Err(e) = self.check(&hub, now).await {
                 tracing::warn!("case tracker could not escalate: {e:#}");
                 self.reload(&*hub.journal);
             }
@@ -238,11 +243,10 @@ impl Tracker {
         self.lock().retain(|_, c| c.stage != Stage::Closed);
     }
 
-    /// Escalates every open case past its deadline. Runs at most once per
-    /// `check_interval_ms` of the hub's clock (a busy feed wakes the tracker
-    /// far more often than deadlines can pass).
-    pub async fn check(&self, hub: &Arc<Hub>) -> anyhow::Result<()> {
-        let now = hub.clock.now_ms();
+    /// Escalates every open case past its deadline at `now`. Runs at most
+    /// once per `check_interval_ms` of the hub's clock (a busy feed wakes
+    /// the tracker far more often than deadlines can pass).
+    pub async fn check(&self, hub: &Arc<Hub>, now: i64) -> anyhow::Result<()> {
         let last = self.checked_at.load(Ordering::SeqCst);
         if last != i64::MIN && now.saturating_sub(last) < self.config.check_interval_ms as i64 {
             return Ok(());

@@ -239,7 +239,12 @@ impl Adapter {
                 message: "adapter is shutting down".into(),
             })?;
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let isolate = self.manifest.limits.isolate_calls;
+        let pooled = if isolate {
+            None
+        } else {
+            self.idle.lock().ok().and_then(|mut idle| idle.pop())
+        };
         let mut instance = match pooled {
             Some(i) => i,
             None => self.instantiate().await.inspect_err(|e| self.count(e))?,
@@ -279,7 +284,9 @@ impl Adapter {
             ),
             Ok(Ok(reply)) => {
                 let denied = instance.store.data_mut().outbound.denied.take();
-                if let Ok(mut idle) = self.idle.lock() {
+                if isolate {
+                    drop(instance);
+                } else if let Ok(mut idle) = self.idle.lock() {
                     idle.push(instance);
                 }
                 return match (reply, denied) {

@@ -49,6 +49,10 @@ pub struct Limits {
     pub concurrency: u32,
     /// Log lines one call may write.
     pub log_lines_per_call: u32,
+    /// A fresh instance for every call, dropped after it: nothing one call
+    /// leaves in the adapter's memory reaches the next (costs an
+    /// instantiation per call).
+    pub isolate_calls: bool,
 }
 
 impl Default for Limits {
@@ -58,6 +62,7 @@ impl Default for Limits {
             deadline_ms: DEFAULT_DEADLINE_MS,
             concurrency: DEFAULT_CONCURRENCY,
             log_lines_per_call: DEFAULT_LOG_LINES_PER_CALL,
+            isolate_calls: false,
         }
     }
 }

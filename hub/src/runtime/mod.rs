@@ -57,6 +57,20 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Where adapter state persists (`None`: in memory only).
     pub state: Option<Arc<dyn StateStore>>,
+    /// wasmtime's pooling allocator (`None`: memory allocated on demand
+    /// for each instance).
+    pub pooling: Option<Pooling>,
+}
+
+/// Sizes of wasmtime's pooling allocator: slots reserved once, reused by
+/// every instantiation.
+#[derive(Debug, Clone, Copy)]
+pub struct Pooling {
+    /// Component instances alive at once, over all adapters.
+    pub instances: u32,
+    /// Largest linear memory an instance may have, MiB (an adapter's
+    /// `memory_mb` may not exceed it).
+    pub max_memory_mb: u32,
 }
 
 /// Whether a module came from the compile cache.
@@ -73,6 +87,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<host::HostState>>,
     cache_dir: Option<PathBuf>,
+    pooling: Option<Pooling>,
     engine_key: String,
     ticker_stop: Arc<AtomicBool>,
     state: Option<Arc<dyn StateStore>>,
@@ -106,6 +121,24 @@ impl Runtime {
         wasm.wasm_component_model(true);
         wasm.epoch_interruption(true);
         wasm.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if std::env::var_os("GOVHUB_PERF_MAP").is_some_and(|v| v == "1") {
+            // Names the compiled adapter functions for `perf report`
+            // (/tmp/perf-PID.map); see BENCHMARKS.md, "Profiling".
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        if let Some(p) = &config.pooling {
+            // A Rust wasm32-wasip2 adapter is one component with a few core
+            // instances, one memory and a few tables; async calls each take
+            // a fiber stack.
+            let mut pool = wasmtime::PoolingAllocationConfig::new();
+            pool.total_component_instances(p.instances)
+                .total_core_instances(p.instances.saturating_mul(8))
+                .total_memories(p.instances.saturating_mul(2))
+                .total_tables(p.instances.saturating_mul(4))
+                .total_stacks(p.instances)
+                .max_memory_size(p.max_memory_mb as usize * 1024 * 1024);
+            wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine = Engine::new(&wasm)?;
 
         let mut linker = Linker::<host::HostState>::new(&engine);
@@ -145,6 +178,7 @@ impl Runtime {
             engine_key,
             ticker_stop,
             state: config.state,
+            pooling: config.pooling,
         })
     }
 
@@ -262,6 +296,17 @@ impl Runtime {
     /// Loads an adapter: [`Runtime::check`], link, instantiate one instance
     /// and run the `describe` self-check.
     pub async fn load(&self, manifest: &Manifest) -> Result<Arc<Adapter>, LoadError> {
+        if let Some(p) = &self.pooling {
+            if manifest.limits.memory_mb > p.max_memory_mb {
+                return Err(LoadError::ManifestInvalid {
+                    path: manifest.wasm.clone(),
+                    message: format!(
+                        "adapter `{}`: limits.memory_mb = {} is more than the pooling allocator's slots hold (runtime.pooling_max_memory_mb = {})",
+                        manifest.name, manifest.limits.memory_mb, p.max_memory_mb
+                    ),
+                });
+            }
+        }
         let checked = self.check(manifest)?;
         let config = manifest.resolve_config()?;
         let instance_pre = self
