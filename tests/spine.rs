@@ -189,6 +189,79 @@ fn a_panic_becomes_an_error_with_its_message() {
     still_serves(&hub);
 }
 
+#[test]
+fn the_pooling_allocator_and_isolated_calls_serve_end_to_end() {
+    let receiver = Receiver::start();
+    let isolated = AdapterSpec::new("isolated", "fixture-hostile")
+        .tables("[limits]\nmemory_mb = 64\nisolate_calls = true\nconcurrency = 1");
+    let pooled = AdapterSpec::new("hostile", "fixture-hostile")
+        .tables("[limits]\nmemory_mb = 64\nconcurrency = 1");
+    let dir = HubDir::new(
+        &[police(), webhook_to(&receiver), isolated, pooled],
+        RIVER_ROUTE,
+    );
+    // Through the environment overrides, as an operator would.
+    let hub = dir.start_with_env(&[
+        ("GOVHUB__RUNTIME__POOLING_ALLOCATOR", "true"),
+        ("GOVHUB__RUNTIME__POOLING_INSTANCES", "20"),
+        ("GOVHUB__RUNTIME__POOLING_MAX_MEMORY_MB", "64"),
+    ]);
+    assert!(hub.log().contains("pooling allocator"), "{}", hub.log());
+    // An incident through slots of the pool, to the department.
+    let (status, _, body) = post(
+        &hub.url("/v1/ingest/police"),
+        &[("content-type", "application/json")],
+        RIVER.as_bytes(),
+    );
+    assert_eq!(status, 202, "{body}");
+    let got = receiver.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].header("ce-id"), Some("330102-20250801-0042"));
+
+    let calls = |adapter: &str, i: usize| -> String {
+        let (status, _, body) = post(
+            &hub.url(&format!("/v1/ingest/{adapter}")),
+            &[],
+            format!("instance-calls {i}").as_bytes(),
+        );
+        assert_eq!(status, 202, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["accepted"][0]["id"].as_str().unwrap().to_string()
+    };
+    // A fresh instance for every call: nothing left from the one before.
+    for i in 0..3 {
+        assert_eq!(calls("isolated", i), format!("instance-calls-1-{i}"));
+    }
+    // A pooled instance keeps its memory from call to call.
+    for i in 0..3 {
+        assert_eq!(calls("hostile", i), format!("instance-calls-{}-{i}", i + 1));
+    }
+    // The memory cap holds inside a pool slot.
+    let (status, detail, _) = provoke(&hub, "alloc");
+    assert_eq!(status, 502, "{detail}");
+    assert!(detail.contains("memory cap of 64 MiB exceeded"), "{detail}");
+    still_serves(&hub);
+
+    // An adapter that wants more memory than a slot holds is refused by
+    // name, before the hub starts.
+    let dir = HubDir::new(
+        &[AdapterSpec::new("hostile", "fixture-hostile").tables("[limits]\nmemory_mb = 128")],
+        "",
+    );
+    let (ok, _, stderr) = govhub_with_env(
+        &["check-config", "--config", dir.config().to_str().unwrap()],
+        &[
+            ("GOVHUB__RUNTIME__POOLING_ALLOCATOR", "true"),
+            ("GOVHUB__RUNTIME__POOLING_MAX_MEMORY_MB", "64"),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("limits.memory_mb = 128")
+            && stderr.contains("runtime.pooling_max_memory_mb = 64"),
+        "{stderr}"
+    );
+}
+
 /// `govhub check-config` on a folder holding one bad adapter → its error.
 fn check_error(setup: impl FnOnce(&std::path::Path)) -> String {
     let dir = HubDir::new(&[], "");

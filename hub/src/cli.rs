@@ -236,6 +236,11 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     println!("govhub: listening on http://{addr}");
     tracing::info!(%addr, adapters = ?hub.adapter_names(), "govhub is serving");
     hub.run_background()?;
+    // Answers go out at once, not held back waiting for an ACK (Nagle).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, crate::ingress::router(hub.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await?;

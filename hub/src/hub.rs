@@ -173,6 +173,13 @@ impl Hub {
             state: Some(Arc::new(JournalState(journal.clone()))),
             pooling: config.runtime.pooling(),
         })?;
+        if let Some(p) = config.runtime.pooling() {
+            tracing::info!(
+                instances = p.instances,
+                max_memory_mb = p.max_memory_mb,
+                "wasmtime pooling allocator on: instance slots reserved at start"
+            );
+        }
         let router = Router::new(&config.routes).map_err(anyhow::Error::msg)?;
         let manual_clock = if config.cases.clock == "manual" {
             let start = match journal.meta("clock_ms")? {

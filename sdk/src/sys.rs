@@ -15,18 +15,19 @@ mod imp {
     }
     /// An instance's config never changes (a new manifest means new
     /// instances), so each key crosses the boundary once per instance.
+    /// An adapter reads a handful of keys: a list scanned by comparison
+    /// beats hashing each key (SipHash) on every call.
     pub fn config(key: &str) -> Option<String> {
         use std::cell::RefCell;
-        use std::collections::HashMap;
         thread_local! {
-            static CACHE: RefCell<HashMap<String, Option<String>>> = RefCell::new(HashMap::new());
+            static CACHE: RefCell<Vec<(String, Option<String>)>> = const { RefCell::new(Vec::new()) };
         }
         CACHE.with(|c| {
-            if let Some(v) = c.borrow().get(key) {
+            if let Some((_, v)) = c.borrow().iter().find(|(k, _)| k == key) {
                 return v.clone();
             }
             let v = host::config(key);
-            c.borrow_mut().insert(key.to_string(), v.clone());
+            c.borrow_mut().push((key.to_string(), v.clone()));
             v
         })
     }

@@ -267,8 +267,8 @@ impl Adapter {
         // The epoch callback stops wasm that runs past the deadline; this
         // timeout stops a call parked in host I/O (a department that never
         // answers), where no wasm runs and no epoch check happens.
-        let result =
-            tokio::time::timeout(limit + 2 * EPOCH_TICK, invoke(&mut instance, request)).await;
+        let until = tokio::time::Instant::from_std(started + limit + 2 * EPOCH_TICK);
+        let result = tokio::time::timeout_at(until, invoke(&mut instance, request)).await;
         let elapsed = started.elapsed();
         self.stats
             .call_micros
@@ -334,20 +334,26 @@ async fn invoke(instance: &mut Instance, request: Request<'_>) -> wasmtime::Resu
     let store = &mut instance.store;
     Ok(match request {
         Request::Describe => Reply::Describe(handler.call_describe(store).await?.into()),
-        Request::Ingest(message) => Reply::Ingest(
-            handler
-                .call_ingest(store, &message.into())
-                .await?
-                .map(|events| events.into_iter().map(Into::into).collect())
-                .map_err(Into::into),
-        ),
-        Request::Deliver(event) => Reply::Deliver(
-            handler
-                .call_deliver(store, &event.into())
-                .await?
-                .map(Into::into)
-                .map_err(Into::into),
-        ),
+        Request::Ingest(message) => {
+            let headers = bindings::headers(message);
+            Reply::Ingest(
+                handler
+                    .call_ingest(store, bindings::inbound_param(message, &headers))
+                    .await?
+                    .map(|events| events.into_iter().map(Into::into).collect())
+                    .map_err(Into::into),
+            )
+        }
+        Request::Deliver(event) => {
+            let extensions = bindings::attributes(&event.extensions);
+            Reply::Deliver(
+                handler
+                    .call_deliver(store, bindings::event_param(event, &extensions))
+                    .await?
+                    .map(Into::into)
+                    .map_err(Into::into),
+            )
+        }
         Request::Poll(cursor) => Reply::Poll(
             handler
                 .call_poll(store, cursor)

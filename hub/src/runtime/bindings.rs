@@ -14,6 +14,11 @@ wasmtime::component::bindgen!({
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
     },
     require_store_data_send: true,
+    // Arguments to the adapter (`inbound`, the event to deliver) are
+    // lowered straight from the hub's own values, not from a copy.
+    ownership: Borrowing {
+        duplicate_if_necessary: true
+    },
 });
 
 use self::govhub::adapter::types as wit;
@@ -41,8 +46,8 @@ impl From<sdk::Severity> for wit::Severity {
     }
 }
 
-impl From<wit::Event> for sdk::Event {
-    fn from(e: wit::Event) -> Self {
+impl From<wit::EventResult> for sdk::Event {
+    fn from(e: wit::EventResult) -> Self {
         sdk::Event {
             id: e.id,
             source: e.source,
@@ -70,50 +75,62 @@ impl From<wit::Event> for sdk::Event {
     }
 }
 
-impl From<&sdk::Event> for wit::Event {
-    fn from(e: &sdk::Event) -> Self {
-        wit::Event {
-            id: e.id.clone(),
-            source: e.source.clone(),
-            type_: e.type_.clone(),
-            subject: e.subject.clone(),
-            time: e.time.clone(),
-            datacontenttype: e.datacontenttype.clone(),
-            dataschema: e.dataschema.clone(),
-            data: e.data.clone(),
-            caseid: e.caseid.clone(),
-            grid: e.grid.clone(),
-            severity: e.severity.map(Into::into),
-            category: e.category.clone(),
-            lat: e.lat,
-            lon: e.lon,
-            extensions: e
-                .extensions
-                .iter()
-                .map(|a| wit::Attribute {
-                    name: a.name.clone(),
-                    value: a.value.clone(),
-                })
-                .collect(),
-        }
+/// An event's extensions, borrowed for [`event_param`].
+pub fn attributes(a: &[sdk::Attribute]) -> Vec<wit::AttributeParam<'_>> {
+    a.iter()
+        .map(|a| wit::AttributeParam {
+            name: &a.name,
+            value: &a.value,
+        })
+        .collect()
+}
+
+/// The event as the argument of `deliver`, borrowing every field (no copy
+/// of the data before it is lowered into the adapter's memory).
+pub fn event_param<'a>(
+    e: &'a sdk::Event,
+    extensions: &'a [wit::AttributeParam<'a>],
+) -> wit::EventParam<'a> {
+    wit::EventParam {
+        id: &e.id,
+        source: &e.source,
+        type_: &e.type_,
+        subject: e.subject.as_deref(),
+        time: e.time.as_deref(),
+        datacontenttype: e.datacontenttype.as_deref(),
+        dataschema: e.dataschema.as_deref(),
+        data: e.data.as_deref(),
+        caseid: e.caseid.as_deref(),
+        grid: e.grid.as_deref(),
+        severity: e.severity.map(Into::into),
+        category: e.category.as_deref(),
+        lat: e.lat,
+        lon: e.lon,
+        extensions,
     }
 }
 
-impl From<&sdk::Inbound> for wit::Inbound {
-    fn from(m: &sdk::Inbound) -> Self {
-        wit::Inbound {
-            method: m.method.clone(),
-            query: m.query.clone(),
-            headers: m
-                .headers
-                .iter()
-                .map(|h| wit::Header {
-                    name: h.name.clone(),
-                    value: h.value.clone(),
-                })
-                .collect(),
-            body: m.body.clone(),
-        }
+/// A message's headers, borrowed for [`inbound_param`].
+pub fn headers(m: &sdk::Inbound) -> Vec<wit::HeaderParam<'_>> {
+    m.headers
+        .iter()
+        .map(|h| wit::HeaderParam {
+            name: &h.name,
+            value: &h.value,
+        })
+        .collect()
+}
+
+/// The message as the argument of `ingest`, borrowing every field.
+pub fn inbound_param<'a>(
+    m: &'a sdk::Inbound,
+    headers: &'a [wit::HeaderParam<'a>],
+) -> wit::Inbound<'a> {
+    wit::Inbound {
+        method: &m.method,
+        query: &m.query,
+        headers,
+        body: &m.body,
     }
 }
 

@@ -3,7 +3,7 @@
 //! outbound-HTTP allowlist.
 
 use super::bindings::govhub::adapter::host::{self, Level};
-use super::bindings::govhub::adapter::types::Header;
+use super::bindings::govhub::adapter::types::HeaderResult as Header;
 use super::manifest::HostPattern;
 use dashmap::DashMap;
 use std::collections::BTreeMap;

@@ -9,11 +9,27 @@
 //! `govhub-load swap`: adapter swap time from upload to serving (compile
 //! cache cold and warm) beside raw wasmtime compiling / deserializing the
 //! same module, and the delivery pause a stream sees during swaps.
+//!
+//! `govhub-load http`: the HTTP ingest path beside a bare hyper handler
+//! answering `202`, same client, same machine.
+//!
+//! `govhub-load e2e`: ingest → journal → webhook adapter → a department,
+//! maximum rate and latency at half of it.
+//!
+//! `govhub-load memory`: resident memory with 0, 10 and 100 adapters, and
+//! per instance.
+//!
+//! `govhub-load startup`: the Yingfeng deployment's start-up to ready,
+//! compile cache cold and warm.
+
+mod footprint;
+mod path;
 
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,6 +102,125 @@ enum Cmd {
         #[arg(long)]
         govhub: Option<PathBuf>,
     },
+    /// HTTP ingest path: `/v1/events` beside a bare hyper handler that
+    /// answers 202, same client, same bodies.
+    Http {
+        /// Working folder; default a temp folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Requests per figure.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Runs (each measures all three).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The govhub binary (default: next to this one).
+        #[arg(long)]
+        govhub: Option<PathBuf>,
+    },
+    /// End to end: ingest → journal → webhook adapter → a department on
+    /// loopback; maximum rate, then p50/p99 at half of it.
+    E2e {
+        /// Working folder; default a temp folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Events in the maximum-rate phase.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Most events between the sender and the department at once
+        /// (below `delivery.queue_depth`, so ingress never pushes back).
+        #[arg(long, default_value_t = 2_000)]
+        window: usize,
+        /// Seconds of the half-rate latency phase.
+        #[arg(long, default_value_t = 5)]
+        latency_seconds: u64,
+        /// The webhook adapter's `concurrency`.
+        #[arg(long, default_value_t = 16)]
+        adapter_concurrency: u32,
+        /// The journal's `storage.synchronous` (`full` or `normal`).
+        #[arg(long, default_value = "full")]
+        synchronous: String,
+        /// Folder with webhook_adapter.wasm (default:
+        /// target/adapters/wasm32-wasip2/release).
+        #[arg(long)]
+        wasm_dir: Option<PathBuf>,
+        /// The govhub binary (default: next to this one).
+        #[arg(long)]
+        govhub: Option<PathBuf>,
+    },
+    /// Resident memory with 0, 10 and 100 adapters loaded, and per
+    /// instance.
+    Memory {
+        /// Working folder; default a temp folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Instances one adapter's pool grows to.
+        #[arg(long, default_value_t = 32)]
+        instances: u32,
+        /// Folder with webhook_adapter.wasm (default:
+        /// target/adapters/wasm32-wasip2/release).
+        #[arg(long)]
+        wasm_dir: Option<PathBuf>,
+        /// The govhub binary (default: next to this one).
+        #[arg(long)]
+        govhub: Option<PathBuf>,
+    },
+    /// Start-up to ready with the Yingfeng deployment, compile cache cold
+    /// and warm.
+    Startup {
+        /// Working folder; default a temp folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Cold starts (each with a new, empty compile cache).
+        #[arg(long, default_value_t = 3)]
+        cold: usize,
+        /// Warm starts.
+        #[arg(long, default_value_t = 5)]
+        warm: usize,
+        /// Folder with the adapters' modules (default:
+        /// target/adapters/wasm32-wasip2/release).
+        #[arg(long)]
+        wasm_dir: Option<PathBuf>,
+        /// The govhub binary (default: next to this one).
+        #[arg(long)]
+        govhub: Option<PathBuf>,
+    },
+    /// The baseline of `http`: hyper alone answering 202 (started by it).
+    #[command(name = "bare-202", hide = true)]
+    Bare202,
+}
+
+/// The working folder: `dir`, or a temp folder in the current one (on the
+/// disk to measure) kept alive by the returned guard.
+fn workdir(dir: Option<PathBuf>) -> (PathBuf, tempfile::TempDir) {
+    let temp = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
+    let dir = dir.unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
+    (dir, temp)
+}
+
+fn govhub_bin(govhub: Option<PathBuf>) -> PathBuf {
+    govhub.unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("govhub"))
+}
+
+fn wasm_dir_or_default(wasm_dir: Option<PathBuf>) -> PathBuf {
+    wasm_dir.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/adapters/wasm32-wasip2/release")
+    })
+}
+
+const CE_JSON: &str = "application/cloudevents+json";
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0)
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
@@ -165,9 +300,16 @@ fn start_hub_with(govhub: &Path, dir: &Path, extra: &str, env: &[(&str, &str)]) 
     )
     .unwrap();
     let _ = std::fs::remove_file(dir.join("hub.db"));
+    std::fs::create_dir_all(dir.join("adapters.d")).unwrap();
+    spawn_config(govhub, &config, dir, env)
+}
+
+/// `govhub run --config CONFIG` in `dir`; returns once it listens.
+fn spawn_config(govhub: &Path, config: &Path, dir: &Path, env: &[(&str, &str)]) -> Hub {
     let mut cmd = Command::new(govhub);
     cmd.args(["run", "--config"])
-        .arg(&config)
+        .arg(config)
+        .current_dir(dir)
         .env("GOVHUB_LOG", "warn");
     for (k, v) in env {
         cmd.env(k, v);
@@ -743,5 +885,80 @@ fn main() {
                 },
             ));
         }
+        Cmd::Http {
+            dir,
+            events,
+            concurrency,
+            runs,
+            govhub,
+        } => {
+            let (dir, _temp) = workdir(dir);
+            rt.block_on(path::http(
+                &dir,
+                &govhub_bin(govhub),
+                path::HttpOpts {
+                    events,
+                    concurrency,
+                    runs,
+                },
+            ));
+        }
+        Cmd::E2e {
+            dir,
+            events,
+            concurrency,
+            window,
+            latency_seconds,
+            adapter_concurrency,
+            synchronous,
+            wasm_dir,
+            govhub,
+        } => {
+            let (dir, _temp) = workdir(dir);
+            rt.block_on(path::e2e(
+                &dir,
+                &govhub_bin(govhub),
+                path::E2eOpts {
+                    events,
+                    concurrency,
+                    window,
+                    latency_seconds,
+                    adapter_concurrency,
+                    synchronous,
+                    wasm_dir: wasm_dir_or_default(wasm_dir),
+                },
+            ));
+        }
+        Cmd::Memory {
+            dir,
+            instances,
+            wasm_dir,
+            govhub,
+        } => {
+            let (dir, _temp) = workdir(dir);
+            rt.block_on(footprint::memory(
+                &dir,
+                &govhub_bin(govhub),
+                &wasm_dir_or_default(wasm_dir),
+                instances.max(2),
+            ));
+        }
+        Cmd::Startup {
+            dir,
+            cold,
+            warm,
+            wasm_dir,
+            govhub,
+        } => {
+            let (dir, _temp) = workdir(dir);
+            rt.block_on(footprint::startup(
+                &dir,
+                &govhub_bin(govhub),
+                &wasm_dir_or_default(wasm_dir),
+                cold.max(1),
+                warm.max(1),
+            ));
+        }
+        Cmd::Bare202 => rt.block_on(path::bare_202()),
     }
 }

@@ -1,0 +1,370 @@
+//! `govhub-load http` and `govhub-load e2e`: the HTTP ingest path beside a
+//! bare hyper handler, and ingest → journal → deliver to a department.
+
+use super::*;
+use tokio::sync::Semaphore;
+
+/// `govhub-load bare-202`: hyper alone, answering `202` once it has read
+/// the body, on the same runtime settings as the hub (one multi-thread
+/// tokio runtime, a worker per core). Prints `listening on ADDR`.
+pub async fn bare_202() {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("listening on {}", listener.local_addr().unwrap());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .status(202)
+                            .body(Full::new(bytes::Bytes::new()))
+                            .unwrap(),
+                    )
+                });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A child process printing `<prefix>ADDR` on its first stdout line.
+pub struct Process {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bare_server() -> Process {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .arg("bare-202")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("govhub-load bare-202 starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("the bare server prints its address")
+        .to_string();
+    Process { child, addr }
+}
+
+pub struct HttpOpts {
+    pub events: usize,
+    pub concurrency: usize,
+    pub runs: usize,
+}
+
+fn bodies(prefix: &str, n: usize) -> Arc<Vec<bytes::Bytes>> {
+    Arc::new(
+        (0..n)
+            .map(|i| bytes::Bytes::from(event_json(&format!("{prefix}-{i}")).to_string()))
+            .collect(),
+    )
+}
+
+/// The same closed loop, the same bodies, against the bare handler and
+/// against the hub (journal `full`, then `normal`), `runs` times.
+pub async fn http(dir: &Path, govhub: &Path, opts: HttpOpts) {
+    let HttpOpts {
+        events,
+        concurrency,
+        runs,
+    } = opts;
+    println!(
+        "machine: {} cores; {events} single-event requests of {} B, {concurrency} connections, per figure",
+        cores(),
+        event_json("x").to_string().len()
+    );
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency)
+        .build_http();
+    let bare = bare_server();
+    let bare_url = format!("http://{}/v1/events", bare.addr);
+    println!(
+        "| run | bare hyper 202 | govhub, journal full | ratio | govhub, journal normal | ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for run in 1..=runs {
+        let rate = |took: Duration| events as f64 / took.as_secs_f64();
+        // Warm the connections, then measure.
+        let warm = bodies(&format!("warm-bare-{run}"), concurrency * 4);
+        closed_loop(&client, &bare_url, CE_JSON, warm, concurrency).await;
+        let bare_rate = rate(
+            closed_loop(
+                &client,
+                &bare_url,
+                CE_JSON,
+                bodies(&format!("bare-{run}"), events),
+                concurrency,
+            )
+            .await,
+        );
+        let mut hub_rates = Vec::new();
+        for sync in ["full", "normal"] {
+            let hub = start_hub_with(govhub, dir, "", &[("GOVHUB__STORAGE__SYNCHRONOUS", sync)]);
+            let url = format!("{}/v1/events", hub.base);
+            let warm = bodies(&format!("warm-{sync}-{run}"), concurrency * 4);
+            closed_loop(&client, &url, CE_JSON, warm, concurrency).await;
+            hub_rates.push(rate(
+                closed_loop(
+                    &client,
+                    &url,
+                    CE_JSON,
+                    bodies(&format!("{sync}-{run}"), events),
+                    concurrency,
+                )
+                .await,
+            ));
+        }
+        println!(
+            "| {run} | {bare_rate:.0} req/s | {:.0} events/s | {:.0}% | {:.0} events/s | {:.0}% |",
+            hub_rates[0],
+            100.0 * hub_rates[0] / bare_rate,
+            hub_rates[1],
+            100.0 * hub_rates[1] / bare_rate
+        );
+    }
+}
+
+pub struct E2eOpts {
+    pub events: usize,
+    pub concurrency: usize,
+    pub window: usize,
+    pub latency_seconds: u64,
+    pub adapter_concurrency: u32,
+    pub synchronous: String,
+    pub wasm_dir: PathBuf,
+}
+
+/// The department: records when each event id arrived; every arrival
+/// gives a permit back to the sender's window.
+struct Department {
+    addr: std::net::SocketAddr,
+    seen: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
+    arrivals: Arc<AtomicUsize>,
+    window: Arc<Semaphore>,
+}
+
+async fn department(window: Arc<Semaphore>) -> Department {
+    let seen: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let arrivals = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (rec, count, win) = (seen.clone(), arrivals.clone(), window.clone());
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let (rec, count, win) = (rec.clone(), count.clone(), win.clone());
+        async move {
+            let now = Instant::now();
+            let id = headers
+                .get("ce-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            if rec.lock().unwrap().insert(id, now).is_none() {
+                count.fetch_add(1, Ordering::SeqCst);
+                win.add_permits(1);
+            }
+            axum::http::StatusCode::OK
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Department {
+        addr,
+        seen,
+        arrivals,
+        window,
+    }
+}
+
+async fn wait_arrivals(dept: &Department, n: usize, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while dept.arrivals.load(Ordering::SeqCst) < n {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
+}
+
+/// Ingest → journal → webhook adapter → the department, closed loop with
+/// at most `window` events between the sender and the department, then
+/// an open loop at half that rate timing each event from when it was due
+/// until the department had it.
+pub async fn e2e(dir: &Path, govhub: &Path, opts: E2eOpts) {
+    let E2eOpts {
+        events,
+        concurrency,
+        window,
+        latency_seconds,
+        adapter_concurrency,
+        synchronous,
+        wasm_dir,
+    } = opts;
+    let module = wasm_dir.join("webhook_adapter.wasm");
+    assert!(
+        module.exists(),
+        "{} is missing: build the adapters (tests/run.sh builds them)",
+        module.display()
+    );
+    let permits = Arc::new(Semaphore::new(0));
+    let dept = department(permits.clone()).await;
+    std::fs::create_dir_all(dir.join("adapters.d")).unwrap();
+    std::fs::write(
+        dir.join("adapters.d/department.toml"),
+        format!(
+            "name = \"department\"\nwasm = \"{}\"\nsha256 = \"{}\"\nsubscribe = [\"gov.*\"]\n[limits]\nconcurrency = {adapter_concurrency}\n[capabilities]\noutbound_hosts = [\"{addr}\"]\n[config]\nurl = \"http://{addr}/events\"\n",
+            module.display(),
+            govhub::runtime::sha256_file(&module).unwrap(),
+            addr = dept.addr
+        ),
+    )
+    .unwrap();
+    let hub = start_hub_with(
+        govhub,
+        dir,
+        "",
+        &[("GOVHUB__STORAGE__SYNCHRONOUS", synchronous.as_str())],
+    );
+    let url = format!("{}/v1/events", hub.base);
+    println!(
+        "machine: {} cores; 1 KB events, {concurrency} connections, at most {window} in the hub at once; webhook adapter, concurrency {adapter_concurrency}; journal synchronous={synchronous}",
+        cores()
+    );
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency)
+        .build_http();
+
+    // Closed loop through the window.
+    let send_all = |prefix: String, n: usize| {
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (client, url, next, permits, prefix) = (
+                client.clone(),
+                url.clone(),
+                next.clone(),
+                permits.clone(),
+                prefix.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    permits.acquire().await.unwrap().forget();
+                    let body = bytes::Bytes::from(event_json(&format!("{prefix}-{i}")).to_string());
+                    let status = post(&client, &url, CE_JSON, body).await;
+                    assert_eq!(status, 202, "event {i} answered {status}");
+                }
+            }));
+        }
+        tasks
+    };
+    // Warm up: the adapter pool, the connections.
+    let warm = (concurrency * 8).min(window);
+    permits.add_permits(window);
+    for t in send_all("warm".into(), warm) {
+        t.await.unwrap();
+    }
+    assert!(
+        wait_arrivals(&dept, warm, Duration::from_secs(60)).await,
+        "the warm-up events never all arrived"
+    );
+    let started = Instant::now();
+    for t in send_all("max".into(), events) {
+        t.await.unwrap();
+    }
+    let complete = wait_arrivals(&dept, warm + events, Duration::from_secs(300)).await;
+    let took = started.elapsed();
+    let delivered = dept.arrivals.load(Ordering::SeqCst) - warm;
+    assert!(
+        complete,
+        "only {delivered} of {events} events reached the department"
+    );
+    let max = events as f64 / took.as_secs_f64();
+    println!(
+        "end to end, closed loop: {events} events delivered in {:.2} s = {max:.0} events/s",
+        took.as_secs_f64()
+    );
+
+    // Open loop at half of it: no window, each event due at start + i/rate.
+    dept.window.add_permits(1 << 20);
+    let rate = max / 2.0;
+    let total = (rate * latency_seconds as f64) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(concurrency);
+    for lane in 0..concurrency {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (lane..total).step_by(concurrency) {
+                tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+                let body = bytes::Bytes::from(event_json(&format!("lat-{i}")).to_string());
+                let status = post(&client, &url, CE_JSON, body).await;
+                assert_eq!(status, 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let before = warm + events;
+    let complete = wait_arrivals(&dept, before + total, Duration::from_secs(120)).await;
+    let start = start.into_std();
+    let seen = dept.seen.lock().unwrap();
+    let mut lat: Vec<Duration> = (0..total)
+        .filter_map(|i| {
+            seen.get(&format!("lat-{i}"))
+                .map(|at| at.saturating_duration_since(start + interval.mul_f64(i as f64)))
+        })
+        .collect();
+    assert!(
+        complete,
+        "only {} of {total} timed events arrived",
+        lat.len()
+    );
+    if std::env::var_os("GOVHUB_LOAD_TIMELINE").is_some() {
+        // The slowest event of each 100 ms, to see whether the tail is
+        // spread out or comes in bursts.
+        let mut worst: std::collections::BTreeMap<usize, f64> = Default::default();
+        for i in 0..total {
+            if let Some(at) = seen.get(&format!("lat-{i}")) {
+                let due = start + interval.mul_f64(i as f64);
+                let bucket = (due - start).as_millis() as usize / 100;
+                let l = ms(at.saturating_duration_since(due));
+                let w = worst.entry(bucket).or_default();
+                *w = w.max(l);
+            }
+        }
+        let line: Vec<String> = worst.values().map(|v| format!("{v:.0}")).collect();
+        println!("slowest per 100 ms (ms): {}", line.join(" "));
+    }
+    lat.sort();
+    println!(
+        "end to end at {rate:.0} events/s (half the maximum), {total} events, sent to received: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.99)),
+        ms(*lat.last().unwrap())
+    );
+    drop(hub);
+}

@@ -1,0 +1,109 @@
+//! The benchmark load generator, in small: every `govhub-load` phase runs
+//! end to end against the real binary and prints its figures, so the
+//! commands BENCHMARKS.md gives keep working. (The figures themselves are
+//! measured by hand, at full size: speed is not asserted here.)
+
+mod support;
+
+use std::process::Command;
+use support::*;
+
+/// Runs `govhub-load ARGS` in a temp folder; its stdout.
+fn load(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_govhub-load"))
+        .args(args)
+        .arg("--govhub")
+        .arg(govhub_bin())
+        .current_dir(dir.path())
+        .env("GOVHUB__RUNTIME__CACHE_DIR", cache_dir())
+        .output()
+        .expect("govhub-load runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "govhub-load {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The numbers in `line` (thousands separators aside).
+fn numbers(line: &str) -> Vec<f64> {
+    line.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.trim_matches('.').parse().ok())
+        .collect()
+}
+
+fn line_with<'a>(out: &'a str, needle: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with `{needle}` in:\n{out}"))
+}
+
+#[test]
+fn http_phase_measures_the_hub_beside_bare_hyper() {
+    let out = load(&[
+        "http",
+        "--events",
+        "300",
+        "--concurrency",
+        "8",
+        "--runs",
+        "1",
+    ]);
+    let row = line_with(&out, "| 1 |");
+    let n = numbers(row);
+    // run, bare, full, ratio, normal, ratio
+    assert_eq!(n.len(), 6, "{row}");
+    assert!(n[1] > 0.0 && n[2] > 0.0 && n[4] > 0.0, "{row}");
+}
+
+#[test]
+fn e2e_phase_delivers_every_event_and_times_them() {
+    let wasm = wasm_dir().to_str().unwrap().to_string();
+    let out = load(&[
+        "e2e",
+        "--events",
+        "300",
+        "--concurrency",
+        "8",
+        "--latency-seconds",
+        "1",
+        "--wasm-dir",
+        &wasm,
+    ]);
+    assert!(
+        line_with(&out, "closed loop").contains("300 events delivered"),
+        "{out}"
+    );
+    let lat = line_with(&out, "p99");
+    assert!(lat.contains("p50") && lat.contains("max"), "{lat}");
+}
+
+#[test]
+fn memory_phase_loads_100_adapters_and_grows_a_pool() {
+    let wasm = wasm_dir().to_str().unwrap().to_string();
+    let out = load(&["memory", "--instances", "4", "--wasm-dir", &wasm]);
+    let hundred = numbers(line_with(&out, "| 100 |"));
+    assert!(hundred[1] > 0.0, "{out}");
+    assert!(
+        line_with(&out, "pool grown from 1 to 4 instances").contains("per further instance"),
+        "{out}"
+    );
+}
+
+#[test]
+fn startup_phase_starts_the_yingfeng_deployment_cold_and_warm() {
+    let wasm = wasm_dir().to_str().unwrap().to_string();
+    let out = load(&["startup", "--cold", "1", "--warm", "1", "--wasm-dir", &wasm]);
+    assert!(
+        line_with(&out, "Yingfeng deployment").contains("7 adapters"),
+        "{out}"
+    );
+    assert!(line_with(&out, "cache cold").contains("compile:"), "{out}");
+    assert!(
+        line_with(&out, "cache warm").contains("deserialize:"),
+        "{out}"
+    );
+}
