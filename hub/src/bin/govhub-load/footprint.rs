@@ -52,12 +52,34 @@ async fn settled_rss(pid: u32) -> u64 {
     a.max(rss_kib(pid))
 }
 
+#[derive(clap::Args)]
+pub struct MemoryOpts {
+    #[command(flatten)]
+    pub common: Common,
+    /// Instances one adapter's pool grows to.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(2..))]
+    instances: u32,
+}
+
+#[derive(clap::Args)]
+pub struct StartupOpts {
+    #[command(flatten)]
+    pub common: Common,
+    /// Cold starts (each with a new, empty compile cache).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    cold: u64,
+    /// Warm starts.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    warm: u64,
+}
+
 /// RSS of the hub with 0, 10 and 100 copies of the webhook adapter loaded
 /// (one idle instance each, as after start), then the cost of each
 /// further instance: one adapter's pool grown to `instances` by
 /// deliveries held open by a slow department.
-pub async fn memory(dir: &Path, govhub: &Path, wasm_dir: &Path, instances: u32) {
-    let module = wasm_dir.join("webhook_adapter.wasm");
+pub async fn memory(dir: &Path, opts: MemoryOpts) {
+    let (govhub, instances) = (&opts.common.govhub(), opts.instances);
+    let module = opts.common.wasm_dir().join("webhook_adapter.wasm");
     assert!(
         module.exists(),
         "{} is missing: build the adapters (tests/run.sh builds them)",
@@ -169,7 +191,9 @@ pub async fn memory(dir: &Path, govhub: &Path, wasm_dir: &Path, instances: u32) 
 /// is loaded) with the Yingfeng deployment: compile cache cold (a new
 /// empty cache each time) and warm; beside raw wasmtime compiling the same
 /// modules, and deserializing them, in this process.
-pub async fn startup(dir: &Path, govhub: &Path, wasm_dir: &Path, cold: usize, warm: usize) {
+pub async fn startup(dir: &Path, opts: StartupOpts) {
+    let (govhub, wasm_dir) = (&opts.common.govhub(), &opts.common.wasm_dir());
+    let (cold, warm) = (opts.cold as usize, opts.warm as usize);
     let deployment = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/yingfeng");
     let work = dir.join("yingfeng");
     govhub::demo::render(&deployment, wasm_dir, &work, "http://127.0.0.1:9").unwrap();

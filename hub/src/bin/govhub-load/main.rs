@@ -104,93 +104,16 @@ enum Cmd {
     },
     /// HTTP ingest path: `/v1/events` beside a bare hyper handler that
     /// answers 202, same client, same bodies.
-    Http {
-        /// Working folder; default a temp folder.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Requests per figure.
-        #[arg(long, default_value_t = 20_000)]
-        events: usize,
-        /// Concurrent client connections.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Runs (each measures all three).
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// The govhub binary (default: next to this one).
-        #[arg(long)]
-        govhub: Option<PathBuf>,
-    },
+    Http(path::HttpOpts),
     /// End to end: ingest → journal → webhook adapter → a department on
     /// loopback; maximum rate, then p50/p99 at half of it.
-    E2e {
-        /// Working folder; default a temp folder.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Events in the maximum-rate phase.
-        #[arg(long, default_value_t = 20_000)]
-        events: usize,
-        /// Concurrent client connections.
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        /// Most events between the sender and the department at once
-        /// (below `delivery.queue_depth`, so ingress never pushes back).
-        #[arg(long, default_value_t = 2_000)]
-        window: usize,
-        /// Seconds of the half-rate latency phase.
-        #[arg(long, default_value_t = 5)]
-        latency_seconds: u64,
-        /// The webhook adapter's `concurrency`.
-        #[arg(long, default_value_t = 16)]
-        adapter_concurrency: u32,
-        /// The journal's `storage.synchronous` (`full` or `normal`).
-        #[arg(long, default_value = "full")]
-        synchronous: String,
-        /// Folder with webhook_adapter.wasm (default:
-        /// target/adapters/wasm32-wasip2/release).
-        #[arg(long)]
-        wasm_dir: Option<PathBuf>,
-        /// The govhub binary (default: next to this one).
-        #[arg(long)]
-        govhub: Option<PathBuf>,
-    },
+    E2e(path::E2eOpts),
     /// Resident memory with 0, 10 and 100 adapters loaded, and per
     /// instance.
-    Memory {
-        /// Working folder; default a temp folder.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Instances one adapter's pool grows to.
-        #[arg(long, default_value_t = 32)]
-        instances: u32,
-        /// Folder with webhook_adapter.wasm (default:
-        /// target/adapters/wasm32-wasip2/release).
-        #[arg(long)]
-        wasm_dir: Option<PathBuf>,
-        /// The govhub binary (default: next to this one).
-        #[arg(long)]
-        govhub: Option<PathBuf>,
-    },
+    Memory(footprint::MemoryOpts),
     /// Start-up to ready with the Yingfeng deployment, compile cache cold
     /// and warm.
-    Startup {
-        /// Working folder; default a temp folder.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Cold starts (each with a new, empty compile cache).
-        #[arg(long, default_value_t = 3)]
-        cold: usize,
-        /// Warm starts.
-        #[arg(long, default_value_t = 5)]
-        warm: usize,
-        /// Folder with the adapters' modules (default:
-        /// target/adapters/wasm32-wasip2/release).
-        #[arg(long)]
-        wasm_dir: Option<PathBuf>,
-        /// The govhub binary (default: next to this one).
-        #[arg(long)]
-        govhub: Option<PathBuf>,
-    },
+    Startup(footprint::StartupOpts),
     /// The baseline of `http`: hyper alone answering 202 (started by it).
     #[command(name = "bare-202", hide = true)]
     Bare202,
@@ -205,14 +128,34 @@ fn workdir(dir: Option<PathBuf>) -> (PathBuf, tempfile::TempDir) {
     (dir, temp)
 }
 
-fn govhub_bin(govhub: Option<PathBuf>) -> PathBuf {
-    govhub.unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("govhub"))
+/// Options every newer phase takes.
+#[derive(clap::Args)]
+struct Common {
+    /// Working folder (on the disk to measure); default a temp folder in
+    /// the current one.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The govhub binary (default: next to this one).
+    #[arg(long)]
+    govhub: Option<PathBuf>,
+    /// Folder with the adapters' modules (default:
+    /// target/adapters/wasm32-wasip2/release, as tests/run.sh builds them).
+    #[arg(long)]
+    wasm_dir: Option<PathBuf>,
 }
 
-fn wasm_dir_or_default(wasm_dir: Option<PathBuf>) -> PathBuf {
-    wasm_dir.unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/adapters/wasm32-wasip2/release")
-    })
+impl Common {
+    fn govhub(&self) -> PathBuf {
+        self.govhub
+            .clone()
+            .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("govhub"))
+    }
+
+    fn wasm_dir(&self) -> PathBuf {
+        self.wasm_dir.clone().unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/adapters/wasm32-wasip2/release")
+        })
+    }
 }
 
 const CE_JSON: &str = "application/cloudevents+json";
@@ -358,20 +301,37 @@ async fn closed_loop(
     requests: Arc<Vec<bytes::Bytes>>,
     concurrency: usize,
 ) -> Duration {
+    windowed_loop(client, url, content_type, requests, concurrency, None).await
+}
+
+/// [`closed_loop`], each request first taking a permit from `window`
+/// (given back by whoever sees the request's effect).
+async fn windowed_loop(
+    client: &HttpClient,
+    url: &str,
+    content_type: &'static str,
+    requests: Arc<Vec<bytes::Bytes>>,
+    concurrency: usize,
+    window: Option<Arc<tokio::sync::Semaphore>>,
+) -> Duration {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, requests, next) = (
+        let (client, url, requests, next, window) = (
             client.clone(),
             url.to_string(),
             requests.clone(),
             next.clone(),
+            window.clone(),
         );
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(body) = requests.get(i) else { return };
+                if let Some(w) = &window {
+                    w.acquire().await.unwrap().forget();
+                }
                 let status = post(&client, &url, content_type, body.clone()).await;
                 assert_eq!(status, 202, "request {i} answered {status}");
             }
@@ -885,79 +845,21 @@ fn main() {
                 },
             ));
         }
-        Cmd::Http {
-            dir,
-            events,
-            concurrency,
-            runs,
-            govhub,
-        } => {
-            let (dir, _temp) = workdir(dir);
-            rt.block_on(path::http(
-                &dir,
-                &govhub_bin(govhub),
-                path::HttpOpts {
-                    events,
-                    concurrency,
-                    runs,
-                },
-            ));
+        Cmd::Http(opts) => {
+            let (dir, _temp) = workdir(opts.common.dir.clone());
+            rt.block_on(path::http(&dir, opts));
         }
-        Cmd::E2e {
-            dir,
-            events,
-            concurrency,
-            window,
-            latency_seconds,
-            adapter_concurrency,
-            synchronous,
-            wasm_dir,
-            govhub,
-        } => {
-            let (dir, _temp) = workdir(dir);
-            rt.block_on(path::e2e(
-                &dir,
-                &govhub_bin(govhub),
-                path::E2eOpts {
-                    events,
-                    concurrency,
-                    window,
-                    latency_seconds,
-                    adapter_concurrency,
-                    synchronous,
-                    wasm_dir: wasm_dir_or_default(wasm_dir),
-                },
-            ));
+        Cmd::E2e(opts) => {
+            let (dir, _temp) = workdir(opts.common.dir.clone());
+            rt.block_on(path::e2e(&dir, opts));
         }
-        Cmd::Memory {
-            dir,
-            instances,
-            wasm_dir,
-            govhub,
-        } => {
-            let (dir, _temp) = workdir(dir);
-            rt.block_on(footprint::memory(
-                &dir,
-                &govhub_bin(govhub),
-                &wasm_dir_or_default(wasm_dir),
-                instances.max(2),
-            ));
+        Cmd::Memory(opts) => {
+            let (dir, _temp) = workdir(opts.common.dir.clone());
+            rt.block_on(footprint::memory(&dir, opts));
         }
-        Cmd::Startup {
-            dir,
-            cold,
-            warm,
-            wasm_dir,
-            govhub,
-        } => {
-            let (dir, _temp) = workdir(dir);
-            rt.block_on(footprint::startup(
-                &dir,
-                &govhub_bin(govhub),
-                &wasm_dir_or_default(wasm_dir),
-                cold.max(1),
-                warm.max(1),
-            ));
+        Cmd::Startup(opts) => {
+            let (dir, _temp) = workdir(opts.common.dir.clone());
+            rt.block_on(footprint::startup(&dir, opts));
         }
         Cmd::Bare202 => rt.block_on(path::bare_202()),
     }

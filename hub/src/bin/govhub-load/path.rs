@@ -66,10 +66,19 @@ fn bare_server() -> Process {
     Process { child, addr }
 }
 
+#[derive(clap::Args)]
 pub struct HttpOpts {
-    pub events: usize,
-    pub concurrency: usize,
-    pub runs: usize,
+    #[command(flatten)]
+    pub common: Common,
+    /// Requests per figure.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Concurrent client connections.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Runs (each measures all three).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 fn bodies(prefix: &str, n: usize) -> Arc<Vec<bytes::Bytes>> {
@@ -82,11 +91,13 @@ fn bodies(prefix: &str, n: usize) -> Arc<Vec<bytes::Bytes>> {
 
 /// The same closed loop, the same bodies, against the bare handler and
 /// against the hub (journal `full`, then `normal`), `runs` times.
-pub async fn http(dir: &Path, govhub: &Path, opts: HttpOpts) {
+pub async fn http(dir: &Path, opts: HttpOpts) {
+    let govhub = &opts.common.govhub();
     let HttpOpts {
         events,
         concurrency,
         runs,
+        ..
     } = opts;
     println!(
         "machine: {} cores; {events} single-event requests of {} B, {concurrency} connections, per figure",
@@ -144,14 +155,29 @@ pub async fn http(dir: &Path, govhub: &Path, opts: HttpOpts) {
     }
 }
 
+#[derive(clap::Args)]
 pub struct E2eOpts {
-    pub events: usize,
-    pub concurrency: usize,
-    pub window: usize,
-    pub latency_seconds: u64,
-    pub adapter_concurrency: u32,
-    pub synchronous: String,
-    pub wasm_dir: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+    /// Events in the maximum-rate phase.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Concurrent client connections.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Most events between the sender and the department at once (below
+    /// `delivery.queue_depth`, so ingress never pushes back).
+    #[arg(long, default_value_t = 2_000)]
+    window: usize,
+    /// Seconds of the half-rate latency phase.
+    #[arg(long, default_value_t = 5)]
+    latency_seconds: u64,
+    /// The webhook adapter's `concurrency`.
+    #[arg(long, default_value_t = 16)]
+    adapter_concurrency: u32,
+    /// The journal's `storage.synchronous` (`full` or `normal`).
+    #[arg(long, default_value = "full")]
+    synchronous: String,
 }
 
 /// The department: records when each event id arrived; every arrival
@@ -209,7 +235,8 @@ async fn wait_arrivals(dept: &Department, n: usize, timeout: Duration) -> bool {
 /// at most `window` events between the sender and the department, then
 /// an open loop at half that rate timing each event from when it was due
 /// until the department had it.
-pub async fn e2e(dir: &Path, govhub: &Path, opts: E2eOpts) {
+pub async fn e2e(dir: &Path, opts: E2eOpts) {
+    let (govhub, wasm_dir) = (&opts.common.govhub(), opts.common.wasm_dir());
     let E2eOpts {
         events,
         concurrency,
@@ -217,7 +244,7 @@ pub async fn e2e(dir: &Path, govhub: &Path, opts: E2eOpts) {
         latency_seconds,
         adapter_concurrency,
         synchronous,
-        wasm_dir,
+        ..
     } = opts;
     let module = wasm_dir.join("webhook_adapter.wasm");
     assert!(
@@ -253,47 +280,28 @@ pub async fn e2e(dir: &Path, govhub: &Path, opts: E2eOpts) {
         .pool_max_idle_per_host(concurrency)
         .build_http();
 
-    // Closed loop through the window.
-    let send_all = |prefix: String, n: usize| {
-        let next = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..concurrency {
-            let (client, url, next, permits, prefix) = (
-                client.clone(),
-                url.clone(),
-                next.clone(),
-                permits.clone(),
-                prefix.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        return;
-                    }
-                    permits.acquire().await.unwrap().forget();
-                    let body = bytes::Bytes::from(event_json(&format!("{prefix}-{i}")).to_string());
-                    let status = post(&client, &url, CE_JSON, body).await;
-                    assert_eq!(status, 202, "event {i} answered {status}");
-                }
-            }));
-        }
-        tasks
-    };
-    // Warm up: the adapter pool, the connections.
+    // Warm up: the adapter pool, the connections. Then the closed loop
+    // through the window.
     let warm = (concurrency * 8).min(window);
     permits.add_permits(window);
-    for t in send_all("warm".into(), warm) {
-        t.await.unwrap();
-    }
+    let windowed = |requests| {
+        windowed_loop(
+            &client,
+            &url,
+            CE_JSON,
+            requests,
+            concurrency,
+            Some(permits.clone()),
+        )
+    };
+    windowed(bodies("warm", warm)).await;
     assert!(
         wait_arrivals(&dept, warm, Duration::from_secs(60)).await,
         "the warm-up events never all arrived"
     );
+    let requests = bodies("max", events);
     let started = Instant::now();
-    for t in send_all("max".into(), events) {
-        t.await.unwrap();
-    }
+    windowed(requests).await;
     let complete = wait_arrivals(&dept, warm + events, Duration::from_secs(300)).await;
     let took = started.elapsed();
     let delivered = dept.arrivals.load(Ordering::SeqCst) - warm;
