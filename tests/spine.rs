@@ -262,6 +262,45 @@ fn the_pooling_allocator_and_isolated_calls_serve_end_to_end() {
     );
 }
 
+#[test]
+fn exhausted_pool_slots_are_a_clear_error_and_free_again() {
+    let dir = HubDir::new(&[hostile(600)], "");
+    // One slot: the instance the hostile adapter got at load.
+    let hub = dir.start_with_env(&[
+        ("GOVHUB__RUNTIME__POOLING_ALLOCATOR", "true"),
+        ("GOVHUB__RUNTIME__POOLING_INSTANCES", "1"),
+        ("GOVHUB__RUNTIME__POOLING_MAX_MEMORY_MB", "64"),
+    ]);
+    let idle = |n: u32| {
+        get(&hub.url("/metrics")).1.contains(&format!(
+            "govhub_adapter_instances_idle{{adapter=\"hostile\"}} {n}"
+        ))
+    };
+    assert!(idle(1), "the instance made at load waits idle");
+    let looping = {
+        let url = hub.url("/v1/ingest/hostile");
+        std::thread::spawn(move || post(&url, &[], b"loop"))
+    };
+    // While the loop holds the only slot (no idle instance left), a second
+    // call needs another.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !idle(0) {
+        assert!(Instant::now() < deadline, "the loop never took the slot");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (status, detail, _) = provoke(&hub, "behave");
+    assert_eq!(status, 502, "{detail}");
+    assert!(
+        detail.contains("\"kind\":\"instantiate\"") && detail.contains("runtime.pooling_instances"),
+        "{detail}"
+    );
+    // The deadline stops the loop, its instance is dropped, the slot is
+    // free again.
+    assert_eq!(looping.join().unwrap().0, 504);
+    let (status, answer, _) = provoke(&hub, "behave");
+    assert_eq!(status, 202, "{answer}");
+}
+
 /// `govhub check-config` on a folder holding one bad adapter → its error.
 fn check_error(setup: impl FnOnce(&std::path::Path)) -> String {
     let dir = HubDir::new(&[], "");

@@ -221,7 +221,7 @@ impl Adapter {
             Err(e) => Err(
                 classify(&e, store.data(), self.deadline(), started.elapsed()).unwrap_or_else(
                     || CallError::Instantiate {
-                        message: format!("{e:#}"),
+                        message: instantiate_message(&e),
                     },
                 ),
             ),
@@ -362,6 +362,21 @@ async fn invoke(instance: &mut Instance, request: Request<'_>) -> wasmtime::Resu
                 .map_err(Into::into),
         ),
     })
+}
+
+/// wasmtime's reason an instance could not be made, with what to change
+/// when the pooling allocator's slots ran out.
+fn instantiate_message(e: &wasmtime::Error) -> String {
+    if e.chain()
+        .any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>())
+    {
+        format!(
+            "{e:#}: every slot of the pooling allocator is in use (runtime.pooling_instances); \
+             raise it, or lower the adapters' limits.concurrency"
+        )
+    } else {
+        format!("{e:#}")
+    }
 }
 
 /// Names a trap by what the hub knows about the call: a deadline, a
