@@ -8,6 +8,30 @@ use serde::{Deserialize, Serialize};
 /// The version of the `govhub:adapter` WIT package this SDK implements.
 pub const WIT_VERSION: &str = "0.1.0";
 
+/// What `word` maps to in a department's code `table`, or
+/// [`AdapterError::InvalidInput`] naming `field` and every word the table
+/// knows.
+///
+/// ```
+/// const STATUSES: &[(&str, &str)] = &[("accepted", "gov.incident.accepted"), ("done", "gov.incident.resolved")];
+/// assert_eq!(govhub_sdk::lookup("status", STATUSES, "done").unwrap(), "gov.incident.resolved");
+/// let e = govhub_sdk::lookup("status", STATUSES, "lost").unwrap_err();
+/// assert!(format!("{e:?}").contains("field `status`: `lost` is not one of accepted, done"));
+/// ```
+pub fn lookup<T: Copy>(field: &str, table: &[(&str, T)], word: &str) -> Result<T, AdapterError> {
+    table
+        .iter()
+        .find(|(w, _)| *w == word)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let words: Vec<&str> = table.iter().map(|(w, _)| *w).collect();
+            AdapterError::InvalidInput(format!(
+                "field `{field}`: `{word}` is not one of {}",
+                words.join(", ")
+            ))
+        })
+}
+
 impl Event {
     /// A new event of type `ty` (`gov.<noun>.<verb>`); every other attribute
     /// empty. The hub fills an empty `id`, `source` and `time` on arrival.
@@ -77,6 +101,24 @@ impl Event {
         self.lat = Some(lat);
         self.lon = Some(lon);
         self
+    }
+    /// Sets `lat`/`lon` from the department's `field`, or
+    /// [`AdapterError::InvalidInput`] naming it when the pair is not a
+    /// WGS-84 position.
+    ///
+    /// ```
+    /// use govhub_sdk::Event;
+    /// assert!(Event::new("gov.incident.reported").with_position("location", 30.24, 120.2).is_ok());
+    /// let e = Event::new("gov.incident.reported").with_position("location", 120.2, 30.24);
+    /// assert!(format!("{:?}", e.unwrap_err()).contains("field `location`: (120.2, 30.24)"));
+    /// ```
+    pub fn with_position(self, field: &str, lat: f64, lon: f64) -> Result<Event, AdapterError> {
+        if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+            return Err(AdapterError::InvalidInput(format!(
+                "field `{field}`: ({lat}, {lon}) is not a WGS-84 position"
+            )));
+        }
+        Ok(self.with_location(lat, lon))
     }
     /// Sets `data` to `value` as JSON and `datacontenttype` to
     /// `application/json`.
@@ -275,6 +317,51 @@ impl Inbound {
     /// ```
     pub fn json_borrowed<'a, T: Deserialize<'a>>(&'a self) -> Result<T, AdapterError> {
         parse_json(&self.body, "body")
+    }
+
+    /// Whether the body is a JSON object with a top-level `key` (whatever
+    /// its value): tells one message shape from another without building
+    /// either. A body that is not JSON is [`AdapterError::InvalidInput`];
+    /// JSON that is not an object has no keys.
+    ///
+    /// ```
+    /// let m = govhub_sdk::Inbound::post_json(r#"{"task_id":"T-1","status":"done"}"#);
+    /// assert!(m.has_json_key("status").unwrap());
+    /// assert!(!m.has_json_key("callback").unwrap());
+    /// ```
+    pub fn has_json_key(&self, key: &str) -> Result<bool, AdapterError> {
+        use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+        struct Seek<'k>(&'k str);
+        impl<'de> DeserializeSeed<'de> for Seek<'_> {
+            type Value = bool;
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+                d.deserialize_map(self)
+            }
+        }
+        impl<'de> Visitor<'de> for Seek<'_> {
+            type Value = bool;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+                let mut found = false;
+                while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    found |= k == self.0;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Ok(found)
+            }
+        }
+        let mut de = serde_json::Deserializer::from_slice(&self.body);
+        match Seek(key)
+            .deserialize(&mut de)
+            .and_then(|found| de.end().map(|_| found))
+        {
+            Ok(found) => Ok(found),
+            // Not an object, or not JSON: the reader's own error for the
+            // latter.
+            Err(_) => parse_json::<IgnoredAny>(&self.body, "body").map(|_| false),
+        }
     }
 }
 

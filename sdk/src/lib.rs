@@ -92,7 +92,7 @@ pub mod when;
 pub use bindings::govhub::adapter::types::{
     AdapterError, Attribute, Description, Event, Header, Inbound, Outcome, PollResult, Severity,
 };
-pub use event::WIT_VERSION;
+pub use event::{lookup, WIT_VERSION};
 
 use bindings::exports::govhub::adapter::handler::Guest;
 

@@ -20,7 +20,7 @@
 //! ```
 
 use govhub_sdk::{
-    config, export_adapter, http, when, Adapter, AdapterError, Description, Event, Inbound,
+    config, export_adapter, http, lookup, when, Adapter, AdapterError, Description, Event, Inbound,
     Outcome, Severity,
 };
 use serde::{Deserialize, Serialize};
@@ -172,19 +172,9 @@ impl Adapter for Fire {
     }
 
     fn ingest(message: Inbound) -> Result<Vec<Event>, AdapterError> {
-        let value: serde_json::Value = message.json()?;
-        if value.get("status").is_some() {
+        if message.has_json_key("status")? {
             let s: Status = message.json()?;
-            let ty = STATUSES
-                .iter()
-                .find(|(w, _)| *w == s.status)
-                .map(|(_, t)| *t)
-                .ok_or_else(|| {
-                    AdapterError::InvalidInput(format!(
-                        "field `status`: `{}` is not one of dispatched, arrived, extinguished, false_alarm",
-                        s.status
-                    ))
-                })?;
+            let ty = lookup("status", STATUSES, &s.status)?;
             return Ok(vec![Event::new(ty)
                 .with_id(format!("fire-{}-{}", s.incident_id, s.status))
                 .with_source(source())

@@ -13,7 +13,7 @@
 //!   `POST {base_url}/escalations`, alerts to `POST {base_url}/alerts`.
 
 use govhub_sdk::{
-    config, export_adapter, http, when, Adapter, AdapterError, Description, Event, Inbound,
+    config, export_adapter, http, lookup, when, Adapter, AdapterError, Description, Event, Inbound,
     Outcome, Severity,
 };
 use serde::{Deserialize, Serialize};
@@ -241,19 +241,9 @@ impl Adapter for FourPlatforms {
     }
 
     fn ingest(message: Inbound) -> Result<Vec<Event>, AdapterError> {
-        let value: serde_json::Value = message.json()?;
-        if value.get("callback").is_some() {
+        if message.has_json_key("callback")? {
             let c: Callback = message.json()?;
-            let ty = CALLBACKS
-                .iter()
-                .find(|(w, _)| *w == c.callback)
-                .map(|(_, t)| *t)
-                .ok_or_else(|| {
-                    AdapterError::InvalidInput(format!(
-                        "field `callback`: `{}` is not one of accepted, handled, verified",
-                        c.callback
-                    ))
-                })?;
+            let ty = lookup("callback", CALLBACKS, &c.callback)?;
             return Ok(vec![Event::new(ty)
                 .with_id(format!("four-platforms-{}-{}", c.task_id, c.callback))
                 .with_source(source())
@@ -297,13 +287,7 @@ impl Adapter for FourPlatforms {
             }));
         event.grid = r.grid;
         if let Some(l) = r.location {
-            if !(-90.0..=90.0).contains(&l.lat) || !(-180.0..=180.0).contains(&l.lon) {
-                return Err(AdapterError::InvalidInput(format!(
-                    "field `location`: ({}, {}) is not a WGS-84 position",
-                    l.lat, l.lon
-                )));
-            }
-            event = event.with_location(l.lat, l.lon);
+            event = event.with_position("location", l.lat, l.lon)?;
         }
         Ok(vec![event])
     }

@@ -16,8 +16,8 @@
 //! - `utc_offset` (optional): offset for CAD times without one, default `+08:00`.
 
 use govhub_sdk::{
-    config, export_adapter, http, log, Adapter, AdapterError, Description, Event, Inbound, Outcome,
-    Severity,
+    config, export_adapter, http, log, lookup, Adapter, AdapterError, Description, Event, Inbound,
+    Outcome, Severity,
 };
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -169,13 +169,6 @@ struct Reporter<'a> {
     phone: Option<Cow<'a, str>>,
 }
 
-/// Tells a status report from a malformed incident.
-#[derive(Deserialize)]
-struct Probe {
-    #[serde(default)]
-    status: Option<serde::de::IgnoredAny>,
-}
-
 /// The `data` of a reported incident.
 #[derive(Serialize)]
 struct IncidentData<'a> {
@@ -259,16 +252,7 @@ pub const STATUSES: &[(&str, &str)] = &[
 ];
 
 fn status(s: Status) -> Result<Vec<Event>, AdapterError> {
-    let ty = STATUSES
-        .iter()
-        .find(|(w, _)| *w == s.status)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| {
-            AdapterError::InvalidInput(format!(
-                "field `status`: `{}` is not one of accepted, on_scene, resolved",
-                s.status
-            ))
-        })?;
+    let ty = lookup("status", STATUSES, &s.status)?;
     let source = config::get("source").unwrap_or_else(|| "urn:govhub:police".to_string());
     Ok(vec![Event::new(ty)
         .with_id(format!("police-{}-{}", s.dispatch_id, s.status))
@@ -301,7 +285,7 @@ impl Adapter for Police {
         let incident: Incident = match parsed {
             Ok(Ok(incident)) => incident,
             _ => {
-                if message.json::<Probe>()?.status.is_some() {
+                if message.has_json_key("status")? {
                     return status(message.json()?);
                 }
                 message.json_borrowed::<Incident>()?
@@ -336,13 +320,7 @@ impl Adapter for Police {
             .with_category(category.taxonomy)
             .with_severity(severity);
         if let Some(c) = &incident.coordinates {
-            if !(-90.0..=90.0).contains(&c.lat) || !(-180.0..=180.0).contains(&c.lon) {
-                return Err(AdapterError::InvalidInput(format!(
-                    "field `coordinates`: ({}, {}) is not a WGS-84 position",
-                    c.lat, c.lon
-                )));
-            }
-            event = event.with_location(c.lat, c.lon);
+            event = event.with_position("coordinates", c.lat, c.lon)?;
         }
         event = event.with_json(&IncidentData {
             incident_no: &incident.incident_no,

@@ -12,7 +12,7 @@
 //! `urn:govhub:traffic`), `utc_offset` (default `+08:00`).
 
 use govhub_sdk::{
-    config, export_adapter, http, when, Adapter, AdapterError, Description, Event, Inbound,
+    config, export_adapter, http, lookup, when, Adapter, AdapterError, Description, Event, Inbound,
     Outcome, Severity,
 };
 use serde::{Deserialize, Serialize};
@@ -158,19 +158,9 @@ impl Adapter for Traffic {
     }
 
     fn ingest(message: Inbound) -> Result<Vec<Event>, AdapterError> {
-        let value: serde_json::Value = message.json()?;
-        if value.get("status").is_some() {
+        if message.has_json_key("status")? {
             let s: Status = message.json()?;
-            let ty = STATUSES
-                .iter()
-                .find(|(w, _)| *w == s.status)
-                .map(|(_, t)| *t)
-                .ok_or_else(|| {
-                    AdapterError::InvalidInput(format!(
-                        "field `status`: `{}` is not one of accepted, on_scene, done",
-                        s.status
-                    ))
-                })?;
+            let ty = lookup("status", STATUSES, &s.status)?;
             return Ok(vec![Event::new(ty)
                 .with_id(format!("traffic-{}-{}", s.task_id, s.status))
                 .with_source(source())
@@ -183,26 +173,19 @@ impl Adapter for Traffic {
         }
         let r: CameraReport = message.json()?;
         let c = code(&r.event_code)?;
-        if !(-90.0..=90.0).contains(&r.location.lat) || !(-180.0..=180.0).contains(&r.location.lon)
-        {
-            return Err(AdapterError::InvalidInput(format!(
-                "field `location`: ({}, {}) is not a WGS-84 position",
-                r.location.lat, r.location.lon
-            )));
-        }
         // A jam of many vehicles is more than a minor matter.
         let severity = match (c.taxonomy, r.vehicles) {
             ("traffic.congestion", Some(n)) if n >= 30 => Severity::Major,
             _ => c.severity,
         };
         Ok(vec![Event::new("gov.incident.reported")
+            .with_position("location", r.location.lat, r.location.lon)?
             .with_id(&r.report_id)
             .with_source(source())
             .with_subject(&r.camera_id)
             .with_time(when::normalize(&r.time, "time")?)
             .with_category(c.taxonomy)
             .with_severity(severity)
-            .with_location(r.location.lat, r.location.lon)
             .with_json(&serde_json::json!({
                 "camera_id": r.camera_id,
                 "event_code": r.event_code,
