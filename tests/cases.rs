@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 /// A webhook adapter standing for one department, delivering to `receiver`
@@ -266,6 +266,16 @@ to = ["street"]
     )
 }
 
+/// Waits until something reached `path`.
+fn wait_received_at(receiver: &Receiver, path: &str) {
+    eventually(Duration::from_secs(10), || {
+        match received_at(receiver, path).is_empty() {
+            false => Ok(()),
+            true => Err(format!("nothing reached {path}")),
+        }
+    })
+}
+
 fn received_at(receiver: &Receiver, path: &str) -> Vec<Received> {
     receiver
         .received()
@@ -308,14 +318,12 @@ fn an_unanswered_case_escalates_level_by_level_across_a_restart() {
                 .filter(|r| r.path == to && r.header("ce-type") == Some("gov.case.escalated"))
                 .collect::<Vec<_>>()
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while escalated("/community").is_empty() || escalated("/four-platforms").is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "escalation not delivered"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(Duration::from_secs(10), || {
+            match escalated("/community").is_empty() || escalated("/four-platforms").is_empty() {
+                false => Ok(()),
+                true => Err("escalation not delivered".to_string()),
+            }
+        });
         let to_community = &escalated("/community")[0];
         assert_eq!(to_community.header("ce-grid"), Some("yingfeng/yingyi"));
         assert_eq!(to_community.header("ce-caseid"), Some(caseid.as_str()));
@@ -339,11 +347,7 @@ fn an_unanswered_case_escalates_level_by_level_across_a_restart() {
         |c| c["level"] == 2,
     );
     assert_eq!(c["level_name"], "street");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while received_at(&receiver, "/street").is_empty() {
-        assert!(std::time::Instant::now() < deadline, "street never told");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_received_at(&receiver, "/street");
     assert_eq!(
         received_at(&receiver, "/street")[0].header("ce-grid"),
         Some("yingfeng")
@@ -399,14 +403,7 @@ fn a_minor_case_resolved_in_the_grid_never_leaves_it() {
         &report("vendor-1", "vendor.street", "minor", "yingfeng/yingyi/2"),
     );
     // The grid worker got the report (checked again at the end: only once).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while received_at(&receiver, "/grid-app").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the grid worker never got the report"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_received_at(&receiver, "/grid-app");
     advance(&hub, 60);
     status(&hub, &caseid, "gov.incident.accepted", "grid-app", &[]);
     advance(&hub, 60);

@@ -31,21 +31,17 @@ fn received_ids(receiver: &Receiver) -> Vec<String> {
 
 /// Waits until every id in `want` has reached the receiver.
 fn wait_all(receiver: &Receiver, want: &HashSet<String>, timeout: Duration) -> Vec<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    eventually(timeout, || {
         let got = received_ids(receiver);
         let have: HashSet<&String> = got.iter().collect();
-        let missing = want.iter().filter(|id| !have.contains(id)).count();
-        if missing == 0 {
-            return got;
+        match want.iter().filter(|id| !have.contains(id)).count() {
+            0 => Ok(got),
+            missing => Err(format!(
+                "{missing} of {} events never reached the department",
+                want.len()
+            )),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} events never reached the department",
-            want.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 #[test]
@@ -731,11 +727,12 @@ fn poll_pulls_events_and_its_cursor_survives_a_restart() {
             .collect()
     };
     let mut hub = dir.start();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while polled(&receiver).len() < 3 {
-        assert!(Instant::now() < deadline, "polls never arrived");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(20), || {
+        match polled(&receiver).len() >= 3 {
+            true => Ok(()),
+            false => Err("polls never arrived".to_string()),
+        }
+    });
     hub.terminate(Duration::from_secs(15));
     let mut before = polled(&receiver);
     // Events without a case may arrive in any order.
@@ -748,14 +745,12 @@ fn poll_pulls_events_and_its_cursor_survives_a_restart() {
         assert_eq!((*n, *call), (i as u64 + 1, i as u64 + 1), "{before:?}");
     }
     let _hub = dir.start();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let first_after = loop {
-        if let Some(p) = polled(&receiver).into_iter().find(|(_, c)| *c > max_call) {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "no poll after the restart");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let first_after = eventually(Duration::from_secs(20), || {
+        polled(&receiver)
+            .into_iter()
+            .find(|(_, c)| *c > max_call)
+            .ok_or_else(|| "no poll after the restart".to_string())
+    });
     // The restarted hub went on from the stored cursor, not from the start.
     assert!(
         first_after.0 >= max_n,

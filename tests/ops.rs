@@ -72,20 +72,16 @@ fn wait_marks(
     want: &[String],
     timeout: Duration,
 ) -> HashMap<String, Vec<String>> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    eventually(timeout, || {
         let got = marks(receiver);
-        let missing = want.iter().filter(|id| !got.contains_key(*id)).count();
-        if missing == 0 {
-            return got;
+        match want.iter().filter(|id| !got.contains_key(*id)).count() {
+            0 => Ok(got),
+            missing => Err(format!(
+                "{missing} of {} events never reached the department",
+                want.len()
+            )),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} events never reached the department",
-            want.len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
 
 /// Sends one event and waits for its delivery; returns the mark.
@@ -129,15 +125,13 @@ fn send_all(hub: &HubProcess, ids: &[String]) {
 
 /// Waits until `/v1/adapters` shows `name` quarantined; returns its entry.
 fn wait_quarantined(hub: &HubProcess, name: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), || {
         let e = adapter_entry(hub, name).unwrap();
-        if e["quarantined"].is_string() {
-            return e;
+        match e["quarantined"].is_string() {
+            true => Ok(e),
+            false => Err(format!("never quarantined: {e}")),
         }
-        assert!(Instant::now() < deadline, "never quarantined: {e}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
 
 #[test]
@@ -644,24 +638,22 @@ fn metrics_parse_and_move_with_traffic_and_json_logs_carry_the_event() {
     wait_marks(&receiver, &ids, Duration::from_secs(30));
     // The outcome is counted just after the department answers, and the
     // queue shrinks once that outcome is committed to the journal.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let after = loop {
+    let after = eventually(Duration::from_secs(10), || {
         let s = scrape();
-        if value(
+        let delivered = value(
             &s,
             "govhub_deliveries_total",
             &[("adapter", "marker"), ("outcome", "delivered")],
-        ) >= N as f64
+        );
+        match delivered >= N as f64
             && value(&s, "govhub_queue_depth", &[("adapter", "marker")]) == 0.0
         {
-            break s;
+            true => Ok(s),
+            false => Err(format!(
+                "delivery counter never reached {N} with an empty queue"
+            )),
         }
-        assert!(
-            Instant::now() < deadline,
-            "delivery counter never reached {N} with an empty queue"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     let moved = |name: &str, labels: &[(&str, &str)]| {
         value(&after, name, labels) - value(&before, name, labels)
     };
@@ -746,31 +738,18 @@ fn a_changed_module_in_the_watched_folder_is_loaded_as_a_new_version() {
 
     // A broken manifest is refused and logged; the serving version stays.
     std::fs::write(folder.join("marker.toml"), "name = \"marker\"\nwasm = 7\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !hub.log().contains("not loaded") {
-        assert!(
-            Instant::now() < deadline,
-            "the broken manifest was not noticed:\n{}",
-            hub.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    hub.wait_log("not loaded", Duration::from_secs(20));
     assert_eq!(deliver_one(&hub, &receiver, "d-2"), "v1");
 
     install(&folder, &marker(&receiver, "fixture-marker-v2"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let e = eventually(Duration::from_secs(20), || {
         let e = adapter_entry(&hub, "marker").unwrap();
-        if e["describe"]["version"] == "2.0.0" {
-            assert_eq!(e["origin"], "dir");
-            break;
+        match e["describe"]["version"] == "2.0.0" {
+            true => Ok(e),
+            false => Err(format!("the new module was not loaded: {e}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the new module was not loaded: {e}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
+    assert_eq!(e["origin"], "dir");
     assert_eq!(deliver_one(&hub, &receiver, "d-3"), "v2");
 }
 
@@ -809,8 +788,7 @@ fn a_department_outage_quarantines_without_rollback_until_a_probe_succeeds() {
     assert!(e["quarantined"].is_null(), "{e}");
     assert_eq!(e["describe"]["version"], "2.0.0");
     // The release is audited just after the slot goes back in rotation.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let actions = loop {
+    let actions = eventually(Duration::from_secs(10), || {
         let (_, audit) = admin_get(&hub, "/v1/audit");
         let actions: Vec<String> = audit["audit"]
             .as_array()
@@ -818,11 +796,10 @@ fn a_department_outage_quarantines_without_rollback_until_a_probe_succeeds() {
             .iter()
             .map(|r| r["action"].as_str().unwrap().to_string())
             .collect();
-        if actions.iter().any(|a| a == "quarantine") && actions.iter().any(|a| a == "release") {
-            break actions;
+        match actions.iter().any(|a| a == "quarantine") && actions.iter().any(|a| a == "release") {
+            true => Ok(actions),
+            false => Err(format!("{actions:?}")),
         }
-        assert!(Instant::now() < deadline, "{actions:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     assert!(!actions.iter().any(|a| a == "rollback"), "{actions:?}");
 }

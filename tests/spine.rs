@@ -283,11 +283,10 @@ fn exhausted_pool_slots_are_a_clear_error_and_free_again() {
     };
     // While the loop holds the only slot (no idle instance left), a second
     // call needs another.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !idle(0) {
-        assert!(Instant::now() < deadline, "the loop never took the slot");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually(Duration::from_secs(10), || match idle(0) {
+        true => Ok(()),
+        false => Err("the loop never took the slot".to_string()),
+    });
     let (status, detail, _) = provoke(&hub, "behave");
     assert_eq!(status, 502, "{detail}");
     assert!(

@@ -10,6 +10,19 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// Calls `check` every 20 ms until it gives a value and returns it; past
+/// `timeout`, fails the test with the reason `check` gave last.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(why) => assert!(Instant::now() < deadline, "{why}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -294,18 +307,13 @@ impl MockDepartments {
 
     /// Waits until `department` received something of `case`.
     pub fn wait_received(&self, department: &str, case: &str) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        eventually(Duration::from_secs(20), || {
             let got = self.received(department, case);
-            if !got.is_empty() {
-                return got;
+            match got.is_empty() {
+                false => Ok(got),
+                true => Err(format!("{department} never received {case}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{department} never received {case}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 
     /// The department reports on the case, in its own protocol.
@@ -412,15 +420,13 @@ impl HubProcess {
         timeout: Duration,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(timeout, || {
             let (status, v) = self.get_json(path);
-            if status == 200 && check(&v) {
-                return v;
+            match status == 200 && check(&v) {
+                true => Ok(v),
+                false => Err(format!("{path} never got there: {v}")),
             }
-            assert!(Instant::now() < deadline, "{path} never got there: {v}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 
     /// `base` + `path`.
@@ -436,15 +442,13 @@ impl HubProcess {
     /// Waits until the log holds `needle` (stdout and stderr are read by
     /// separate threads, so a line can arrive after a later event).
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "`{needle}` never appeared in the log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(timeout, || {
+            let log = self.log();
+            match log.contains(needle) {
+                true => Ok(()),
+                false => Err(format!("`{needle}` never appeared in the log:\n{log}")),
+            }
+        })
     }
 
     /// Whether `/healthz` answers 200.
@@ -659,19 +663,16 @@ impl Receiver {
 
     /// Waits until `n` requests were recorded, or panics after `timeout`.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(timeout, || {
             let got = self.received();
-            if got.len() >= n {
-                return got;
+            match got.len() >= n {
+                true => Ok(got),
+                false => Err(format!(
+                    "expected {n} requests within {timeout:?}, got {}",
+                    got.len()
+                )),
             }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} requests within {timeout:?}, got {}",
-                got.len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 }
 
