@@ -116,7 +116,7 @@ fn embed(event: &Event) -> Option<Embedded<'_>> {
     let data = event.data.as_deref()?;
     let ct = event.datacontenttype.as_deref();
     if ct.is_none_or(is_json_media_type) {
-        if let Ok(raw) = parse::<&RawValue>(data) {
+        if let Ok(raw) = read_json::<&RawValue>(data) {
             return Some(Embedded::Json(raw));
         }
     } else if ct.is_some_and(is_text_media_type) {
@@ -515,7 +515,7 @@ pub fn from_json(value: &Value) -> Result<Event, Error> {
 /// Reads one event from CloudEvents JSON bytes (structured mode) without
 /// building a JSON tree; `data` is kept as it arrived.
 pub fn from_slice(bytes: &[u8]) -> Result<Event, Error> {
-    parse::<Raw<'_>>(bytes)
+    read_json::<Raw<'_>>(bytes)
         .map_err(|e| body_error(e, not_an_object))?
         .build()
 }
@@ -523,7 +523,7 @@ pub fn from_slice(bytes: &[u8]) -> Result<Event, Error> {
 /// JSON from bytes, their UTF-8 checked once up front: the slice reader
 /// would check every string and key again as it reads them. Bytes that
 /// are not UTF-8 go to the slice reader, for its error.
-fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
+pub(crate) fn read_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
     match std::str::from_utf8(bytes) {
         Ok(text) => serde_json::from_str(text),
         Err(_) => serde_json::from_slice(bytes),
@@ -557,7 +557,7 @@ pub fn from_batch_json(value: &Value) -> Result<Vec<Event>, Error> {
 
 /// Reads a batch from JSON bytes, as [`from_batch_json`].
 pub fn batch_from_slice(bytes: &[u8]) -> Result<Vec<Event>, Error> {
-    parse::<Vec<Raw<'_>>>(bytes)
+    read_json::<Vec<Raw<'_>>>(bytes)
         .map_err(|e| body_error(e, not_a_batch))?
         .into_iter()
         .enumerate()

@@ -371,13 +371,7 @@ pub(crate) fn parse_json<'a, T: Deserialize<'a>>(
     bytes: &'a [u8],
     what: &str,
 ) -> Result<T, AdapterError> {
-    // Valid UTF-8 checked once for the whole body, not string by string
-    // (the slice reader validates every string and key it reads).
-    let parsed = match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(bytes),
-    };
-    if let Ok(value) = parsed {
+    if let Ok(value) = crate::cloudevents::read_json(bytes) {
         return Ok(value);
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);

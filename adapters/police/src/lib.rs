@@ -281,15 +281,10 @@ impl Adapter for Police {
         // Incidents are most of the traffic: one pass reads them. A body
         // that is not an incident but carries `status` is a status report;
         // anything else gets the incident's error, naming the field.
-        let parsed = message.text().map(serde_json::from_str::<Incident>);
-        let incident: Incident = match parsed {
-            Ok(Ok(incident)) => incident,
-            _ => {
-                if message.has_json_key("status")? {
-                    return status(message.json()?);
-                }
-                message.json_borrowed::<Incident>()?
-            }
+        let incident: Incident = match message.json_borrowed() {
+            Ok(incident) => incident,
+            Err(_) if message.has_json_key("status")? => return status(message.json()?),
+            Err(e) => return Err(e),
         };
         if incident.incident_no.trim().is_empty() {
             return Err(AdapterError::InvalidInput(
