@@ -107,3 +107,52 @@ fn startup_phase_starts_the_yingfeng_deployment_cold_and_warm() {
         "{out}"
     );
 }
+
+#[test]
+fn durable_phase_measures_the_hub_beside_the_sqlite_ceiling() {
+    let out = load(&["durable", "--events", "300", "--latency-seconds", "1"]);
+    assert!(
+        numbers(line_with(&out, "raw SQLite ceiling"))[1] > 0.0,
+        "{out}"
+    );
+    assert!(
+        line_with(&out, "single-event requests").contains("% of the ceiling"),
+        "{out}"
+    );
+    assert!(
+        line_with(&out, "batched requests").contains("% of the ceiling"),
+        "{out}"
+    );
+    assert!(
+        line_with(&out, "half the single maximum").contains("p99"),
+        "{out}"
+    );
+}
+
+#[test]
+fn swap_phase_swaps_cold_and_warm_without_losing_the_stream() {
+    let wasm = wasm_dir().to_str().unwrap().to_string();
+    let out = load(&[
+        "swap",
+        "--cold",
+        "1",
+        "--warm",
+        "2",
+        "--rate",
+        "100",
+        "--wasm-dir",
+        &wasm,
+    ]);
+    assert!(
+        line_with(&out, "cache cold").contains("raw compile"),
+        "{out}"
+    );
+    assert!(
+        line_with(&out, "cache warm").contains("raw deserialize"),
+        "{out}"
+    );
+    assert!(
+        line_with(&out, "stream at 100 events/s").contains(" 0 lost"),
+        "{out}"
+    );
+}

@@ -48,60 +48,10 @@ struct Cli {
 enum Cmd {
     /// Durable ingest throughput vs the raw SQLite ceiling, and latency at
     /// half load.
-    Durable {
-        /// Working folder (on the disk to measure); default a temp folder.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Events per throughput phase.
-        #[arg(long, default_value_t = 20_000)]
-        events: usize,
-        /// Concurrent client connections.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Events per batched request.
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
-        /// Seconds of the half-load latency phase.
-        #[arg(long, default_value_t = 5)]
-        latency_seconds: u64,
-        /// The govhub binary (default: next to this one).
-        #[arg(long)]
-        govhub: Option<PathBuf>,
-        /// Event type sent. The default opens no case; `gov.incident.reported`
-        /// makes every event a case the tracker opens too.
-        #[arg(long = "type", default_value = "gov.alert.issued")]
-        event_type: String,
-        /// Which phases to run (for profiling one of them).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "ceiling,single,batch,latency"
-        )]
-        phases: Vec<String>,
-    },
+    Durable(Durable),
     /// Swap time (cold and warm compile cache) and the delivery pause
     /// during swaps, with the marker fixtures.
-    Swap {
-        /// Folder with fixture_marker_v1.wasm and fixture_marker_v2.wasm
-        /// (default: target/adapters/wasm32-wasip2/release).
-        #[arg(long)]
-        wasm_dir: Option<PathBuf>,
-        /// Working folder; default a temp folder.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Cold swaps (each on a fresh hub with an empty compile cache).
-        #[arg(long, default_value_t = 3)]
-        cold: usize,
-        /// Warm swaps (v1 and v2 alternately, both cached).
-        #[arg(long, default_value_t = 20)]
-        warm: usize,
-        /// Events per second streamed through the hub during the warm swaps.
-        #[arg(long, default_value_t = 500)]
-        rate: u64,
-        /// The govhub binary (default: next to this one).
-        #[arg(long)]
-        govhub: Option<PathBuf>,
-    },
+    Swap(Swap),
     /// HTTP ingest path: `/v1/events` beside a bare hyper handler that
     /// answers 202, same client, same bodies.
     Http(path::HttpOpts),
@@ -348,28 +298,52 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+#[derive(clap::Args)]
 struct Durable {
+    #[command(flatten)]
+    common: Common,
+    /// Events per throughput phase.
+    #[arg(long, default_value_t = 20_000)]
     events: usize,
+    /// Concurrent client connections.
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Events per batched request.
+    #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Seconds of the half-load latency phase.
+    #[arg(long, default_value_t = 5)]
     latency_seconds: u64,
+    /// Event type sent. The default opens no case; `gov.incident.reported`
+    /// makes every event a case the tracker opens too.
+    #[arg(long = "type", default_value = "gov.alert.issued")]
+    event_type: String,
+    /// Which phases to run (for profiling one of them).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ceiling,single,batch,latency"
+    )]
     phases: Vec<String>,
 }
 
-async fn durable(dir: &Path, govhub: &Path, opts: Durable) {
+async fn durable(dir: &Path, opts: Durable) {
+    let govhub = &opts.common.govhub();
     let Durable {
         events,
         concurrency,
         batch,
         latency_seconds,
+        event_type,
         phases,
+        ..
     } = opts;
+    let _ = EVENT_TYPE.set(event_type.clone());
+    println!("event type: {event_type}");
     let run = |p: &str| phases.iter().any(|x| x == p);
     println!(
         "machine: {} cores; working folder {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        cores(),
         dir.display()
     );
     let ceiling = if run("ceiling") {
@@ -576,16 +550,26 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+#[derive(clap::Args)]
 struct Swap {
-    wasm_dir: PathBuf,
+    #[command(flatten)]
+    common: Common,
+    /// Cold swaps (each on a fresh hub with an empty compile cache).
+    #[arg(long, default_value_t = 3)]
     cold: usize,
+    /// Warm swaps (v1 and v2 alternately, both cached).
+    #[arg(long, default_value_t = 20)]
     warm: usize,
+    /// Events per second streamed through the hub during the warm swaps.
+    #[arg(long, default_value_t = 500)]
     rate: u64,
 }
 
-async fn swap(dir: &Path, govhub: &Path, opts: Swap) {
-    let v1 = opts.wasm_dir.join("fixture_marker_v1.wasm");
-    let v2 = opts.wasm_dir.join("fixture_marker_v2.wasm");
+async fn swap(dir: &Path, opts: Swap) {
+    let govhub = &opts.common.govhub();
+    let wasm_dir = opts.common.wasm_dir();
+    let v1 = wasm_dir.join("fixture_marker_v1.wasm");
+    let v2 = wasm_dir.join("fixture_marker_v2.wasm");
     for m in [&v1, &v2] {
         assert!(
             m.exists(),
@@ -595,9 +579,7 @@ async fn swap(dir: &Path, govhub: &Path, opts: Swap) {
     }
     println!(
         "machine: {} cores; modules {} KiB / {} KiB",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        cores(),
         std::fs::metadata(&v1).unwrap().len() / 1024,
         std::fs::metadata(&v2).unwrap().len() / 1024
     );
@@ -625,7 +607,16 @@ async fn swap(dir: &Path, govhub: &Path, opts: Swap) {
 
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let receiver = arrivals().await;
-    let env = [("GOVHUB_ADMIN_TOKEN", "swap-bench")];
+    // The run's own compile cache, set through the environment so that one
+    // inherited from the caller cannot stand in for it.
+    let start = |run: &Path| {
+        let cache = run.join("cache");
+        let env = [
+            ("GOVHUB_ADMIN_TOKEN", "swap-bench"),
+            ("GOVHUB__RUNTIME__CACHE_DIR", cache.to_str().unwrap()),
+        ];
+        start_hub_with(govhub, run, "", &env)
+    };
     let setup = |run: &Path| {
         let adapters = run.join("adapters.d");
         std::fs::create_dir_all(&adapters).unwrap();
@@ -635,10 +626,6 @@ async fn swap(dir: &Path, govhub: &Path, opts: Swap) {
             marker_manifest(&adapters.join("marker.wasm"), receiver.addr),
         )
         .unwrap();
-        format!(
-            "[runtime]\ncache_dir = \"{}\"\n",
-            run.join("cache").display()
-        )
     };
 
     // Cold: a fresh hub and an empty cache each time; v2 never compiled.
@@ -646,8 +633,8 @@ async fn swap(dir: &Path, govhub: &Path, opts: Swap) {
     let mut cold_hub = Vec::new();
     for i in 0..opts.cold {
         let run = dir.join(format!("cold-{i}"));
-        let extra = setup(&run);
-        let hub = start_hub_with(govhub, &run, &extra, &env);
+        setup(&run);
+        let hub = start(&run);
         let (took, load_ms, cached) = put_version(&client, &hub.base, &v2, receiver.addr).await;
         assert!(!cached, "the cold swap hit the cache");
         cold.push(ms(took));
@@ -661,8 +648,8 @@ async fn swap(dir: &Path, govhub: &Path, opts: Swap) {
 
     // Warm: both versions cached; alternate under a stream of events.
     let run = dir.join("warm");
-    let extra = setup(&run);
-    let hub = start_hub_with(govhub, &run, &extra, &env);
+    setup(&run);
+    let hub = start(&run);
     put_version(&client, &hub.base, &v2, receiver.addr).await;
     put_version(&client, &hub.base, &v1, receiver.addr).await;
     let url = format!("{}/v1/events", hub.base);
@@ -788,62 +775,13 @@ fn main() {
         .build()
         .unwrap();
     match cli.command {
-        Cmd::Durable {
-            dir,
-            events,
-            concurrency,
-            batch,
-            latency_seconds,
-            govhub,
-            phases,
-            event_type,
-        } => {
-            let _ = EVENT_TYPE.set(event_type.clone());
-            println!("event type: {event_type}");
-            let temp = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
-            let dir = dir.unwrap_or_else(|| temp.path().to_path_buf());
-            std::fs::create_dir_all(&dir).unwrap();
-            let govhub =
-                govhub.unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("govhub"));
-            rt.block_on(durable(
-                &dir,
-                &govhub,
-                Durable {
-                    events,
-                    concurrency,
-                    batch,
-                    latency_seconds,
-                    phases,
-                },
-            ));
+        Cmd::Durable(opts) => {
+            let (dir, _temp) = workdir(opts.common.dir.clone());
+            rt.block_on(durable(&dir, opts));
         }
-        Cmd::Swap {
-            wasm_dir,
-            dir,
-            cold,
-            warm,
-            rate,
-            govhub,
-        } => {
-            let temp = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
-            let dir = dir.unwrap_or_else(|| temp.path().to_path_buf());
-            std::fs::create_dir_all(&dir).unwrap();
-            let govhub =
-                govhub.unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("govhub"));
-            let wasm_dir = wasm_dir.unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../target/adapters/wasm32-wasip2/release")
-            });
-            rt.block_on(swap(
-                &dir,
-                &govhub,
-                Swap {
-                    wasm_dir,
-                    cold,
-                    warm,
-                    rate,
-                },
-            ));
+        Cmd::Swap(opts) => {
+            let (dir, _temp) = workdir(opts.common.dir.clone());
+            rt.block_on(swap(&dir, opts));
         }
         Cmd::Http(opts) => {
             let (dir, _temp) = workdir(opts.common.dir.clone());
