@@ -300,6 +300,23 @@ fn exhausted_pool_slots_are_a_clear_error_and_free_again() {
     assert_eq!(status, 202, "{answer}");
 }
 
+#[test]
+fn govhub_perf_map_names_the_adapters_compiled_functions() {
+    let dir = HubDir::new(&[police()], "");
+    let hub = dir.start_with_env(&[("GOVHUB_PERF_MAP", "1")]);
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", hub.child.id()));
+    let text = std::fs::read_to_string(&map).unwrap_or_default();
+    let _ = std::fs::remove_file(&map);
+    // perf's format: start, size, name; the police adapter's own ingest.
+    assert!(
+        text.lines()
+            .any(|l| l.split(' ').count() >= 3 && l.contains("police_adapter")),
+        "no police function in {}:\n{}",
+        map.display(),
+        text.lines().take(5).collect::<Vec<_>>().join("\n")
+    );
+}
+
 /// `govhub check-config` on a folder holding one bad adapter → its error.
 fn check_error(setup: impl FnOnce(&std::path::Path)) -> String {
     let dir = HubDir::new(&[], "");
