@@ -279,11 +279,7 @@ async fn check_config(config_path: &Path) -> anyhow::Result<()> {
         crate::router::grids::GridMap::load(path, config.grids.street.as_deref())?;
     }
     let keys = crate::admin::signing::parse_keys(&config.signing.trusted_keys)?;
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: config.runtime.cache_dir.clone(),
-        state: None,
-        pooling: config.runtime.pooling(),
-    })?;
+    let runtime = Runtime::new(config.runtime_config(None))?;
     let router = crate::router::Router::new(&config.routes).map_err(anyhow::Error::msg)?;
     let mut names = Vec::new();
     let mut lines = Vec::new();
@@ -354,8 +350,7 @@ fn name_from_file(file: &Path) -> String {
 async fn inspect(file: &Path, json: bool, cache: CacheArgs) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: cache_dir(&cache),
-        state: None,
-        pooling: None,
+        ..RuntimeConfig::default()
     })?;
     let manifest = Manifest::for_module(file, &name_from_file(file));
     let adapter = runtime.load(&manifest).await?;
@@ -438,8 +433,7 @@ fn split_pair<'a>(s: &'a str, sep: char, what: &str) -> anyhow::Result<(&'a str,
 async fn test(args: TestArgs) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: cache_dir(&args.cache),
-        state: None,
-        pooling: None,
+        ..RuntimeConfig::default()
     })?;
     let mut manifest = Manifest::for_module(&args.file, &name_from_file(&args.file));
     manifest.limits.memory_mb = args.memory_mb;

@@ -225,6 +225,44 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// `[tls]`: what the hub trusts when adapters call departments over HTTPS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM files of CAs to trust besides the system's: a government
+    /// network's own CA, say. Relative paths: the config file's folder.
+    pub ca_files: Vec<PathBuf>,
+    /// Trust the system's certificate store too.
+    pub system_roots: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            ca_files: Vec::new(),
+            system_roots: true,
+        }
+    }
+}
+
+/// `[outbound]`: the connections adapters keep to departments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// A keep-alive connection idle this long is closed, ms. Below the 60 s
+    /// many department servers and gateways allow, so the hub closes first
+    /// rather than write into a connection the other side is closing.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            idle_timeout_ms: 30_000,
+        }
+    }
+}
+
 /// `[grids]`: the grid map.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -324,6 +362,12 @@ pub struct Config {
     /// `[quarantine]`.
     #[serde(default)]
     pub quarantine: QuarantineConfig,
+    /// `[tls]`.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// `[outbound]`.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -369,6 +413,9 @@ impl Config {
         };
         resolve(&mut self.storage.path);
         resolve(&mut self.adapters.dir);
+        for file in &mut self.tls.ca_files {
+            resolve(file);
+        }
         if let Some(map) = &mut self.grids.map {
             resolve(map);
         }
@@ -383,6 +430,25 @@ impl Config {
                     .unwrap_or_else(|| base.to_path_buf());
                 self.runtime.cache_dir = Some(parent.join("cache"));
             }
+        }
+    }
+
+    /// The wasmtime host's settings; `state` is where adapter state
+    /// persists.
+    pub fn runtime_config(
+        &self,
+        state: Option<std::sync::Arc<dyn crate::runtime::StateStore>>,
+    ) -> crate::runtime::RuntimeConfig {
+        crate::runtime::RuntimeConfig {
+            trust: crate::runtime::outbound::TrustConfig {
+                system_roots: self.tls.system_roots,
+                ca_files: self.tls.ca_files.clone(),
+            },
+            idle_timeout: std::time::Duration::from_millis(self.outbound.idle_timeout_ms),
+            files_dir: Some(self.adapters.dir.clone()),
+            cache_dir: self.runtime.cache_dir.clone(),
+            state,
+            pooling: self.runtime.pooling(),
         }
     }
 
@@ -440,6 +506,14 @@ impl Config {
         }
         if self.adapters.watch_interval_ms == 0 {
             anyhow::bail!("adapters.watch_interval_ms must be positive");
+        }
+        if self.outbound.idle_timeout_ms == 0 {
+            anyhow::bail!("outbound.idle_timeout_ms must be positive");
+        }
+        for file in &self.tls.ca_files {
+            if !file.is_file() {
+                anyhow::bail!("tls.ca_files: {} is not a file", file.display());
+            }
         }
         let d = &self.delivery;
         if d.max_attempts == 0 {

@@ -9,7 +9,7 @@ use crate::delivery::Deliveries;
 use crate::journal::sqlite::{SqliteConfig, SqliteJournal, Synchronous};
 use crate::journal::{Journal, JournalError, NewEvent};
 use crate::router::{Router, Target, TypeGlob};
-use crate::runtime::{Adapter, Runtime, RuntimeConfig, StateStore};
+use crate::runtime::{Adapter, Runtime, StateStore};
 use anyhow::Context;
 use dashmap::DashMap;
 use govhub_sdk::{cloudevents, Event};
@@ -168,11 +168,8 @@ impl Hub {
             })
             .with_context(|| format!("journal {}", config.storage.path.display()))?,
         );
-        let runtime = Runtime::new(RuntimeConfig {
-            cache_dir: config.runtime.cache_dir.clone(),
-            state: Some(Arc::new(JournalState(journal.clone()))),
-            pooling: config.runtime.pooling(),
-        })?;
+        let runtime =
+            Runtime::new(config.runtime_config(Some(Arc::new(JournalState(journal.clone())))))?;
         if let Some(p) = config.runtime.pooling() {
             tracing::info!(
                 instances = p.instances,

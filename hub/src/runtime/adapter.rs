@@ -4,7 +4,8 @@
 use super::bindings::{self, AdapterPre};
 use super::error::{CallError, LoadError};
 use super::host::{CallState, HostState, Shared};
-use super::manifest::{HostPattern, Manifest};
+use super::manifest::Manifest;
+use super::outbound::gate::Policy;
 use super::{CacheUse, Checked, StateStore, EPOCH_TICK};
 use govhub_sdk::{AdapterError, Description, Event, Inbound, Outcome, PollResult};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +80,7 @@ impl Adapter {
         config: std::collections::BTreeMap<String, String>,
         checked: Checked,
         store: Option<Arc<dyn StateStore>>,
+        outbound: Arc<Policy>,
     ) -> Result<Arc<Adapter>, LoadError> {
         let state = dashmap::DashMap::new();
         if let Some(store) = &store {
@@ -91,12 +93,7 @@ impl Adapter {
             config,
             state,
             store,
-            outbound: manifest
-                .capabilities
-                .outbound_hosts
-                .iter()
-                .filter_map(|h| HostPattern::parse(h).ok())
-                .collect(),
+            outbound,
             log_lines_per_call: manifest.limits.log_lines_per_call,
             logs_dropped: AtomicU64::new(0),
             memory_bytes: AtomicU64::new(0),
@@ -148,6 +145,12 @@ impl Adapter {
     /// Linear memory of the live instances, bytes.
     pub fn memory_bytes(&self) -> u64 {
         self.shared.memory_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Connections its HTTP client has opened to departments (shared with
+    /// other versions of the adapter that have the same settings).
+    pub fn connections_opened(&self) -> u64 {
+        self.shared.outbound.client.connections_opened()
     }
 
     /// Log lines dropped over the per-call budget since load.
@@ -258,7 +261,7 @@ impl Adapter {
                 event_id: event_id.map(str::to_string),
                 ..CallState::default()
             };
-            data.outbound.denied = None;
+            data.outbound.reset();
             data.memory.refused = None;
         }
         // The deadline is relative to the current epoch: re-arm it for
@@ -284,6 +287,11 @@ impl Adapter {
             ),
             Ok(Ok(reply)) => {
                 let denied = instance.store.data_mut().outbound.denied.take();
+                let failure = instance.store.data().outbound.failure.take();
+                let reply = match failure {
+                    Some(detail) => with_transport_detail(reply, &detail),
+                    None => reply,
+                };
                 if isolate {
                     drop(instance);
                 } else if let Ok(mut idle) = self.idle.lock() {
@@ -362,6 +370,30 @@ async fn invoke(instance: &mut Instance, request: Request<'_>) -> wasmtime::Resu
                 .map_err(Into::into),
         ),
     })
+}
+
+/// An adapter error after a transport failure, with the hub's account of
+/// it (the host, the certificate problem, the timeout that fired), which
+/// the adapter saw only as a `wasi:http` error code.
+fn with_transport_detail(reply: Reply, detail: &str) -> Reply {
+    let add = |e: AdapterError| match e {
+        AdapterError::Unavailable(m) if !m.contains(detail) => {
+            AdapterError::Unavailable(format!("{m}; {detail}"))
+        }
+        AdapterError::Rejected(m) if !m.contains(detail) => {
+            AdapterError::Rejected(format!("{m}; {detail}"))
+        }
+        AdapterError::InvalidInput(m) if !m.contains(detail) => {
+            AdapterError::InvalidInput(format!("{m}; {detail}"))
+        }
+        other => other,
+    };
+    match reply {
+        Reply::Ingest(Err(e)) => Reply::Ingest(Err(add(e))),
+        Reply::Deliver(Err(e)) => Reply::Deliver(Err(add(e))),
+        Reply::Poll(Err(e)) => Reply::Poll(Err(add(e))),
+        other => other,
+    }
 }
 
 /// wasmtime's reason an instance could not be made, with what to change

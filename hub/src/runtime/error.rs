@@ -125,6 +125,14 @@ pub enum LoadError {
         /// The variable.
         var: String,
     },
+    /// The manifest's `[tls]` client certificate could not be used.
+    #[error("adapter `{adapter}`: {message}")]
+    Tls {
+        /// The adapter.
+        adapter: String,
+        /// What is wrong, naming the field and the file.
+        message: String,
+    },
     /// The `describe` self-check failed.
     #[error("adapter `{adapter}`: self-check (describe) failed: {source}")]
     SelfCheck {

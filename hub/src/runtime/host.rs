@@ -1,19 +1,19 @@
 //! What one adapter instance's store holds, and the host side of the WIT
-//! `host` interface: logging, config, state, the memory limiter and the
-//! outbound-HTTP allowlist.
+//! `host` interface: logging, config, state and the memory limiter (the
+//! outbound-HTTP gate is in `outbound`).
 
 use super::bindings::govhub::adapter::host::{self, Level};
 use super::bindings::govhub::adapter::types::HeaderResult as Header;
-use super::manifest::HostPattern;
+use super::outbound::gate::Policy;
+use super::outbound::Gate;
 use dashmap::DashMap;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// What all instances of one adapter share.
 pub struct Shared {
@@ -25,8 +25,8 @@ pub struct Shared {
     pub state: DashMap<String, Vec<u8>>,
     /// Where state persists.
     pub store: Option<Arc<dyn super::StateStore>>,
-    /// The outbound allowlist.
-    pub outbound: Vec<HostPattern>,
+    /// What it may reach over HTTP, and the client it reaches it with.
+    pub outbound: Arc<Policy>,
     /// Log lines one call may write.
     pub log_lines_per_call: u32,
     /// Log lines dropped over the budget, since load.
@@ -103,62 +103,13 @@ impl wasmtime::ResourceLimiter for MemoryCap {
     }
 }
 
-/// The outbound-HTTP gate: every request the adapter makes passes here.
-pub struct Outbound {
-    shared: Arc<Shared>,
-    /// The last host refused in the current call.
-    pub denied: Option<String>,
-}
-
-impl WasiHttpHooks for Outbound {
-    fn send_request(
-        &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        options: Option<wasmtime_wasi_http::RequestOptions>,
-        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<wasmtime_wasi_http::WasiBody>,
-                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                )>,
-            > + Send,
-    > {
-        _ = fut;
-        let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_default();
-        let allowed = self
-            .shared
-            .outbound
-            .iter()
-            .any(|p| p.allows(&authority, https));
-        if !allowed {
-            tracing::warn!(adapter = %self.shared.name, host = %authority, "outbound HTTP denied: host not in outbound_hosts");
-            self.denied = Some(authority);
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
-    }
-}
-
 /// The data of one instance's `Store`.
 pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    /// The allowlist gate.
-    pub outbound: Outbound,
+    /// The outbound-HTTP gate.
+    pub outbound: Gate,
     /// The memory cap.
     pub memory: MemoryCap,
     /// Per-adapter shared data.
@@ -181,10 +132,7 @@ impl HostState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            outbound: Outbound {
-                shared: shared.clone(),
-                denied: None,
-            },
+            outbound: Gate::new(shared.outbound.clone()),
             memory: MemoryCap {
                 cap_bytes: memory_cap_bytes,
                 refused: None,

@@ -11,8 +11,14 @@
 //! memory_mb = 64
 //! deadline_ms = 2000
 //! concurrency = 4
+//! connect_timeout_ms = 1000       # TCP connect and TLS handshake to the department
+//! first_byte_timeout_ms = 1500    # from the request on the wire to the answer's head
+//! between_bytes_timeout_ms = 1000 # between two pieces of the answer's body
 //! [capabilities]
 //! outbound_hosts = ["127.0.0.1:9000"]
+//! [tls]                           # optional: mutual TLS with the department
+//! client_cert = "webhook-client.pem"  # PEM chain; relative paths: the hub's adapters.dir
+//! client_key = "webhook-client.key"   # PEM private key (PKCS#8, PKCS#1 or SEC1)
 //! [config]
 //! url = "http://127.0.0.1:9000/events"
 //! token = { env = "WEBHOOK_TOKEN" }   # secrets come from the hub's environment
@@ -36,6 +42,17 @@ pub const DEFAULT_CONCURRENCY: u32 = 4;
 /// Default log lines one call may write; more are dropped and counted, so a
 /// chatty or looping adapter cannot flood the hub's log.
 pub const DEFAULT_LOG_LINES_PER_CALL: u32 = 100;
+/// Default time to open a connection to a department (TCP and, for HTTPS,
+/// the TLS handshake). Inside a government network a connect takes
+/// milliseconds; a second means the host is down or unreachable.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Default time from a request on the wire to the answer's status line. A
+/// department that accepted the connection but does not answer is cut here,
+/// before the call deadline, so the adapter itself reports it (the
+/// instance stays healthy) and the delivery is retried.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 1_500;
+/// Default longest pause between two pieces of an answer's body.
+pub const DEFAULT_BETWEEN_BYTES_TIMEOUT_MS: u64 = 1_000;
 
 /// The sandbox limits of one adapter.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -53,6 +70,13 @@ pub struct Limits {
     /// leaves in the adapter's memory reaches the next (costs an
     /// instantiation per call).
     pub isolate_calls: bool,
+    /// Time to open a connection to the department, ms (unset: the
+    /// default, or less when the deadline is short).
+    pub connect_timeout_ms: Option<u64>,
+    /// Time from the request to the answer's status line, ms.
+    pub first_byte_timeout_ms: Option<u64>,
+    /// Longest pause between two pieces of the answer's body, ms.
+    pub between_bytes_timeout_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -63,8 +87,53 @@ impl Default for Limits {
             concurrency: DEFAULT_CONCURRENCY,
             log_lines_per_call: DEFAULT_LOG_LINES_PER_CALL,
             isolate_calls: false,
+            connect_timeout_ms: None,
+            first_byte_timeout_ms: None,
+            between_bytes_timeout_ms: None,
         }
     }
+}
+
+/// The outbound-HTTP timeouts of one adapter, as they apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpTimeouts {
+    /// TCP connect and TLS handshake.
+    pub connect: std::time::Duration,
+    /// Request to the answer's head.
+    pub first_byte: std::time::Duration,
+    /// Between two pieces of the body.
+    pub between_bytes: std::time::Duration,
+}
+
+impl Limits {
+    /// The timeouts that apply: each as set, or its default, and a default
+    /// never more than three quarters of the call deadline, so the adapter
+    /// still has time to report the timeout before the deadline stops it.
+    pub fn http_timeouts(&self) -> HttpTimeouts {
+        let room = self.deadline_ms.saturating_mul(3) / 4;
+        let pick = |set: Option<u64>, default: u64| {
+            std::time::Duration::from_millis(set.unwrap_or(default.min(room)).max(1))
+        };
+        HttpTimeouts {
+            connect: pick(self.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS),
+            first_byte: pick(self.first_byte_timeout_ms, DEFAULT_FIRST_BYTE_TIMEOUT_MS),
+            between_bytes: pick(
+                self.between_bytes_timeout_ms,
+                DEFAULT_BETWEEN_BYTES_TIMEOUT_MS,
+            ),
+        }
+    }
+}
+
+/// `[tls]` of a manifest: the client certificate the adapter presents to a
+/// department that asks for one (mutual TLS).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsIdentity {
+    /// The certificate chain, PEM (the adapter's certificate first).
+    pub client_cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    pub client_key: Option<PathBuf>,
 }
 
 /// What the adapter may reach outside its sandbox.
@@ -114,6 +183,8 @@ struct RawManifest {
     #[serde(default)]
     capabilities: Capabilities,
     #[serde(default)]
+    tls: TlsIdentity,
+    #[serde(default)]
     config: BTreeMap<String, ConfigValue>,
 }
 
@@ -138,6 +209,9 @@ pub struct Manifest {
     pub limits: Limits,
     /// What it may reach.
     pub capabilities: Capabilities,
+    /// Its client certificate for mutual TLS, as written (relative paths
+    /// resolve against the hub's `adapters.dir` when loaded).
+    pub tls: TlsIdentity,
     /// Its `[config]` table, unresolved.
     pub config: BTreeMap<String, ConfigValue>,
 }
@@ -170,6 +244,7 @@ impl Manifest {
             poll_interval_ms: None,
             limits: Limits::default(),
             capabilities: Capabilities::default(),
+            tls: TlsIdentity::default(),
             config: BTreeMap::new(),
         }
     }
@@ -228,6 +303,29 @@ impl Manifest {
                 l.concurrency
             )));
         }
+        for (field, value) in [
+            ("connect_timeout_ms", l.connect_timeout_ms),
+            ("first_byte_timeout_ms", l.first_byte_timeout_ms),
+            ("between_bytes_timeout_ms", l.between_bytes_timeout_ms),
+        ] {
+            match value {
+                Some(0) => return Err(invalid(format!("field `limits.{field}` must be positive"))),
+                Some(v) if v >= l.deadline_ms => {
+                    return Err(invalid(format!(
+                        "field `limits.{field}`: {v} must be less than limits.deadline_ms ({}), \
+                         so the adapter can still report the timeout",
+                        l.deadline_ms
+                    )))
+                }
+                _ => {}
+            }
+        }
+        if raw.tls.client_cert.is_some() != raw.tls.client_key.is_some() {
+            return Err(invalid(
+                "fields `tls.client_cert` and `tls.client_key` go together: set both or neither"
+                    .into(),
+            ));
+        }
         for host in &raw.capabilities.outbound_hosts {
             HostPattern::parse(host)
                 .map_err(|m| invalid(format!("field `capabilities.outbound_hosts`: {m}")))?;
@@ -249,6 +347,7 @@ impl Manifest {
             poll_interval_ms: raw.poll_interval_ms,
             limits: raw.limits,
             capabilities: raw.capabilities,
+            tls: raw.tls,
             config: raw.config,
         })
     }
@@ -397,11 +496,44 @@ mod tests {
             (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[limits]\nmemroy_mb = 1"), "memroy_mb"),
             (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[capabilities]\noutbound_hosts = [\"http://a/\"]"), "outbound_hosts"),
             (format!("name = \"x\"\nsha256 = \"{SHA}\""), "wasm"),
+            (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[limits]\ndeadline_ms = 500\nfirst_byte_timeout_ms = 500"), "limits.first_byte_timeout_ms"),
+            (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[limits]\nconnect_timeout_ms = 0"), "limits.connect_timeout_ms"),
+            (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[tls]\nclient_cert = \"c.pem\""), "tls.client_key"),
         ];
         for (text, field) in cases {
             let e = parse(&text).unwrap_err().to_string();
             assert!(e.contains(field), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn http_timeouts_default_inside_the_deadline() {
+        let t = Limits::default().http_timeouts();
+        assert_eq!(t.connect.as_millis(), DEFAULT_CONNECT_TIMEOUT_MS as u128);
+        assert_eq!(
+            t.first_byte.as_millis(),
+            DEFAULT_FIRST_BYTE_TIMEOUT_MS as u128
+        );
+        assert_eq!(
+            t.between_bytes.as_millis(),
+            DEFAULT_BETWEEN_BYTES_TIMEOUT_MS as u128
+        );
+        // A short deadline pulls the defaults in; a value set stays.
+        let short = Limits {
+            deadline_ms: 400,
+            connect_timeout_ms: Some(50),
+            ..Limits::default()
+        };
+        let t = short.http_timeouts();
+        assert_eq!(t.connect.as_millis(), 50);
+        assert_eq!(t.first_byte.as_millis(), 300);
+        assert_eq!(t.between_bytes.as_millis(), 300);
+        let m = parse(&format!(
+            "name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[limits]\nfirst_byte_timeout_ms = 250\n[tls]\nclient_cert = \"c.pem\"\nclient_key = \"c.key\""
+        ))
+        .unwrap();
+        assert_eq!(m.limits.http_timeouts().first_byte.as_millis(), 250);
+        assert_eq!(m.tls.client_cert.as_deref(), Some(Path::new("c.pem")));
     }
 
     #[test]

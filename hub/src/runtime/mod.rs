@@ -13,6 +13,7 @@ mod bindings;
 mod error;
 mod host;
 pub mod manifest;
+pub mod outbound;
 
 pub use adapter::{Adapter, AdapterStats};
 pub use error::{CallError, Disposition, LoadError};
@@ -50,8 +51,15 @@ pub trait StateStore: Send + Sync {
 }
 
 /// Runtime settings from the hub config.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RuntimeConfig {
+    /// The roots trusted for HTTPS to departments.
+    pub trust: outbound::TrustConfig,
+    /// How long a keep-alive connection to a department may sit idle.
+    pub idle_timeout: Duration,
+    /// What relative paths in manifests' `[tls]` resolve against (the
+    /// hub's `adapters.dir`; `None`: the working folder).
+    pub files_dir: Option<PathBuf>,
     /// Where compiled modules are cached (`None`: no cache, compile every
     /// time).
     pub cache_dir: Option<PathBuf>,
@@ -60,6 +68,22 @@ pub struct RuntimeConfig {
     /// wasmtime's pooling allocator (`None`: memory allocated on demand
     /// for each instance).
     pub pooling: Option<Pooling>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            trust: outbound::TrustConfig {
+                system_roots: true,
+                ca_files: Vec::new(),
+            },
+            idle_timeout: Duration::from_secs(30),
+            files_dir: None,
+            cache_dir: None,
+            state: None,
+            pooling: None,
+        }
+    }
 }
 
 /// Sizes of wasmtime's pooling allocator: slots reserved once, reused by
@@ -91,6 +115,8 @@ pub struct Runtime {
     engine_key: String,
     ticker_stop: Arc<AtomicBool>,
     state: Option<Arc<dyn StateStore>>,
+    clients: outbound::Clients,
+    files_dir: Option<PathBuf>,
 }
 
 impl Drop for Runtime {
@@ -171,7 +197,11 @@ impl Runtime {
                 anyhow::anyhow!("cannot create the compile cache {}: {e}", dir.display())
             })?;
         }
+        let trust = outbound::Trust::load(&config.trust).map_err(anyhow::Error::msg)?;
+        tracing::debug!(roots = trust.roots(), "TLS roots for departments loaded");
         Ok(Runtime {
+            clients: outbound::Clients::new(trust, config.idle_timeout),
+            files_dir: config.files_dir,
             engine,
             linker: Arc::new(linker),
             cache_dir: config.cache_dir,
@@ -322,6 +352,7 @@ impl Runtime {
             path: manifest.wasm.clone(),
             detail: format!("{e:#}"),
         })?;
+        let outbound = self.outbound_policy(manifest)?;
         Adapter::start(
             self.engine.clone(),
             pre,
@@ -329,8 +360,52 @@ impl Runtime {
             config,
             checked,
             self.state.clone(),
+            outbound,
         )
         .await
+    }
+
+    /// What `manifest`'s adapter may reach over HTTP, and its client (kept
+    /// from the previous version when the settings are the same).
+    fn outbound_policy(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<Arc<outbound::gate::Policy>, LoadError> {
+        let tls_error = |message: String| LoadError::Tls {
+            adapter: manifest.name.clone(),
+            message,
+        };
+        let resolve = |p: &Path| match &self.files_dir {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_path_buf(),
+        };
+        let identity = match (&manifest.tls.client_cert, &manifest.tls.client_key) {
+            (Some(cert), Some(key)) => Some(
+                outbound::tls::Identity::load(&resolve(cert), &resolve(key)).map_err(tls_error)?,
+            ),
+            _ => None,
+        };
+        let timeouts = manifest.limits.http_timeouts();
+        let client = self
+            .clients
+            .client_for(
+                &manifest.name,
+                manifest.limits.concurrency as usize,
+                &timeouts,
+                identity,
+            )
+            .map_err(tls_error)?;
+        Ok(Arc::new(outbound::gate::Policy {
+            adapter: manifest.name.clone(),
+            allowed: manifest
+                .capabilities
+                .outbound_hosts
+                .iter()
+                .filter_map(|h| manifest::HostPattern::parse(h).ok())
+                .collect(),
+            client,
+            timeouts,
+        }))
     }
 
     fn compile(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(Component, CacheUse)> {

@@ -1,0 +1,318 @@
+//! One adapter's pooled HTTP client, and the registry that keeps each
+//! adapter's client across versions.
+//!
+//! A client belongs to one adapter (its manifest name): its connections
+//! carry that adapter's client certificate, if any, and count against that
+//! adapter's `concurrency`. A new version with the same settings keeps the
+//! client, so a hot swap does not drop the warm connections.
+
+use super::connect::{ConnectError, Connector};
+use super::gate::Failure;
+use super::tls::{self, Identity, Trust};
+use crate::runtime::manifest::HttpTimeouts;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper_util::client::legacy::connect::capture_connection;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use wasmtime_wasi_http::{Error, WasiBody};
+
+/// What a client is built from; a new version with equal settings keeps
+/// the client (and its connections).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// Connections to one department at most (the adapter's concurrency).
+    pub max_connections: usize,
+    /// Connect and TLS handshake.
+    pub connect_timeout: Duration,
+    /// The fingerprint of its client certificate and key, if any.
+    pub identity: Option<[u8; 32]>,
+}
+
+/// An adapter's client.
+pub struct HttpClient {
+    client: Client<Connector, WasiBody>,
+    connector: Connector,
+    settings: ClientSettings,
+}
+
+/// Every adapter's client, and the trust they share.
+pub struct Clients {
+    trust: Trust,
+    idle_timeout: Duration,
+    by_adapter: dashmap::DashMap<String, Arc<HttpClient>>,
+}
+
+impl Clients {
+    /// A registry over `trust`; idle connections close after
+    /// `idle_timeout`.
+    pub fn new(trust: Trust, idle_timeout: Duration) -> Clients {
+        Clients {
+            trust,
+            idle_timeout,
+            by_adapter: dashmap::DashMap::new(),
+        }
+    }
+
+    /// The trusted roots.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// The client for `adapter` with these limits and client certificate:
+    /// the one it has if nothing changed, a new one otherwise.
+    pub fn client_for(
+        &self,
+        adapter: &str,
+        max_connections: usize,
+        timeouts: &HttpTimeouts,
+        identity: Option<Identity>,
+    ) -> Result<Arc<HttpClient>, String> {
+        let settings = ClientSettings {
+            max_connections,
+            connect_timeout: timeouts.connect,
+            identity: identity.as_ref().map(|i| i.fingerprint),
+        };
+        if let Some(c) = self.by_adapter.get(adapter) {
+            if c.settings == settings {
+                return Ok(c.clone());
+            }
+        }
+        let tls = self.trust.client_config(identity.as_ref())?;
+        let connector = Connector::new(tls, settings.connect_timeout, max_connections);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(max_connections)
+            // A request that never left on a reused connection (the
+            // department closed it while it sat idle) goes again on a new one.
+            .retry_canceled_requests(true)
+            // The guest's `host` header (wasmtime-wasi-http sets it from the
+            // authority) is the one sent.
+            .set_host(false)
+            .build(connector.clone());
+        let client = Arc::new(HttpClient {
+            client,
+            connector,
+            settings,
+        });
+        self.by_adapter.insert(adapter.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Connections `adapter`'s client has opened (0 for an adapter without
+    /// one).
+    pub fn connections_opened(&self, adapter: &str) -> u64 {
+        self.by_adapter
+            .get(adapter)
+            .map(|c| c.connections_opened())
+            .unwrap_or(0)
+    }
+}
+
+impl HttpClient {
+    /// Connections opened since the client was made.
+    pub fn connections_opened(&self) -> u64 {
+        self.connector.opened()
+    }
+
+    /// Sends one request. From the moment it has a connection, the answer's
+    /// head must come within `first_byte`; then no pause in its body may
+    /// last longer than `between_bytes`. What goes wrong is written into
+    /// `failure` in words, and returned as the `wasi:http` error.
+    pub async fn send(
+        &self,
+        mut request: http::Request<WasiBody>,
+        timeouts: HttpTimeouts,
+        failure: Failure,
+    ) -> Result<http::Response<WasiBody>, Error> {
+        let authority = authority(request.uri());
+        let mut connected = capture_connection(&mut request);
+        let response = self.client.request(request);
+        tokio::pin!(response);
+        // Until a connection is in hand, the connector's own timeout (and
+        // the call deadline above it) bounds the wait.
+        let head = tokio::select! {
+            biased;
+            r = &mut response => Some(r),
+            _ = connected.wait_for_connection_metadata() => None,
+        };
+        let head = match head {
+            Some(r) => r,
+            None => match tokio::time::timeout(timeouts.first_byte, &mut response).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(failure.set(
+                        Error::ConnectionReadTimeout,
+                        format!(
+                            "{authority} took the request but sent no answer within {} ms \
+                             (limits.first_byte_timeout_ms)",
+                            timeouts.first_byte.as_millis()
+                        ),
+                    ))
+                }
+            },
+        };
+        let response = head.map_err(|e| {
+            let (code, detail) = request_failed(&e, &authority);
+            failure.set(code, detail)
+        })?;
+        Ok(response.map(|incoming| {
+            Answer {
+                incoming,
+                between: timeouts.between_bytes,
+                pause: None,
+                failure,
+                authority,
+            }
+            .boxed_unsync()
+        }))
+    }
+}
+
+fn authority(uri: &http::Uri) -> String {
+    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    format!("{host}:{port}")
+}
+
+/// A request that got no answer: the connector's reason, a TLS failure
+/// during the exchange (a department refusing the client certificate only
+/// says so after the handshake), or what hyper saw.
+fn request_failed(e: &hyper_util::client::legacy::Error, authority: &str) -> (Error, String) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(c) = err.downcast_ref::<ConnectError>() {
+            return (copy_code(&c.code), c.detail.clone());
+        }
+        source = err.source();
+    }
+    if let Some(t) = tls::find(e) {
+        return (tls::error_code(t), tls::explain(t, authority));
+    }
+    let hyper_err = {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut found = None;
+        while let Some(err) = source {
+            if let Some(h) = err.downcast_ref::<hyper::Error>() {
+                found = Some(h);
+                break;
+            }
+            source = err.source();
+        }
+        found
+    };
+    let code = match hyper_err {
+        Some(h) if h.is_incomplete_message() => Error::HttpResponseIncomplete,
+        Some(h) if h.is_parse() => Error::HttpProtocolError,
+        _ if e.is_connect() => Error::DestinationUnavailable,
+        _ => Error::ConnectionTerminated,
+    };
+    let mut detail = format!("{authority}: the request failed: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        detail.push_str(&format!(": {err}"));
+        source = err.source();
+    }
+    (code, detail)
+}
+
+/// wasmtime-wasi-http's error is not `Clone`; the connector's codes are
+/// the simple ones.
+fn copy_code(code: &Error) -> Error {
+    match code {
+        Error::ConnectionRefused => Error::ConnectionRefused,
+        Error::ConnectionTimeout => Error::ConnectionTimeout,
+        Error::TlsCertificateError => Error::TlsCertificateError,
+        Error::TlsAlertReceived {
+            alert_id,
+            alert_message,
+        } => Error::TlsAlertReceived {
+            alert_id: *alert_id,
+            alert_message: alert_message.clone(),
+        },
+        Error::TlsProtocolError => Error::TlsProtocolError,
+        Error::DnsError { rcode, info_code } => Error::DnsError {
+            rcode: rcode.clone(),
+            info_code: *info_code,
+        },
+        Error::DestinationUnavailable => Error::DestinationUnavailable,
+        _ => Error::InternalError(None),
+    }
+}
+
+/// The department's answer body, with the between-bytes timeout.
+struct Answer {
+    incoming: hyper::body::Incoming,
+    between: Duration,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    failure: Failure,
+    authority: String,
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.pause = None;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.pause = None;
+                let (code, what) = if e.is_incomplete_message() {
+                    (
+                        Error::HttpResponseIncomplete,
+                        "the answer ended before its Content-Length",
+                    )
+                } else {
+                    (Error::ConnectionTerminated, "reading the answer failed")
+                };
+                let detail = format!("{}: {what}: {e}", this.authority);
+                Poll::Ready(Some(Err(this.failure.set(code, detail))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let between = this.between;
+                let pause = this
+                    .pause
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(between)));
+                match pause.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        let detail = format!(
+                            "{} stopped sending its answer: nothing for {} ms \
+                             (limits.between_bytes_timeout_ms)",
+                            this.authority,
+                            between.as_millis()
+                        );
+                        Poll::Ready(Some(Err(this
+                            .failure
+                            .set(Error::ConnectionReadTimeout, detail))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
