@@ -79,6 +79,10 @@ fn e2e_phase_delivers_every_event_and_times_them() {
     );
     let lat = line_with(&out, "p99");
     assert!(lat.contains("p50") && lat.contains("max"), "{lat}");
+    // Keep-alive: the webhook adapter (concurrency 16) reuses its
+    // connections instead of opening one per delivery.
+    let conns = numbers(line_with(&out, "connections the department accepted"));
+    assert!(conns[0] >= 1.0 && conns[0] <= 16.0, "{out}");
 }
 
 #[test]

@@ -613,24 +613,8 @@ fn metrics_parse_and_move_with_traffic_and_json_logs_carry_the_event() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("admin_token_env"), "{body}");
 
-    let scrape = || -> prometheus_parse::Scrape {
-        let (status, body) = get(&hub.url("/metrics"));
-        assert_eq!(status, 200);
-        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-            .unwrap_or_else(|e| panic!("/metrics is not Prometheus text ({e}):\n{body}"))
-    };
-    let value = |s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]| -> f64 {
-        s.samples
-            .iter()
-            .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-            .map(|x| match x.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
-    };
+    let scrape = || hub.scrape();
+    let value = metric_value;
     let before = scrape();
     const N: usize = 25;
     let ids: Vec<String> = (0..N).map(|i| format!("m-{i}")).collect();

@@ -209,6 +209,12 @@ pub struct DeliveryConfig {
     /// `503` with `Retry-After` rather than grow without bound. 10,000 is
     /// hours of a busy street's events, and a few MiB of memory.
     pub queue_depth: usize,
+    /// The share of `queue_depth` kept for `major` and `critical` events:
+    /// past `queue_depth × (1 − priority_reserve)` deliveries waiting,
+    /// ingress answers `503` to `info` and `minor` events (and events
+    /// without a severity) while it still accepts the urgent ones. A tenth
+    /// holds a storm of alarms while the notices wait.
+    pub priority_reserve: f64,
 }
 
 impl Default for DeliveryConfig {
@@ -221,6 +227,7 @@ impl Default for DeliveryConfig {
             backoff_base_ms: 200,
             backoff_cap_ms: 30_000,
             queue_depth: 10_000,
+            priority_reserve: 0.1,
         }
     }
 }
@@ -480,6 +487,12 @@ impl Config {
         if self.delivery.queue_depth == 0 {
             anyhow::bail!("delivery.queue_depth must be at least 1");
         }
+        if !(0.0..1.0).contains(&self.delivery.priority_reserve) {
+            anyhow::bail!(
+                "delivery.priority_reserve {} must be at least 0 and less than 1 (a share of delivery.queue_depth)",
+                self.delivery.priority_reserve
+            );
+        }
         crate::admin::signing::parse_keys(&self.signing.trusted_keys)?;
         if self.signing.require_signatures && self.signing.trusted_keys.is_empty() {
             anyhow::bail!("signing.require_signatures is on but signing.trusted_keys is empty");
@@ -580,6 +593,9 @@ mod tests {
         );
         let c = Config::load(&path).unwrap();
         assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.delivery.priority_reserve, 0.1);
+        assert!(c.tls.system_roots && c.tls.ca_files.is_empty());
+        assert_eq!(c.outbound.idle_timeout_ms, 30_000);
         let base = dir.path().canonicalize().unwrap();
         assert_eq!(c.storage.path, base.join("data/govhub.db"));
         assert_eq!(c.adapters.dir, base.join("adapters.d"));
@@ -606,6 +622,24 @@ mod tests {
             Config::load(&write(dir.path(), "[storage]\nbackend = \"mysql\"")).unwrap_err()
         );
         assert!(e.contains("storage.backend"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::load(&write(dir.path(), "[delivery]\npriority_reserve = 1.5")).unwrap_err()
+        );
+        assert!(e.contains("delivery.priority_reserve"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::load(&write(dir.path(), "[outbound]\nidle_timeout_ms = 0")).unwrap_err()
+        );
+        assert!(e.contains("outbound.idle_timeout_ms"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::load(&write(dir.path(), "[tls]\nca_files = [\"nowhere.pem\"]")).unwrap_err()
+        );
+        assert!(
+            e.contains("tls.ca_files") && e.contains("nowhere.pem"),
+            "{e}"
+        );
         let e = format!(
             "{:#}",
             Config::load(&dir.path().join("missing.toml")).unwrap_err()

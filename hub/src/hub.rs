@@ -93,22 +93,42 @@ pub enum AcceptError {
         /// What is wrong.
         error: cloudevents::Error,
     },
-    /// A target's delivery queue is full.
-    #[error(
-        "the delivery queue of adapter `{target}` is full ({depth} deliveries waiting, \
-         delivery.queue_depth = {limit}); try again later"
-    )]
+    /// A target's delivery queue is full (for this event's severity).
+    #[error("{}", backpressure_message(.target, *.depth, *.limit, .severity))]
     Backpressure {
         /// The full target.
         target: String,
         /// Its depth.
         depth: usize,
-        /// The limit.
+        /// The limit for the event's severity.
         limit: usize,
+        /// The event's severity (`None`: none given), when the refusal
+        /// comes from the reserve kept for `major` and `critical`.
+        severity: Option<Option<govhub_sdk::Severity>>,
     },
     /// The journal could not store them.
     #[error("{0}")]
     Journal(#[from] JournalError),
+}
+
+fn backpressure_message(
+    target: &str,
+    depth: usize,
+    limit: usize,
+    severity: &Option<Option<govhub_sdk::Severity>>,
+) -> String {
+    match severity {
+        None => format!(
+            "the delivery queue of adapter `{target}` is full ({depth} deliveries waiting, \
+             delivery.queue_depth = {limit}); try again later"
+        ),
+        Some(s) => format!(
+            "the delivery queue of adapter `{target}` holds {depth} deliveries: past {limit}, the rest \
+             (delivery.priority_reserve) is kept for major and critical events, and this one is {}; \
+             try again later",
+            s.map(|s| s.as_str()).unwrap_or("without a severity")
+        ),
+    }
 }
 
 /// The hub.
@@ -414,15 +434,20 @@ impl Hub {
                 received_ms,
             });
         }
-        let limit = self.deliveries.limit();
         for new in &batch {
+            let severity = new.event.severity;
+            let priority = severity.map(|s| s.rank()).unwrap_or(0);
+            let limit = self.deliveries.limit_for(priority);
             for t in &new.targets {
                 let depth = self.deliveries.depth(&t.adapter);
                 if depth >= limit {
+                    self.metrics.shed(severity);
+                    let reserved = limit < self.deliveries.limit_for(u8::MAX);
                     return Err(AcceptError::Backpressure {
                         target: t.adapter.clone(),
                         depth,
                         limit,
+                        severity: reserved.then_some(severity),
                     });
                 }
             }

@@ -28,6 +28,7 @@ pub struct Metrics {
     duplicates: Family<Labels, Counter>,
     deliveries: Family<Labels, Counter>,
     delivery_seconds: Family<Labels, Histogram>,
+    shed: Family<Labels, Counter>,
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -66,12 +67,19 @@ impl Metrics {
             "Duration of adapter deliver calls",
             delivery_seconds.clone(),
         );
+        let shed = Family::<Labels, Counter>::default();
+        registry.register(
+            "events_shed",
+            "Events refused with 503 because a target's queue was full for their severity (info, minor, major, critical, none)",
+            shed.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             received,
             duplicates,
             deliveries,
             delivery_seconds,
+            shed,
         }
     }
 
@@ -90,6 +98,12 @@ impl Metrics {
         } else {
             self.received.get_or_create(&l).inc();
         }
+    }
+
+    /// Counts an event refused for a full queue.
+    pub fn shed(&self, severity: Option<govhub_sdk::Severity>) {
+        let s = severity.map(|s| s.as_str()).unwrap_or("none");
+        self.shed.get_or_create(&label("severity", s)).inc();
     }
 
     /// Counts a delivery attempt and its duration.
@@ -236,6 +250,33 @@ impl Collector for HubCollector {
             "queue_depth",
             "Deliveries waiting, per target adapter",
             &depth,
+        )?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "queue_lane_depth",
+                "Deliveries waiting, per target adapter and lane (the events' severity; info holds events without one)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for n in &names {
+                for (rank, d) in hub.deliveries.lane_depths(n).iter().enumerate() {
+                    let lane = govhub_sdk::Severity::from_rank(rank as u8).as_str();
+                    let l = vec![
+                        ("adapter".to_string(), n.clone()),
+                        ("lane".to_string(), lane.to_string()),
+                    ];
+                    ConstGauge::new(*d as i64).encode(m.encode_family(&l)?)?;
+                }
+            }
+        }
+        counters(
+            &mut encoder,
+            "outbound_connections_opened",
+            "Connections the adapter's HTTP client opened to departments (kept alive and reused)",
+            &adapters
+                .iter()
+                .map(|(n, a)| (n.clone(), a.connections_opened()))
+                .collect::<Vec<_>>(),
         )?;
         let quarantined: Vec<(String, i64)> = names
             .iter()

@@ -181,6 +181,27 @@ impl Severity {
         }
     }
 
+    /// Its place in the order `info` < `minor` < `major` < `critical`:
+    /// 0 to 3.
+    pub fn rank(&self) -> u8 {
+        match self {
+            Severity::Info => 0,
+            Severity::Minor => 1,
+            Severity::Major => 2,
+            Severity::Critical => 3,
+        }
+    }
+
+    /// The severity of rank 0 to 3 (higher ranks are `critical`).
+    pub fn from_rank(rank: u8) -> Severity {
+        match rank {
+            0 => Severity::Info,
+            1 => Severity::Minor,
+            2 => Severity::Major,
+            _ => Severity::Critical,
+        }
+    }
+
     /// Parses an attribute value; `None` for anything else.
     pub fn parse(s: &str) -> Option<Severity> {
         Some(match s {

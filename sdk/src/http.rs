@@ -405,9 +405,17 @@ fn send(
                 Ok(chunk) => body.extend_from_slice(&chunk),
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(e)) => {
+                    // The debug string may carry the host's backtrace: its
+                    // first line is the cause.
                     let detail = crate::bindings::wasi::http::types::http_error_code(&e)
                         .map(|code| describe(&code))
-                        .unwrap_or_else(|| e.to_debug_string());
+                        .unwrap_or_else(|| {
+                            e.to_debug_string()
+                                .lines()
+                                .next()
+                                .unwrap_or_default()
+                                .to_string()
+                        });
                     return Err(AdapterError::Unavailable(format!(
                         "{} {}: reading the response failed: {detail}",
                         request.method, request.url

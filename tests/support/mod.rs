@@ -3,6 +3,8 @@
 //! receiver standing in for a department.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -254,6 +256,20 @@ pub fn spawn_hub(config: &Path, dir: &Path, env: &[(&str, &str)]) -> HubProcess 
     }
 }
 
+/// The sum of the samples of `name` with these labels in a scrape.
+pub fn metric_value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 /// The `mock-departments` binary, stopped when dropped.
 pub struct MockDepartments {
     child: Child,
@@ -449,6 +465,19 @@ impl HubProcess {
                 false => Err(format!("`{needle}` never appeared in the log:\n{log}")),
             }
         })
+    }
+
+    /// `GET /metrics`, parsed.
+    pub fn scrape(&self) -> prometheus_parse::Scrape {
+        let (status, body) = get(&self.url("/metrics"));
+        assert_eq!(status, 200);
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+            .unwrap_or_else(|e| panic!("/metrics is not Prometheus text ({e}):\n{body}"))
+    }
+
+    /// The sum of the samples of `name` with these labels, now.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.scrape(), name, labels)
     }
 
     /// Whether `/healthz` answers 200.

@@ -110,6 +110,8 @@ mod tests {
         assert_eq!(sent.header_value("ce-severity"), Some("major"));
         assert_eq!(sent.header_value("content-type"), Some("application/json"));
         assert_eq!(sent.header_value("authorization"), Some("Bearer t"));
+        let length = sent.body.len().to_string();
+        assert_eq!(sent.header_value("content-length"), Some(length.as_str()));
         let back = cloudevents::from_binary(
             sent.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
             &sent.body,

@@ -202,7 +202,7 @@ pub fn deadlines_for(
     category: Option<&str>,
     severity: Option<Severity>,
 ) -> (u64, u64) {
-    let rank = |s: Severity| s as u8;
+    let rank = |s: Severity| s.rank();
     let mut best: Option<(usize, u8, u64, u64)> = None;
     for d in &config.deadlines {
         let cat_len = match (&d.category, category) {

@@ -9,10 +9,17 @@
 //! that cannot (`rejected`, `invalid-input`, a denied host) or that ran out
 //! of attempts becomes a dead letter. Every outcome is recorded in the
 //! journal, and on start every delivery without a final outcome resumes.
+//!
+//! Under overload the most urgent go first: a ready lane is taken by its
+//! severity (`critical`, `major`, `minor`, `info`), then by age. When a
+//! queue fills, ingress sheds from the bottom: the last part of each queue
+//! (`delivery.priority_reserve`) is kept for `major` and `critical`
+//! events, so a fire alarm is still accepted while `info` notices get
+//! `503`.
 
 mod queue;
 
-pub use queue::{backoff, Job, TargetQueue};
+pub use queue::{backoff, Job, TargetQueue, LANES};
 
 use crate::config::DeliveryConfig;
 use crate::hub::Hub;
@@ -73,9 +80,31 @@ impl Deliveries {
         }
     }
 
-    /// The deepest queue limit (`delivery.queue_depth`).
-    pub fn limit(&self) -> usize {
-        self.config.queue_depth
+    /// Deliveries waiting for `target` per priority (`info` first).
+    pub fn lane_depths(&self, target: &str) -> [usize; LANES] {
+        self.queues
+            .get(target)
+            .map(|q| q.lane_depths())
+            .unwrap_or_default()
+    }
+
+    /// How deep `target`'s queue may grow before it refuses an event of
+    /// severity rank `priority`: `delivery.queue_depth` for `major` and
+    /// `critical`, less the reserve (`delivery.priority_reserve`) for
+    /// `minor`, `info` and events without a severity.
+    pub fn limit_for(&self, priority: u8) -> usize {
+        let depth = self.config.queue_depth;
+        if priority >= govhub_sdk::Severity::Major.rank() {
+            depth
+        } else {
+            depth - self.reserve()
+        }
+    }
+
+    /// The part of each queue only `major` and `critical` events may use.
+    pub fn reserve(&self) -> usize {
+        let depth = self.config.queue_depth;
+        ((depth as f64 * self.config.priority_reserve).round() as usize).min(depth - 1)
     }
 
     /// Queues deliveries the journal just stored.

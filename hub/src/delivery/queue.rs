@@ -1,5 +1,10 @@
 //! One target's queue: lanes (one per case) in arrival order, the lanes
-//! ready to run, and the lanes waiting out a backoff.
+//! ready to run ordered by priority (the events' severity, `critical`
+//! first) and then by age, and the lanes waiting out a backoff.
+//!
+//! Under overload a critical fire alarm must not queue behind a backlog of
+//! `info` notices; the order within a case still holds, because a lane
+//! runs one delivery at a time, head first.
 
 use crate::config::DeliveryConfig;
 use crate::journal::{now_ms, DeliveryRef, DeliveryUpdate};
@@ -33,16 +38,83 @@ pub struct Job {
     pub event: Option<Arc<Event>>,
 }
 
+/// Deliveries of one case (one `order_key`), oldest first; the head is the
+/// next to run.
+struct Lane {
+    jobs: VecDeque<Job>,
+    /// Jobs per priority, so the lane's priority is the highest it holds:
+    /// a critical event behind an info one of the same case lifts the
+    /// whole case (the info event must go first, to keep the case's
+    /// order).
+    counts: [u32; LANES],
+    /// The ticket of the lane's entry in `ready`, while it has one; an
+    /// entry with another ticket is stale.
+    ticket: Option<u64>,
+}
+
+impl Lane {
+    fn priority(&self) -> u8 {
+        self.counts.iter().rposition(|&n| n > 0).unwrap_or(0) as u8
+    }
+}
+
+/// A lane whose head may start: highest priority first, then the oldest
+/// head (journal order, which is arrival order).
+#[derive(PartialEq, Eq)]
+struct Ready {
+    priority: u8,
+    head: i64,
+    ticket: u64,
+    key: String,
+}
+
+impl Ord for Ready {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.priority, Reverse(self.head)).cmp(&(other.priority, Reverse(other.head)))
+    }
+}
+
+impl PartialOrd for Ready {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Priorities: the severity ranks, `info` (or none) to `critical`.
+pub const LANES: usize = 4;
+
 #[derive(Default)]
 struct State {
-    /// order key → its deliveries, oldest first; the head is the next to run.
-    lanes: HashMap<String, VecDeque<Job>>,
+    lanes: HashMap<String, Lane>,
     /// Lanes whose head may start now.
-    ready: VecDeque<String>,
+    ready: BinaryHeap<Ready>,
     /// Lanes whose head waits until a time (unix ms).
     waiting: BinaryHeap<Reverse<(i64, String)>>,
     /// Attempts running.
     running: usize,
+    next_ticket: u64,
+}
+
+impl State {
+    /// Puts lane `key` (which must exist) among the ready ones, replacing
+    /// any entry it had.
+    fn make_ready(&mut self, key: String) {
+        let Some(lane) = self.lanes.get_mut(&key) else {
+            return;
+        };
+        let Some(head) = lane.jobs.front() else {
+            return;
+        };
+        self.next_ticket += 1;
+        lane.ticket = Some(self.next_ticket);
+        let entry = Ready {
+            priority: lane.priority(),
+            head: head.delivery.id,
+            ticket: self.next_ticket,
+            key,
+        };
+        self.ready.push(entry);
+    }
 }
 
 /// One target adapter's queue.
@@ -50,6 +122,7 @@ pub struct TargetQueue {
     target: String,
     state: Mutex<State>,
     depth: AtomicUsize,
+    lane_depth: [AtomicUsize; LANES],
     notify: Notify,
 }
 
@@ -61,6 +134,10 @@ pub enum Wait {
     For(u64),
 }
 
+fn lane_of(job: &Job) -> usize {
+    (job.delivery.priority as usize).min(LANES - 1)
+}
+
 impl TargetQueue {
     /// An empty queue for `target`.
     pub fn new(target: &str) -> TargetQueue {
@@ -68,6 +145,7 @@ impl TargetQueue {
             target: target.to_string(),
             state: Mutex::new(State::default()),
             depth: AtomicUsize::new(0),
+            lane_depth: Default::default(),
             notify: Notify::new(),
         }
     }
@@ -82,6 +160,11 @@ impl TargetQueue {
         self.depth.load(Ordering::SeqCst)
     }
 
+    /// Deliveries not yet final, per priority (`info` first).
+    pub fn lane_depths(&self) -> [usize; LANES] {
+        std::array::from_fn(|i| self.lane_depth[i].load(Ordering::SeqCst))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half
         // updated in a way later calls can't cope with; keep going.
@@ -93,22 +176,35 @@ impl TargetQueue {
         let mut s = self.lock();
         let key = job.delivery.order_key.clone();
         let not_before = job.delivery.not_before_ms;
-        let lane = s.lanes.entry(key.clone()).or_default();
-        let first = lane.is_empty();
-        lane.push_back(job);
+        let priority = lane_of(&job);
+        let lane = s.lanes.entry(key.clone()).or_insert_with(|| Lane {
+            jobs: VecDeque::new(),
+            counts: [0; LANES],
+            ticket: None,
+        });
+        let first = lane.jobs.is_empty();
+        let lifted = !first && priority > lane.priority() as usize;
+        let queued = lane.ticket.is_some();
+        lane.counts[priority] += 1;
+        lane.jobs.push_back(job);
         if first {
             match not_before {
                 Some(t) if t > now_ms() => s.waiting.push(Reverse((t, key))),
-                _ => s.ready.push_back(key),
+                _ => s.make_ready(key),
             }
+        } else if lifted && queued {
+            // Its entry in `ready` carries the old priority: replace it.
+            s.make_ready(key);
         }
         drop(s);
         self.depth.fetch_add(1, Ordering::SeqCst);
+        self.lane_depth[priority].fetch_add(1, Ordering::SeqCst);
         self.notify.notify_one();
     }
 
     /// The next job to start, if fewer than `concurrency` run and a lane is
-    /// ready; otherwise how long to wait.
+    /// ready: the ready lane of highest priority, the oldest among equals;
+    /// otherwise how long to wait.
     pub fn next(&self, concurrency: usize) -> Result<Job, Wait> {
         let mut s = self.lock();
         let now = now_ms();
@@ -117,14 +213,21 @@ impl TargetQueue {
                 break;
             }
             if let Some(Reverse((_, key))) = s.waiting.pop() {
-                s.ready.push_back(key);
+                s.make_ready(key);
             }
         }
         if s.running >= concurrency {
             return Err(Wait::Notified);
         }
-        while let Some(key) = s.ready.pop_front() {
-            if let Some(job) = s.lanes.get(&key).and_then(|l| l.front()).cloned() {
+        while let Some(entry) = s.ready.pop() {
+            let Some(lane) = s.lanes.get_mut(&entry.key) else {
+                continue;
+            };
+            if lane.ticket != Some(entry.ticket) {
+                continue;
+            }
+            lane.ticket = None;
+            if let Some(job) = lane.jobs.front().cloned() {
                 s.running += 1;
                 return Ok(job);
             }
@@ -157,14 +260,14 @@ impl TargetQueue {
         let mut s = self.lock();
         s.running = s.running.saturating_sub(1);
         let key = job.delivery.order_key.clone();
-        let mut done = false;
+        let mut done = None;
         match update {
             DeliveryUpdate::Retry {
                 attempts,
                 next_attempt_ms,
                 ..
             } => {
-                if let Some(head) = s.lanes.get_mut(&key).and_then(|l| l.front_mut()) {
+                if let Some(head) = s.lanes.get_mut(&key).and_then(|l| l.jobs.front_mut()) {
                     head.delivery.attempts = *attempts;
                     head.delivery.not_before_ms = Some(*next_attempt_ms);
                     head.event = job.event;
@@ -174,20 +277,24 @@ impl TargetQueue {
             DeliveryUpdate::Delivered { .. } | DeliveryUpdate::Dead { .. } => {
                 let mut now_empty = false;
                 if let Some(lane) = s.lanes.get_mut(&key) {
-                    lane.pop_front();
-                    now_empty = lane.is_empty();
+                    if let Some(head) = lane.jobs.pop_front() {
+                        let p = lane_of(&head);
+                        lane.counts[p] = lane.counts[p].saturating_sub(1);
+                        done = Some(p);
+                    }
+                    now_empty = lane.jobs.is_empty();
                 }
                 if now_empty {
                     s.lanes.remove(&key);
                 } else {
-                    s.ready.push_back(key);
+                    s.make_ready(key);
                 }
-                done = true;
             }
         }
         drop(s);
-        if done {
+        if let Some(p) = done {
             self.depth.fetch_sub(1, Ordering::SeqCst);
+            self.lane_depth[p].fetch_sub(1, Ordering::SeqCst);
         }
         self.notify.notify_one();
     }
@@ -206,9 +313,16 @@ mod tests {
                 order_key: key.into(),
                 attempts: 0,
                 not_before_ms: None,
+                priority: 0,
             },
             event: None,
         }
+    }
+
+    fn job_at(id: i64, key: &str, priority: u8) -> Job {
+        let mut j = job(id, key);
+        j.delivery.priority = priority;
+        j
     }
 
     fn delivered(id: i64) -> DeliveryUpdate {
@@ -256,6 +370,45 @@ mod tests {
         }
         q.finish(job(1, "c"), &delivered(1));
         assert_eq!(q.depth(), 1);
+    }
+
+    #[test]
+    fn higher_lanes_go_first_and_equals_in_arrival_order() {
+        let q = TargetQueue::new("t");
+        for i in 1..=5 {
+            q.push(job_at(i, &format!("info-{i}"), 0));
+        }
+        q.push(job_at(6, "major", 2));
+        q.push(job_at(7, "critical", 3));
+        q.push(job_at(8, "major-2", 2));
+        assert_eq!(q.lane_depths(), [5, 0, 2, 1]);
+        let order: Vec<i64> = (0..8)
+            .map(|_| {
+                let j = q.next(100).ok().unwrap();
+                j.delivery.id
+            })
+            .collect();
+        assert_eq!(order, [7, 6, 8, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_critical_event_lifts_its_case_but_waits_for_the_events_before_it() {
+        let q = TargetQueue::new("t");
+        q.push(job_at(1, "other", 2));
+        q.push(job_at(2, "case", 0));
+        q.push(job_at(3, "case", 3));
+        // The case now ranks critical: its info head goes first, before the
+        // major event of another case; its critical event only after it.
+        let head = q.next(4).ok().unwrap();
+        assert_eq!(head.delivery.id, 2);
+        assert_eq!(q.next(4).ok().unwrap().delivery.id, 1);
+        assert!(
+            q.next(4).is_err(),
+            "the case's second event waits for its first"
+        );
+        q.finish(head, &delivered(2));
+        assert_eq!(q.next(4).ok().unwrap().delivery.id, 3);
+        assert_eq!(q.lane_depths(), [0, 0, 1, 1]);
     }
 
     #[test]

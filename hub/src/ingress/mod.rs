@@ -164,12 +164,16 @@ fn accept_problem(e: &AcceptError) -> Problem {
             Problem::new(StatusCode::BAD_REQUEST, "invalid event", e.to_string())
                 .with_field(&error.attribute)
         }
-        AcceptError::Backpressure { .. } => Problem::new(
+        AcceptError::Backpressure { severity, .. } => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "delivery queue full",
             e.to_string(),
         )
-        .with_kind("backpressure")
+        .with_kind(if severity.is_some() {
+            "backpressure-reserve"
+        } else {
+            "backpressure"
+        })
         .with_retry_after(5),
         AcceptError::Journal(_) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,

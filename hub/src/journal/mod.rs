@@ -135,6 +135,9 @@ pub struct DeliveryRef {
     pub attempts: u32,
     /// Not before this time (unix ms), for a retry waiting out its backoff.
     pub not_before_ms: Option<i64>,
+    /// Its lane: the event's severity rank (0 `info` or none, 1 `minor`,
+    /// 2 `major`, 3 `critical`); higher lanes are delivered first.
+    pub priority: u8,
 }
 
 /// What became of one appended event.

@@ -113,6 +113,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     "#,
+    // 4: delivery lanes: the event's severity rank (0 info or none ... 3
+    // critical), filled in for deliveries stored before lanes existed.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    UPDATE deliveries SET priority = (
+        SELECT CASE json_extract(CAST(e.cloudevent AS TEXT), '$.severity')
+            WHEN 'minor' THEN 1 WHEN 'major' THEN 2 WHEN 'critical' THEN 3 ELSE 0 END
+        FROM events e WHERE e.seq = deliveries.event_seq)
+    WHERE status = 'pending';
+    "#,
 ];
 
 /// How commits reach the disk.
@@ -657,8 +667,8 @@ fn append(
     )?;
     let mut find = tx.prepare_cached("SELECT seq FROM events WHERE id = ?2 AND source = ?1")?;
     let mut insert_delivery = tx.prepare_cached(
-        "INSERT INTO deliveries (event_seq, target, rule, order_key, status, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+        "INSERT INTO deliveries (event_seq, target, rule, order_key, priority, status, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?6, 'pending', ?5, ?5)",
     )?;
     let mut out = Vec::with_capacity(events.len());
     for new in events {
@@ -683,9 +693,10 @@ fn append(
         }
         let seq = tx.last_insert_rowid();
         let order_key = e.caseid.clone().unwrap_or_else(|| format!("event:{seq}"));
+        let priority = e.severity.map(|s| s.rank()).unwrap_or(0);
         let mut deliveries = Vec::with_capacity(new.targets.len());
         for t in &new.targets {
-            insert_delivery.execute(params![seq, t.adapter, t.rule, order_key, now])?;
+            insert_delivery.execute(params![seq, t.adapter, t.rule, order_key, now, priority])?;
             deliveries.push(DeliveryRef {
                 id: tx.last_insert_rowid(),
                 event_seq: seq,
@@ -693,6 +704,7 @@ fn append(
                 order_key: order_key.clone(),
                 attempts: 0,
                 not_before_ms: None,
+                priority,
             });
         }
         out.push(Appended {
@@ -758,7 +770,7 @@ fn replay(
         return Ok(None);
     }
     tx.query_row(
-        "SELECT id, event_seq, target, order_key FROM deliveries WHERE id = ?1",
+        "SELECT id, event_seq, target, order_key, priority FROM deliveries WHERE id = ?1",
         params![id],
         |r| {
             Ok(DeliveryRef {
@@ -768,6 +780,7 @@ fn replay(
                 order_key: r.get(3)?,
                 attempts: 0,
                 not_before_ms: None,
+                priority: r.get(4)?,
             })
         },
     )
@@ -812,7 +825,7 @@ impl Journal for SqliteJournal {
     fn pending(&self) -> Result<Vec<DeliveryRef>, JournalError> {
         self.read(|c| {
             let mut s = c.prepare(
-                "SELECT id, event_seq, target, order_key, attempts, next_attempt_ms
+                "SELECT id, event_seq, target, order_key, attempts, next_attempt_ms, priority
                  FROM deliveries WHERE status = 'pending' ORDER BY id",
             )?;
             let rows = s.query_map([], |r| {
@@ -823,6 +836,7 @@ impl Journal for SqliteJournal {
                     order_key: r.get(3)?,
                     attempts: r.get(4)?,
                     not_before_ms: r.get(5)?,
+                    priority: r.get(6)?,
                 })
             })?;
             rows.collect()
@@ -1119,6 +1133,7 @@ impl Journal for SqliteJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use govhub_sdk::Severity;
 
     fn journal(dir: &Path) -> SqliteJournal {
         SqliteJournal::open(&SqliteConfig {
@@ -1246,6 +1261,66 @@ mod tests {
             "{commits} commits for 200 appends: no grouping"
         );
         assert_eq!(j.events("e199", None).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn deliveries_keep_their_lane_and_older_journals_get_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        // A journal from before lanes (schema 3) with a critical event
+        // pending and a minor one delivered.
+        {
+            let mut conn = Connection::open(dir.path().join("j.db")).unwrap();
+            let tx = conn.transaction().unwrap();
+            for m in &MIGRATIONS[..3] {
+                tx.execute_batch(m).unwrap();
+            }
+            for (seq, severity, status) in [(1, "critical", "pending"), (2, "minor", "delivered")] {
+                let e = Event::new("gov.incident.reported")
+                    .with_id(format!("old-{seq}"))
+                    .with_source("urn:test")
+                    .with_severity(Severity::parse(severity).unwrap());
+                tx.execute(
+                    "INSERT INTO events (seq, source, id, type, received_ms, cloudevent)
+                     VALUES (?1, 'urn:test', ?2, 'gov.incident.reported', 0, ?3)",
+                    params![seq, e.id, cloudevents::to_vec(&e)],
+                )
+                .unwrap();
+                tx.execute(
+                    "INSERT INTO deliveries (event_seq, target, rule, order_key, status, created_ms, updated_ms)
+                     VALUES (?1, 'police', 'r', ?2, ?3, 0, 0)",
+                    params![seq, e.id, status],
+                )
+                .unwrap();
+            }
+            tx.pragma_update(None, "user_version", 3i64).unwrap();
+            tx.commit().unwrap();
+        }
+        let j = journal(dir.path());
+        let pending = j.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            pending[0].priority, 3,
+            "the old critical delivery is in the top lane"
+        );
+        let mut e = new_event("new", None, &["police"]);
+        let mut ev = (*e.event).clone();
+        ev.severity = Some(Severity::Major);
+        e.encoded = cloudevents::to_vec(&ev);
+        e.event = std::sync::Arc::new(ev);
+        let stored = j
+            .append(vec![e, new_event("plain", None, &["police"])])
+            .await
+            .unwrap();
+        assert_eq!(stored[0].deliveries[0].priority, 2);
+        assert_eq!(
+            stored[1].deliveries[0].priority, 0,
+            "no severity: the info lane"
+        );
+        let pending = j.pending().unwrap();
+        assert_eq!(
+            pending.iter().map(|d| d.priority).collect::<Vec<_>>(),
+            [3, 2, 0]
+        );
     }
 
     #[tokio::test]

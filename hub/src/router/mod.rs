@@ -103,15 +103,6 @@ pub struct Router {
     routes: Vec<Route>,
 }
 
-fn severity_rank(s: Severity) -> u8 {
-    match s {
-        Severity::Info => 0,
-        Severity::Minor => 1,
-        Severity::Major => 2,
-        Severity::Critical => 3,
-    }
-}
-
 /// `value` equals `prefix` or continues it after `sep`.
 fn segment_prefix(value: &str, prefix: &str, sep: char) -> bool {
     let prefix = prefix.trim_end_matches(sep);
@@ -208,11 +199,8 @@ impl Router {
                         .as_deref()
                         .is_some_and(|g| segment_prefix(g, p, '/'))
                 })
-                && r.severity.is_none_or(|min| {
-                    event
-                        .severity
-                        .is_some_and(|s| severity_rank(s) >= severity_rank(min))
-                })
+                && r.severity
+                    .is_none_or(|min| event.severity.is_some_and(|s| s.rank() >= min.rank()))
                 && r.extensions
                     .iter()
                     .all(|(k, v)| event.extension(k) == Some(v.as_str()));

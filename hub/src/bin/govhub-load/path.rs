@@ -187,6 +187,8 @@ struct Department {
     seen: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
     arrivals: Arc<AtomicUsize>,
     window: Arc<Semaphore>,
+    /// TCP connections it accepted.
+    connections: Arc<AtomicUsize>,
 }
 
 async fn department(window: Arc<Semaphore>) -> Department {
@@ -211,12 +213,19 @@ async fn department(window: Arc<Semaphore>) -> Department {
             axum::http::StatusCode::OK
         }
     });
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(move |_| {
+        accepted.fetch_add(1, Ordering::SeqCst);
+    });
     tokio::spawn(async move { axum::serve(listener, app).await });
     Department {
         addr,
         seen,
         arrivals,
         window,
+        connections,
     }
 }
 
@@ -313,6 +322,12 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
     println!(
         "end to end, closed loop: {events} events delivered in {:.2} s = {max:.0} events/s",
         took.as_secs_f64()
+    );
+    let opened = dept.connections.load(Ordering::SeqCst);
+    println!(
+        "connections the department accepted: {opened} for {} deliveries = {:.1} per 1,000",
+        warm + events,
+        1000.0 * opened as f64 / (warm + events) as f64
     );
 
     // Open loop at half of it: no window, each event due at start + i/rate.

@@ -187,41 +187,38 @@ fn authority(uri: &http::Uri) -> String {
 /// during the exchange (a department refusing the client certificate only
 /// says so after the handshake), or what hyper saw.
 fn request_failed(e: &hyper_util::client::legacy::Error, authority: &str) -> (Error, String) {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(c) = err.downcast_ref::<ConnectError>() {
-            return (copy_code(&c.code), c.detail.clone());
-        }
-        source = err.source();
+    if let Some(c) = causes(e).find_map(|c| c.downcast_ref::<ConnectError>()) {
+        return (copy_code(&c.code), c.detail.clone());
     }
     if let Some(t) = tls::find(e) {
         return (tls::error_code(t), tls::explain(t, authority));
     }
-    let hyper_err = {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        let mut found = None;
-        while let Some(err) = source {
-            if let Some(h) = err.downcast_ref::<hyper::Error>() {
-                found = Some(h);
-                break;
-            }
-            source = err.source();
-        }
-        found
-    };
+    let hyper_err = causes(e).find_map(|c| c.downcast_ref::<hyper::Error>());
     let code = match hyper_err {
         Some(h) if h.is_incomplete_message() => Error::HttpResponseIncomplete,
         Some(h) if h.is_parse() => Error::HttpProtocolError,
         _ if e.is_connect() => Error::DestinationUnavailable,
         _ => Error::ConnectionTerminated,
     };
-    let mut detail = format!("{authority}: the request failed: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        detail.push_str(&format!(": {err}"));
-        source = err.source();
-    }
-    (code, detail)
+    (
+        code,
+        format!("{authority}: the request failed: {}", chain(e)),
+    )
+}
+
+/// An error and its causes, outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+/// An error with its causes, in one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    causes(e)
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// wasmtime-wasi-http's error is not `Clone`; the connector's codes are
@@ -273,7 +270,12 @@ impl Body for Answer {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.pause = None;
-                let (code, what) = if e.is_incomplete_message() {
+                let cut_short = e.is_incomplete_message()
+                    || causes(&e).any(|c| {
+                        c.downcast_ref::<std::io::Error>()
+                            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+                    });
+                let (code, what) = if cut_short {
                     (
                         Error::HttpResponseIncomplete,
                         "the answer ended before its Content-Length",
@@ -281,7 +283,7 @@ impl Body for Answer {
                 } else {
                     (Error::ConnectionTerminated, "reading the answer failed")
                 };
-                let detail = format!("{}: {what}: {e}", this.authority);
+                let detail = format!("{}: {what} ({})", this.authority, chain(&e));
                 Poll::Ready(Some(Err(this.failure.set(code, detail))))
             }
             Poll::Ready(None) => Poll::Ready(None),

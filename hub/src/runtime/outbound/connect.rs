@@ -289,3 +289,91 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_service::Service;
+
+    /// A department that accepts connections and keeps them, saying
+    /// nothing.
+    async fn quiet_department() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut keep = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                keep.push(s);
+            }
+        });
+        addr
+    }
+
+    fn connector(timeout_ms: u64, cap: usize) -> Connector {
+        let trust = super::super::Trust::load(&super::super::TrustConfig::default()).unwrap();
+        Connector::new(
+            trust.client_config(None).unwrap(),
+            Duration::from_millis(timeout_ms),
+            cap,
+        )
+    }
+
+    #[tokio::test]
+    async fn no_more_than_the_cap_is_open_to_one_department() {
+        let addr = quiet_department().await;
+        let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+        let mut c = connector(1000, 2);
+        let first = c.call(uri.clone()).await.unwrap();
+        let _second = c.call(uri.clone()).await.unwrap();
+        let mut third = tokio::spawn({
+            let mut c = c.clone();
+            let uri = uri.clone();
+            async move { c.call(uri).await.map(|_conn| ()) }
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut third)
+                .await
+                .is_err(),
+            "a third connection opened past the cap of 2"
+        );
+        assert_eq!(c.opened(), 2);
+        // One closes: the waiting connect goes ahead.
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("the third connect went ahead once one closed")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.opened(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_never_comes_is_cut_at_the_connect_timeout() {
+        let addr = quiet_department().await;
+        let uri: http::Uri = format!("https://{addr}/").parse().unwrap();
+        let started = std::time::Instant::now();
+        let e = connector(150, 1).call(uri).await.err().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(matches!(
+            e.code,
+            wasmtime_wasi_http::Error::ConnectionTimeout
+        ));
+        assert!(
+            e.detail.contains(&addr.to_string()) && e.detail.contains("limits.connect_timeout_ms"),
+            "{}",
+            e.detail
+        );
+        // A port nobody listens on is refused at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let uri: http::Uri = format!("http://127.0.0.1:{port}/").parse().unwrap();
+        let e = connector(1000, 1).call(uri).await.err().unwrap();
+        assert!(
+            matches!(e.code, wasmtime_wasi_http::Error::ConnectionRefused),
+            "{}",
+            e.detail
+        );
+        assert!(e.detail.contains(&port.to_string()), "{}", e.detail);
+    }
+}
