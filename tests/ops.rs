@@ -213,6 +213,16 @@ fn an_upgrade_mid_stream_loses_nothing_and_every_later_event_goes_to_the_new_ver
         "delivered by version: {by:?}; sent after the swap: {}",
         after.len()
     );
+    // The new version has the same limits, so it kept the adapter's
+    // connections: both versions together opened at most `concurrency`.
+    let opened = hub.metric(
+        "govhub_outbound_connections_opened_total",
+        &[("adapter", "marker")],
+    );
+    assert!(
+        (1.0..=4.0).contains(&opened),
+        "{opened} connections for {TOTAL} deliveries across a swap"
+    );
 
     let entry = adapter_entry(&hub, "marker").unwrap();
     assert_eq!(entry["version_id"], 2);

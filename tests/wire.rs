@@ -8,7 +8,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::wire::{ClServer, Got, Options, PythonDepartment, Reply, ServerTls, TestCa};
+use support::wire::{ClServer, Options, PythonDepartment, Reply, ServerTls, TestCa};
 use support::*;
 
 /// A webhook adapter called `name` posting to `url` on `host`, for events
@@ -40,6 +40,24 @@ fn event(id: &str, type_: &str, severity: Option<&str>, caseid: Option<&str>) ->
     e
 }
 
+/// A hub whose one adapter, `dept` (the webhook module), posts every alert
+/// to `dept`, with these `[limits]` lines and this extra config. The
+/// folder lives as long as the returned `HubDir`.
+fn alerts_hub(dept: &str, limits: &str, config: &str) -> (HubDir, HubProcess) {
+    let dir = HubDir::new(
+        &[webhook(
+            "dept",
+            dept,
+            &format!("http://{dept}/events"),
+            "\"gov.alert.*\"",
+            limits,
+        )],
+        config,
+    );
+    let hub = dir.start();
+    (dir, hub)
+}
+
 fn accepted(hub: &HubProcess, e: &serde_json::Value) {
     let (status, _, body) = send_event(&hub.base, e).unwrap();
     assert_eq!(status, 202, "{body}");
@@ -61,7 +79,7 @@ fn delivery(
 
 /// Asserts a request went out whole: a Content-Length that matches the
 /// body, no chunked framing, and a body at all.
-fn assert_whole(g: &Got) {
+fn assert_whole(g: &Received) {
     assert_eq!(
         g.header("transfer-encoding"),
         None,
@@ -85,7 +103,7 @@ fn assert_whole(g: &Got) {
 
 /// Hands a request on to the mock departments and relays their answer: a
 /// Content-Length-only front for the Yingfeng departments.
-fn forward(base: &str, g: &Got) -> Reply {
+fn forward(base: &str, g: &Received) -> Reply {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -128,23 +146,7 @@ fn every_shipped_adapter_delivers_every_byte_to_a_content_length_server() {
     let front = ClServer::start(Options::default());
     let base = mock.url.clone();
     front.answer(move |g| forward(&base, g));
-    let dir = tempfile::tempdir().unwrap();
-    govhub::demo::render(
-        &root().join("examples/yingfeng"),
-        wasm_dir(),
-        dir.path(),
-        &format!("http://{}", front.host()),
-    )
-    .unwrap();
-    let cache = cache_dir();
-    let hub = spawn_hub(
-        &dir.path().join("govhub.toml"),
-        dir.path(),
-        &[
-            ("GOVHUB__SERVER__LISTEN", "127.0.0.1:0"),
-            ("GOVHUB__RUNTIME__CACHE_DIR", cache.to_str().unwrap()),
-        ],
-    );
+    let (hub, _dir) = yingfeng(&format!("http://{}", front.host()));
     // Police and the platforms; traffic, police and the village (webhook);
     // fire and the platforms; the city (an Open311 form); a CAP warning to
     // the platforms and the command center (webhook).
@@ -188,7 +190,7 @@ fn every_shipped_adapter_delivers_every_byte_to_a_content_length_server() {
         ("/four-platforms/alerts", "HZ-MET-20250801-TY09"),
         ("/street-command/events", "HZ-MET-20250801-TY09"),
     ];
-    let text = |g: &Got| {
+    let text = |g: &Received| {
         let raw = String::from_utf8_lossy(&g.body).into_owned();
         if g.header("content-type")
             .is_some_and(|c| c.contains("form-urlencoded"))
@@ -244,17 +246,7 @@ fn every_shipped_adapter_delivers_every_byte_to_a_content_length_server() {
 fn a_python_http_server_department_receives_every_byte() {
     let python = PythonDepartment::start();
     let host = format!("127.0.0.1:{}", python.port);
-    let dir = HubDir::new(
-        &[webhook(
-            "python",
-            &host,
-            &format!("http://{host}/events"),
-            "\"gov.alert.*\"",
-            "",
-        )],
-        "",
-    );
-    let hub = dir.start();
+    let (_dir, hub) = alerts_hub(&host, "", "");
     let sent: Vec<serde_json::Value> = (0..3)
         .map(|i| event(&format!("py-{i}"), "gov.alert.issued", Some("minor"), None))
         .collect();
@@ -292,17 +284,7 @@ fn a_python_http_server_department_receives_every_byte() {
 fn a_thousand_deliveries_reuse_at_most_concurrency_connections() {
     let dept = ClServer::start(Options::default());
     let host = dept.host();
-    let dir = HubDir::new(
-        &[webhook(
-            "dept",
-            &host,
-            &format!("http://{host}/events"),
-            "\"gov.alert.*\"",
-            "concurrency = 4",
-        )],
-        "",
-    );
-    let hub = dir.start();
+    let (_dir, hub) = alerts_hub(&host, "concurrency = 4", "");
     const N: usize = 1000;
     for batch in 0..N / 100 {
         let events: Vec<serde_json::Value> = (0..100)
@@ -315,11 +297,7 @@ fn a_thousand_deliveries_reuse_at_most_concurrency_connections() {
                 )
             })
             .collect();
-        let (status, _, body) = post(
-            &hub.url("/v1/events"),
-            &[("content-type", "application/cloudevents-batch+json")],
-            serde_json::Value::Array(events).to_string().as_bytes(),
-        );
+        let (status, _, body) = send_batch(&hub.base, &events);
         assert_eq!(status, 202, "{body}");
     }
     let got = dept.wait_for(N, Duration::from_secs(60));
@@ -353,17 +331,7 @@ fn a_department_that_closes_idle_connections_is_still_delivered_to() {
         ..Options::default()
     });
     let host = dept.host();
-    let dir = HubDir::new(
-        &[webhook(
-            "dept",
-            &host,
-            &format!("http://{host}/events"),
-            "\"gov.alert.*\"",
-            "concurrency = 2",
-        )],
-        "",
-    );
-    let hub = dir.start();
+    let (_dir, hub) = alerts_hub(&host, "concurrency = 2", "");
     for i in 0..8 {
         let id = format!("idle-{i}");
         accepted(&hub, &event(&id, "gov.alert.issued", Some("info"), None));
@@ -387,17 +355,11 @@ fn a_department_that_never_answers_is_cut_at_the_first_byte_timeout_and_retried(
     let dept = ClServer::start(Options::default());
     dept.answer(|_| Reply::Silent);
     let host = dept.host();
-    let dir = HubDir::new(
-        &[webhook(
-            "dept",
-            &host,
-            &format!("http://{host}/events"),
-            "\"gov.alert.*\"",
-            "deadline_ms = 5000\nfirst_byte_timeout_ms = 300\nconcurrency = 1",
-        )],
+    let (_dir, hub) = alerts_hub(
+        &host,
+        "deadline_ms = 5000\nfirst_byte_timeout_ms = 300\nconcurrency = 1",
         "[delivery]\nbackoff_base_ms = 50\nbackoff_cap_ms = 200\n",
     );
-    let hub = dir.start();
     let started = Instant::now();
     accepted(
         &hub,
@@ -444,17 +406,11 @@ fn answers_cut_short_or_refused_for_length_are_errors_never_deliveries() {
         _ => Reply::Respond(411, "text/plain".into(), b"Length Required".to_vec()),
     });
     let host = dept.host();
-    let dir = HubDir::new(
-        &[webhook(
-            "dept",
-            &host,
-            &format!("http://{host}/events"),
-            "\"gov.alert.*\"",
-            "",
-        )],
+    let (_dir, hub) = alerts_hub(
+        &host,
+        "",
         "[delivery]\nmax_attempts = 2\nbackoff_base_ms = 50\nbackoff_cap_ms = 100\n",
     );
-    let hub = dir.start();
     accepted(
         &hub,
         &event("short", "gov.alert.issued", Some("info"), None),
@@ -628,17 +584,11 @@ fn under_overload_critical_events_go_first_and_info_is_shed_into_the_reserve() {
     let dept = ClServer::start(Options::default());
     dept.hold();
     let host = dept.host();
-    let dir = HubDir::new(
-        &[webhook(
-            "dept",
-            &host,
-            &format!("http://{host}/events"),
-            "\"gov.alert.*\"",
-            "concurrency = 1\ndeadline_ms = 60000",
-        )],
+    let (_dir, hub) = alerts_hub(
+        &host,
+        "concurrency = 1\ndeadline_ms = 60000",
         "[delivery]\nqueue_depth = 600\npriority_reserve = 0.1\n",
     );
-    let hub = dir.start();
     // One notice in flight, held by the stalled department, then 500
     // behind it.
     accepted(
@@ -657,11 +607,7 @@ fn under_overload_critical_events_go_first_and_info_is_shed_into_the_reserve() {
                 )
             })
             .collect();
-        let (status, _, body) = post(
-            &hub.url("/v1/events"),
-            &[("content-type", "application/cloudevents-batch+json")],
-            serde_json::Value::Array(events).to_string().as_bytes(),
-        );
+        let (status, _, body) = send_batch(&hub.base, &events);
         assert_eq!(status, 202, "{body}");
     }
     // A fire alarm of its own case, then a case whose notice is followed

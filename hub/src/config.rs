@@ -607,39 +607,26 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let e = format!(
-            "{:#}",
-            Config::load(&write(dir.path(), "[server]\nlisten_on = \"x\"")).unwrap_err()
-        );
-        assert!(e.contains("listen_on"), "{e}");
-        let e = format!(
-            "{:#}",
-            Config::load(&write(dir.path(), "[server]\nlisten = \"nowhere\"")).unwrap_err()
-        );
-        assert!(e.contains("server.listen"), "{e}");
-        let e = format!(
-            "{:#}",
-            Config::load(&write(dir.path(), "[storage]\nbackend = \"mysql\"")).unwrap_err()
-        );
-        assert!(e.contains("storage.backend"), "{e}");
-        let e = format!(
-            "{:#}",
-            Config::load(&write(dir.path(), "[delivery]\npriority_reserve = 1.5")).unwrap_err()
-        );
-        assert!(e.contains("delivery.priority_reserve"), "{e}");
-        let e = format!(
-            "{:#}",
-            Config::load(&write(dir.path(), "[outbound]\nidle_timeout_ms = 0")).unwrap_err()
-        );
-        assert!(e.contains("outbound.idle_timeout_ms"), "{e}");
-        let e = format!(
-            "{:#}",
-            Config::load(&write(dir.path(), "[tls]\nca_files = [\"nowhere.pem\"]")).unwrap_err()
-        );
-        assert!(
-            e.contains("tls.ca_files") && e.contains("nowhere.pem"),
-            "{e}"
-        );
+        for (text, named) in [
+            ("[server]\nlisten_on = \"x\"", &["listen_on"][..]),
+            ("[server]\nlisten = \"nowhere\"", &["server.listen"]),
+            ("[storage]\nbackend = \"mysql\"", &["storage.backend"]),
+            (
+                "[delivery]\npriority_reserve = 1.5",
+                &["delivery.priority_reserve"],
+            ),
+            (
+                "[outbound]\nidle_timeout_ms = 0",
+                &["outbound.idle_timeout_ms"],
+            ),
+            (
+                "[tls]\nca_files = [\"nowhere.pem\"]",
+                &["tls.ca_files", "nowhere.pem"],
+            ),
+        ] {
+            let e = format!("{:#}", Config::load(&write(dir.path(), text)).unwrap_err());
+            assert!(named.iter().all(|n| e.contains(n)), "{text}: {e}");
+        }
         let e = format!(
             "{:#}",
             Config::load(&dir.path().join("missing.toml")).unwrap_err()

@@ -348,6 +348,30 @@ impl MockDepartments {
     }
 }
 
+/// `examples/yingfeng` rendered into a temporary folder with its
+/// departments at `departments` (`http://host:port`), and its hub started
+/// there; the folder lives as long as the returned `TempDir`.
+pub fn yingfeng(departments: &str) -> (HubProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    govhub::demo::render(
+        &root().join("examples/yingfeng"),
+        wasm_dir(),
+        dir.path(),
+        departments,
+    )
+    .unwrap();
+    let cache = cache_dir();
+    let hub = spawn_hub(
+        &dir.path().join("govhub.toml"),
+        dir.path(),
+        &[
+            ("GOVHUB__SERVER__LISTEN", "127.0.0.1:0"),
+            ("GOVHUB__RUNTIME__CACHE_DIR", cache.to_str().unwrap()),
+        ],
+    );
+    (hub, dir)
+}
+
 /// The Yingfeng deployment, rendered and running against the mock
 /// departments.
 pub struct Deployment {
@@ -360,23 +384,7 @@ impl Deployment {
     /// Renders `examples/yingfeng` and starts it.
     pub fn start() -> Deployment {
         let mock = MockDepartments::start();
-        let dir = tempfile::tempdir().unwrap();
-        govhub::demo::render(
-            &root().join("examples/yingfeng"),
-            wasm_dir(),
-            dir.path(),
-            &mock.url,
-        )
-        .unwrap();
-        let cache = cache_dir();
-        let hub = spawn_hub(
-            &dir.path().join("govhub.toml"),
-            dir.path(),
-            &[
-                ("GOVHUB__SERVER__LISTEN", "127.0.0.1:0"),
-                ("GOVHUB__RUNTIME__CACHE_DIR", cache.to_str().unwrap()),
-            ],
-        );
+        let (hub, dir) = yingfeng(&mock.url);
         let (code, _, _) = post(
             &format!("{}/_control/hub", mock.url),
             &[("content-type", "application/json")],
@@ -564,6 +572,17 @@ pub fn cloudevent(id: &str, caseid: Option<&str>, size: usize) -> serde_json::Va
     e
 }
 
+/// POSTs events as one batch (`application/cloudevents-batch+json`).
+pub fn send_batch(hub_base: &str, events: &[serde_json::Value]) -> (u16, String, String) {
+    post(
+        &format!("{hub_base}/v1/events"),
+        &[("content-type", "application/cloudevents-batch+json")],
+        serde_json::Value::Array(events.to_vec())
+            .to_string()
+            .as_bytes(),
+    )
+}
+
 /// POSTs one structured CloudEvent to `/v1/events`.
 pub fn send_event(hub_base: &str, event: &serde_json::Value) -> Option<(u16, String, String)> {
     try_post(
@@ -573,9 +592,10 @@ pub fn send_event(hub_base: &str, event: &serde_json::Value) -> Option<(u16, Str
     )
 }
 
-/// A request the receiver got.
+/// A request a department stand-in got.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -638,6 +658,7 @@ impl Receiver {
                         let status = st.load(Ordering::SeqCst);
                         if status < 300 {
                             rec.lock().unwrap().push(Received {
+                                method: parts.method.to_string(),
                                 path: parts.uri.to_string(),
                                 headers: parts
                                     .headers

@@ -5,7 +5,7 @@
 //! CA the test makes, optionally asking for a client certificate; and
 //! Python's own `http.server`.
 
-use super::eventually;
+use super::{eventually, Received};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,27 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-
-/// A request as a Content-Length-only server reads it.
-#[derive(Debug, Clone)]
-pub struct Got {
-    pub method: String,
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    /// Exactly `Content-Length` bytes (none without the header, whatever
-    /// else the request said).
-    pub body: Vec<u8>,
-}
-
-impl Got {
-    /// The first header called `name`.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
 
 /// How the server answers one request.
 #[derive(Debug, Clone)]
@@ -46,7 +25,7 @@ pub enum Reply {
     CutShort { declared: usize, sent: usize },
 }
 
-type Answer = Arc<dyn Fn(&Got) -> Reply + Send + Sync>;
+type Answer = Arc<dyn Fn(&Received) -> Reply + Send + Sync>;
 
 /// TLS for the server: its certificate and key, and the CA whose client
 /// certificates it requires (none: no client certificate asked).
@@ -74,7 +53,7 @@ struct Hold {
 /// the connections it accepts and records every request.
 pub struct ClServer {
     pub addr: std::net::SocketAddr,
-    got: Arc<Mutex<Vec<Got>>>,
+    got: Arc<Mutex<Vec<Received>>>,
     accepted: Arc<AtomicUsize>,
     answer: Arc<Mutex<Answer>>,
     hold: Arc<Hold>,
@@ -85,9 +64,9 @@ impl ClServer {
     pub fn start(options: Options) -> ClServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let got: Arc<Mutex<Vec<Got>>> = Arc::default();
+        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let answer: Arc<Mutex<Answer>> = Arc::new(Mutex::new(Arc::new(|_: &Got| {
+        let answer: Arc<Mutex<Answer>> = Arc::new(Mutex::new(Arc::new(|_: &Received| {
             Reply::Respond(200, "text/plain".into(), Vec::new())
         })));
         let hold = Arc::new(Hold {
@@ -131,7 +110,7 @@ impl ClServer {
     }
 
     /// Answers with `f` from now on.
-    pub fn answer(&self, f: impl Fn(&Got) -> Reply + Send + Sync + 'static) {
+    pub fn answer(&self, f: impl Fn(&Received) -> Reply + Send + Sync + 'static) {
         *self.answer.lock().unwrap() = Arc::new(f);
     }
 
@@ -152,12 +131,12 @@ impl ClServer {
     }
 
     /// Every request read so far, in arrival order.
-    pub fn got(&self) -> Vec<Got> {
+    pub fn got(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
 
     /// Waits until `n` requests arrived.
-    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Got> {
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         eventually(timeout, || {
             let got = self.got();
             match got.len() >= n {
@@ -172,7 +151,7 @@ fn serve<S: Read + Write>(
     tcp: TcpStream,
     stream: S,
     idle: Option<Duration>,
-    got: &Mutex<Vec<Got>>,
+    got: &Mutex<Vec<Received>>,
     answer: &Mutex<Answer>,
     hold: &Hold,
 ) {
@@ -215,7 +194,9 @@ fn serve<S: Read + Write>(
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let request = Got {
+        // Exactly `Content-Length` bytes (none without the header, whatever
+        // else the request said).
+        let request = Received {
             method,
             path,
             headers,
