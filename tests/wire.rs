@@ -58,6 +58,19 @@ fn alerts_hub(dept: &str, limits: &str, config: &str) -> (HubDir, HubProcess) {
     (dir, hub)
 }
 
+/// Sends `info` alerts with these ids, a hundred to a batch.
+fn notices(hub: &HubProcess, ids: impl Iterator<Item = String>) {
+    let ids: Vec<String> = ids.collect();
+    for chunk in ids.chunks(100) {
+        let events: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|id| event(id, "gov.alert.issued", Some("info"), None))
+            .collect();
+        let (status, _, body) = send_batch(&hub.base, &events);
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
 fn accepted(hub: &HubProcess, e: &serde_json::Value) {
     let (status, _, body) = send_event(&hub.base, e).unwrap();
     assert_eq!(status, 202, "{body}");
@@ -286,20 +299,7 @@ fn a_thousand_deliveries_reuse_at_most_concurrency_connections() {
     let host = dept.host();
     let (_dir, hub) = alerts_hub(&host, "concurrency = 4", "");
     const N: usize = 1000;
-    for batch in 0..N / 100 {
-        let events: Vec<serde_json::Value> = (0..100)
-            .map(|i| {
-                event(
-                    &format!("reuse-{batch}-{i}"),
-                    "gov.alert.issued",
-                    Some("info"),
-                    None,
-                )
-            })
-            .collect();
-        let (status, _, body) = send_batch(&hub.base, &events);
-        assert_eq!(status, 202, "{body}");
-    }
+    notices(&hub, (0..N).map(|i| format!("reuse-{i}")));
     let got = dept.wait_for(N, Duration::from_secs(60));
     assert_eq!(got.len(), N);
     got.iter().for_each(assert_whole);
@@ -596,20 +596,7 @@ fn under_overload_critical_events_go_first_and_info_is_shed_into_the_reserve() {
         &event("info-0", "gov.alert.issued", Some("info"), None),
     );
     dept.wait_for(1, Duration::from_secs(30));
-    for batch in 0..5 {
-        let events: Vec<serde_json::Value> = (1..=100)
-            .map(|i| {
-                event(
-                    &format!("info-{}", batch * 100 + i),
-                    "gov.alert.issued",
-                    Some("info"),
-                    None,
-                )
-            })
-            .collect();
-        let (status, _, body) = send_batch(&hub.base, &events);
-        assert_eq!(status, 202, "{body}");
-    }
+    notices(&hub, (1..=500).map(|i| format!("info-{i}")));
     // A fire alarm of its own case, then a case whose notice is followed
     // by an urgent update: the case keeps its order.
     accepted(
