@@ -376,17 +376,17 @@ async fn invoke(instance: &mut Instance, request: Request<'_>) -> wasmtime::Resu
 /// it (the host, the certificate problem, the timeout that fired), which
 /// the adapter saw only as a `wasi:http` error code.
 fn with_transport_detail(reply: Reply, detail: &str) -> Reply {
-    let add = |e: AdapterError| match e {
-        AdapterError::Unavailable(m) if !m.contains(detail) => {
-            AdapterError::Unavailable(format!("{m}; {detail}"))
+    let add = |e: AdapterError| {
+        let (same_kind, message): (fn(String) -> AdapterError, String) = match e {
+            AdapterError::Unavailable(m) => (AdapterError::Unavailable, m),
+            AdapterError::Rejected(m) => (AdapterError::Rejected, m),
+            AdapterError::InvalidInput(m) => (AdapterError::InvalidInput, m),
+        };
+        if message.contains(detail) {
+            same_kind(message)
+        } else {
+            same_kind(format!("{message}; {detail}"))
         }
-        AdapterError::Rejected(m) if !m.contains(detail) => {
-            AdapterError::Rejected(format!("{m}; {detail}"))
-        }
-        AdapterError::InvalidInput(m) if !m.contains(detail) => {
-            AdapterError::InvalidInput(format!("{m}; {detail}"))
-        }
-        other => other,
     };
     match reply {
         Reply::Ingest(Err(e)) => Reply::Ingest(Err(add(e))),

@@ -21,19 +21,30 @@ pub struct Policy {
 
 /// The last transport failure of the current call, in words naming the
 /// host and the cause, for the hub to add to the adapter's error.
-#[derive(Clone, Default)]
-pub struct Failure(Arc<Mutex<Option<String>>>);
+#[derive(Clone)]
+pub struct Failure {
+    adapter: Arc<str>,
+    slot: Arc<Mutex<Option<String>>>,
+}
 
 impl Failure {
-    /// Records `detail` (and logs it: hosts and causes, never payloads),
-    /// and gives back `code` to report to the adapter.
+    /// An empty record for `adapter`'s calls.
+    pub fn new(adapter: &str) -> Failure {
+        Failure {
+            adapter: adapter.into(),
+            slot: Arc::default(),
+        }
+    }
+
+    /// Records `detail` (and logs it: the adapter, hosts and causes, never
+    /// payloads), and gives back `code` to report to the adapter.
     pub fn set(
         &self,
         code: wasmtime_wasi_http::Error,
         detail: String,
     ) -> wasmtime_wasi_http::Error {
-        tracing::warn!("outbound HTTP: {detail}");
-        if let Ok(mut slot) = self.0.lock() {
+        tracing::warn!(adapter = %self.adapter, "outbound HTTP: {detail}");
+        if let Ok(mut slot) = self.slot.lock() {
             *slot = Some(detail);
         }
         code
@@ -41,7 +52,7 @@ impl Failure {
 
     /// Takes what was recorded.
     pub fn take(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|mut s| s.take())
+        self.slot.lock().ok().and_then(|mut s| s.take())
     }
 }
 
@@ -58,9 +69,9 @@ impl Gate {
     /// A gate enforcing `policy`.
     pub fn new(policy: Arc<Policy>) -> Gate {
         Gate {
+            failure: Failure::new(&policy.adapter),
             policy,
             denied: None,
-            failure: Failure::default(),
         }
     }
 
