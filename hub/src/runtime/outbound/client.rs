@@ -6,7 +6,7 @@
 //! adapter's `concurrency`. A new version with the same settings keeps the
 //! client, so a hot swap does not drop the warm connections.
 
-use super::connect::{ConnectError, Connector};
+use super::connect::{authority, ConnectError, Connector};
 use super::gate::Failure;
 use super::tls::{self, Identity, Trust};
 use crate::runtime::manifest::HttpTimeouts;
@@ -174,13 +174,6 @@ impl HttpClient {
             .boxed_unsync()
         }))
     }
-}
-
-fn authority(uri: &http::Uri) -> String {
-    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-    let host = uri.host().unwrap_or_default();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    format!("{host}:{port}")
 }
 
 /// A request that got no answer: the connector's reason, a TLS failure

@@ -100,8 +100,7 @@ impl Inner {
     async fn connect(&self, uri: http::Uri) -> Result<Conn, ConnectError> {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let host = uri.host().unwrap_or_default();
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let authority = format!("{host}:{port}");
+        let authority = authority(&uri);
         let slot = self
             .slots
             .entry(authority.clone())
@@ -164,6 +163,14 @@ impl Inner {
             _permit: permit,
         })
     }
+}
+
+/// `host:port` of a request, the port filled in from the scheme.
+pub fn authority(uri: &http::Uri) -> String {
+    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    format!("{host}:{port}")
 }
 
 fn connect_failed(authority: &str, e: &io::Error) -> ConnectError {
