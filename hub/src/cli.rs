@@ -241,8 +241,14 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let streams = hub.streams.clone();
     axum::serve(listener, crate::ingress::router(hub.clone()))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Open streams never end on their own: end them, or they
+            // would hold the shutdown.
+            streams.stop();
+        })
         .await?;
     hub.shutdown().await;
     tracing::info!("govhub stopped");

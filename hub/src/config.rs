@@ -270,6 +270,56 @@ impl Default for OutboundConfig {
     }
 }
 
+/// `[stream]`: `GET /v1/stream`, the live feed of changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Feed items kept for resuming (`Last-Event-ID`, `?after=`); a cursor
+    /// older than these gets `event: resync`. 100,000 is weeks of a
+    /// street's changes and a few tens of MiB of journal.
+    pub retain: usize,
+    /// Items held in memory for subscribers that fall behind, shared by
+    /// all; one further behind reads the rest from the journal. 1,024 is a
+    /// burst of a few seconds at full rate, about 1 MiB.
+    pub buffer: usize,
+    /// Streams open at once; more get `503`. Each costs a task and a
+    /// small buffer, and the command room needs a handful.
+    pub max_subscribers: usize,
+    /// A comment on a quiet stream this often, so proxies and browsers
+    /// keep the connection, ms.
+    pub keepalive_ms: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            retain: 100_000,
+            buffer: 1024,
+            max_subscribers: 256,
+            keepalive_ms: 15_000,
+        }
+    }
+}
+
+/// `[cockpit]`: the command room's console at `GET /`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CockpitConfig {
+    /// The time zone times are shown in (IANA name).
+    pub time_zone: String,
+    /// The title over the console.
+    pub title: String,
+}
+
+impl Default for CockpitConfig {
+    fn default() -> Self {
+        CockpitConfig {
+            time_zone: "Asia/Shanghai".into(),
+            title: "城街一体数字驾驶舱".into(),
+        }
+    }
+}
+
 /// `[grids]`: the grid map.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -375,6 +425,12 @@ pub struct Config {
     /// `[outbound]`.
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// `[stream]`.
+    #[serde(default)]
+    pub stream: StreamConfig,
+    /// `[cockpit]`.
+    #[serde(default)]
+    pub cockpit: CockpitConfig,
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -522,6 +578,15 @@ impl Config {
         }
         if self.outbound.idle_timeout_ms == 0 {
             anyhow::bail!("outbound.idle_timeout_ms must be positive");
+        }
+        let st = &self.stream;
+        if st.retain == 0 || st.buffer == 0 || st.max_subscribers == 0 || st.keepalive_ms == 0 {
+            anyhow::bail!(
+                "stream.retain, stream.buffer, stream.max_subscribers and stream.keepalive_ms must be positive"
+            );
+        }
+        if self.cockpit.time_zone.trim().is_empty() {
+            anyhow::bail!("cockpit.time_zone must name a time zone (e.g. Asia/Shanghai)");
         }
         for file in &self.tls.ca_files {
             if !file.is_file() {

@@ -152,6 +152,8 @@ pub struct Hub {
     pub(crate) dir_seen: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, String>>,
     /// Counters for `GET /metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// The open `/v1/stream` subscriptions.
+    pub streams: Arc<crate::stream::Streams>,
     /// One version change (load, rollback, unload) at a time, so the
     /// journal's active version is always the one serving.
     pub(crate) versions_lock: tokio::sync::Mutex<()>,
@@ -185,6 +187,8 @@ impl Hub {
                 synchronous: Synchronous::parse(&config.storage.synchronous)
                     .unwrap_or(Synchronous::Full),
                 max_group: config.storage.group_commit_max,
+                feed_retain: config.stream.retain,
+                feed_buffer: config.stream.buffer,
             })
             .with_context(|| format!("journal {}", config.storage.path.display()))?,
         );
@@ -245,6 +249,7 @@ impl Hub {
             dir_seen: Default::default(),
             versions_lock: Default::default(),
             metrics: crate::metrics::Metrics::new(),
+            streams: Arc::new(crate::stream::Streams::new(config.stream.clone())),
             router,
             grids,
             config,
@@ -303,6 +308,15 @@ impl Hub {
         };
         let now = clock.advance(ms);
         self.journal.set_meta("clock_ms", &now.to_string()).await?;
+        // Consoles count deadlines down against the hub's time: tell them
+        // it jumped.
+        self.journal
+            .feed_note(
+                crate::journal::FeedKind::Clock,
+                Default::default(),
+                serde_json::json!({"now_ms": now, "manual": true}).to_string(),
+            )
+            .await?;
         self.cases.wake();
         Ok(Some(now))
     }

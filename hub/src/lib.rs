@@ -9,7 +9,9 @@
 //!
 //! The modules follow the flow: [`ingress`] → [`router`] → [`journal`] →
 //! [`delivery`], with [`cases`] following each case to its close, [`runtime`]
-//! (the wasmtime host) underneath and [`config`] and [`cli`] on top.
+//! (the wasmtime host) underneath and [`config`] and [`cli`] on top. What
+//! people watch comes out of the journal's change feed: [`stream`] (the
+//! live SSE stream) and [`cockpit`] (the command room's console).
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -25,3 +27,4 @@ pub mod journal;
 pub mod metrics;
 pub mod router;
 pub mod runtime;
+pub mod stream;

@@ -278,6 +278,15 @@ impl Collector for HubCollector {
                 .map(|(n, a)| (n.clone(), a.connections_opened()))
                 .collect::<Vec<_>>(),
         )?;
+        {
+            let m = encoder.encode_descriptor(
+                "stream_subscribers",
+                "Open GET /v1/stream connections",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(hub.streams.open() as i64).encode(m)?;
+        }
         let quarantined: Vec<(String, i64)> = names
             .iter()
             .map(|n| (n.clone(), i64::from(hub.quarantined(n).is_some())))

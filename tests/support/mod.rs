@@ -3,6 +3,7 @@
 //! receiver standing in for a department.
 #![allow(dead_code)]
 
+pub mod sse;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};

@@ -58,7 +58,49 @@ pub fn row(case: &Case) -> CaseRow {
         resolve_due_ms: case.resolve_due_ms,
         closed_ms: case.closed_ms,
         doc: serde_json::to_vec(case).unwrap_or_default(),
+        severity: case.severity.map(|s| s.rank()),
+        summary: serde_json::to_vec(&summary(case)).unwrap_or_default(),
     }
+}
+
+/// What the live stream and the cockpit know of a case: where it stands,
+/// its deadlines (unix ms, hub clock, so a console can count down against
+/// the hub's `now`), its escalation level, each department's stage, and
+/// the last step of its timeline. `GET /v1/cases/{id}` has the rest.
+pub fn summary(case: &Case) -> serde_json::Value {
+    let departments: Vec<serde_json::Value> = case
+        .departments
+        .iter()
+        .map(|d| serde_json::json!({"name": d.name, "stage": d.stage.as_str()}))
+        .collect();
+    let last = case.timeline.last().map(|e| {
+        serde_json::json!({
+            "at_ms": e.at_ms,
+            "what": e.what,
+            "department": e.department,
+        })
+    });
+    serde_json::json!({
+        "id": case.id,
+        "kind": case.kind,
+        "category": case.category,
+        "severity": case.severity.map(|s| s.as_str()),
+        "grid": case.grid,
+        "status": case.stage.as_str(),
+        "level": case.level,
+        "level_name": model::ESCALATION_LEVELS[case.level as usize],
+        "opened_ms": case.opened_ms,
+        "accept_due_ms": case.accept_due_ms,
+        "resolve_due_ms": case.resolve_due_ms,
+        "level_due_ms": case.level_due_ms,
+        "closed_ms": case.closed_ms,
+        "close_reason": case.close_reason,
+        "on_time": case.on_time(),
+        "open_departments": case.open_departments(),
+        "departments": departments,
+        "steps": case.timeline.len(),
+        "last_step": last,
+    })
 }
 
 /// A stored case, read back.

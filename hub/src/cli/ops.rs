@@ -4,7 +4,7 @@
 use crate::admin::{audit, signing};
 use crate::client::Http;
 use crate::config::Config;
-use crate::journal::sqlite::{SqliteConfig, SqliteJournal, Synchronous};
+use crate::journal::sqlite::{SqliteConfig, SqliteJournal};
 use crate::journal::Journal;
 use anyhow::Context;
 use base64::Engine as _;
@@ -254,9 +254,8 @@ pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 anyhow::bail!("no journal at {} (storage.path)", path.display());
             }
             let journal = SqliteJournal::open(&SqliteConfig {
-                path: path.clone(),
-                synchronous: Synchronous::Full,
                 max_group: 1,
+                ..SqliteConfig::at(path)
             })
             .with_context(|| format!("journal {}", path.display()))?;
             let log = journal.audit_log()?;

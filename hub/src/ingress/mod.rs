@@ -9,6 +9,7 @@
 //! - `GET /v1/cases`, `GET /v1/cases/{id}`, `GET /v1/stats`, and
 //!   `POST /v1/clock` when the clock is manual;
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`;
+//! - `GET /v1/stream` (`crate::stream`);
 //! - the admin API (`crate::admin::api`).
 //!
 //! Every error is `application/problem+json` whose `detail` names the
@@ -49,6 +50,7 @@ pub fn router(hub: Arc<Hub>) -> axum::Router {
         .and_then(|var| std::env::var(var).ok())
         .filter(|t| !t.is_empty());
     let admin = crate::admin::api::router(hub.clone());
+    let stream = crate::stream::router(hub.journal.clone(), hub.streams.clone());
     let app = Arc::new(App { hub, ingest_token });
     axum::Router::new()
         .route("/metrics", get(metrics))
@@ -66,6 +68,7 @@ pub fn router(hub: Arc<Hub>) -> axum::Router {
         .fallback(not_found)
         .with_state(app)
         .merge(admin)
+        .merge(stream)
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl axum::response::IntoResponse {

@@ -3,8 +3,12 @@
 //!
 //! The rest of the hub sees only the [`Journal`] trait: append events
 //! (acknowledged only once they are on disk), record delivery outcomes,
-//! list what is pending or dead, and read an event back. [`sqlite`] is the
-//! embedded default (one file, WAL, group commit).
+//! list what is pending or dead, and read an event back. It also keeps the
+//! change feed: every stored event, case change, adapter change and dead
+//! letter as one ordered list with growing cursors, written in the same
+//! transaction as the change itself, which the live stream replays and
+//! follows. [`sqlite`] is the embedded default (one file, WAL, group
+//! commit).
 
 pub mod sqlite;
 
@@ -13,6 +17,7 @@ use govhub_sdk::Event;
 use serde::Serialize;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 /// A journal operation that completes once it is durable.
 pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, JournalError>> + Send>>;
@@ -66,6 +71,90 @@ pub struct FedEvent {
     pub targets: Vec<Target>,
 }
 
+/// What kind of change a feed item records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FeedKind {
+    /// An event was stored (its CloudEvent).
+    Event,
+    /// A case changed (its summary).
+    Case,
+    /// An adapter was loaded, refused, rolled back, unloaded, quarantined
+    /// or released (its audit record).
+    Adapter,
+    /// A delivery died, or a dead letter was replayed.
+    DeadLetter,
+    /// The manual clock moved.
+    Clock,
+}
+
+impl FeedKind {
+    /// Every kind.
+    pub const ALL: [FeedKind; 5] = [
+        FeedKind::Event,
+        FeedKind::Case,
+        FeedKind::Adapter,
+        FeedKind::DeadLetter,
+        FeedKind::Clock,
+    ];
+
+    /// The name in the stream (the SSE `event:` field) and the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedKind::Event => "event",
+            FeedKind::Case => "case",
+            FeedKind::Adapter => "adapter",
+            FeedKind::DeadLetter => "dead-letter",
+            FeedKind::Clock => "clock",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<FeedKind> {
+        FeedKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The attributes of a feed item a subscriber may filter on; a kind of
+/// item that has no such attribute leaves it `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedKeys {
+    /// The event type (events, and a dead letter's event).
+    pub type_: Option<String>,
+    /// The grid code.
+    pub grid: Option<String>,
+    /// The category.
+    pub category: Option<String>,
+    /// The severity rank (0 info ... 3 critical).
+    pub severity: Option<u8>,
+    /// The case.
+    pub caseid: Option<String>,
+}
+
+/// One change of the hub, in commit order: what the live stream carries.
+#[derive(Debug, Clone)]
+pub struct FeedItem {
+    /// Its position: grows with every item, across restarts.
+    pub cursor: i64,
+    /// When it was committed (unix ms, wall clock).
+    pub at_ms: i64,
+    /// What changed.
+    pub kind: FeedKind,
+    /// What it can be filtered on.
+    pub keys: FeedKeys,
+    /// The item, JSON: the CloudEvent, the case summary, the audit record,
+    /// the dead letter, the clock.
+    pub data: Arc<str>,
+}
+
+/// The part of the feed that can be replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedSpan {
+    /// The oldest cursor still kept (`head + 1` when nothing is).
+    pub first: i64,
+    /// The newest cursor given out (0 before the first item).
+    pub head: i64,
+}
+
 /// A case as stored: the columns queries filter on, and the whole case.
 #[derive(Debug, Clone)]
 pub struct CaseRow {
@@ -91,6 +180,10 @@ pub struct CaseRow {
     pub closed_ms: Option<i64>,
     /// The case, JSON.
     pub doc: Vec<u8>,
+    /// Its severity rank, for the feed's filters.
+    pub severity: Option<u8>,
+    /// What the feed says of the change (a summary, JSON).
+    pub summary: Vec<u8>,
 }
 
 /// Which cases to list.
@@ -407,6 +500,30 @@ pub trait Journal: Send + Sync + 'static {
 
     /// The whole audit chain, in order.
     fn audit_log(&self) -> Result<Vec<AuditRecord>, JournalError>;
+
+    /// Every feed item committed from now on, as it commits. The channel
+    /// holds a bounded number of items: a receiver that falls further
+    /// behind is told how many it missed and reads them with
+    /// [`Journal::feed_after`].
+    fn feed_subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<FeedItem>>;
+
+    /// Up to `limit` feed items after `cursor`, oldest first.
+    fn feed_after(&self, cursor: i64, limit: usize) -> Result<Vec<FeedItem>, JournalError>;
+
+    /// Up to `limit` items of `kind` at or before `cursor`, newest first.
+    fn feed_latest(
+        &self,
+        kind: FeedKind,
+        cursor: i64,
+        limit: usize,
+    ) -> Result<Vec<FeedItem>, JournalError>;
+
+    /// What can be replayed.
+    fn feed_span(&self) -> Result<FeedSpan, JournalError>;
+
+    /// Adds an item of the hub's own (the manual clock moved); resolves to
+    /// its cursor once committed.
+    fn feed_note(&self, kind: FeedKind, keys: FeedKeys, data: String) -> Pending<i64>;
 }
 
 /// Milliseconds since the Unix epoch.

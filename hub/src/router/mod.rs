@@ -104,7 +104,7 @@ pub struct Router {
 }
 
 /// `value` equals `prefix` or continues it after `sep`.
-fn segment_prefix(value: &str, prefix: &str, sep: char) -> bool {
+pub(crate) fn segment_prefix(value: &str, prefix: &str, sep: char) -> bool {
     let prefix = prefix.trim_end_matches(sep);
     value == prefix
         || (value.starts_with(prefix) && value[prefix.len()..].starts_with(sep))

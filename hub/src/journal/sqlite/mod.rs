@@ -6,10 +6,12 @@
 //! `synchronous = FULL`, the commit is on disk when it returns). Reads use
 //! their own connection, which WAL lets run beside the writer.
 
+mod feed;
+
 use super::{
     now_ms, rfc3339_ms, Appended, AuditRecord, CaseFilter, CaseRow, CaseStatus, DeadLetter,
-    DeliveryRef, DeliveryStatus, DeliveryUpdate, FedEvent, Journal, JournalError, NewEvent,
-    Pending, StoredEvent, VersionRecord,
+    DeliveryRef, DeliveryStatus, DeliveryUpdate, FedEvent, FeedItem, FeedKeys, FeedKind, FeedSpan,
+    Journal, JournalError, NewEvent, Pending, StoredEvent, VersionRecord,
 };
 use crate::router::Target;
 use govhub_sdk::{cloudevents, Event};
@@ -123,6 +125,21 @@ const MIGRATIONS: &[&str] = &[
         FROM events e WHERE e.seq = deliveries.event_seq)
     WHERE status = 'pending';
     "#,
+    // 5: the change feed the live stream replays (see feed.rs).
+    r#"
+    CREATE TABLE feed (
+        cursor    INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms     INTEGER NOT NULL,
+        kind      TEXT NOT NULL,
+        type      TEXT,
+        grid      TEXT,
+        category  TEXT,
+        severity  INTEGER,
+        caseid    TEXT,
+        event_seq INTEGER,
+        body      BLOB
+    );
+    "#,
 ];
 
 /// How commits reach the disk.
@@ -157,6 +174,24 @@ pub struct SqliteConfig {
     /// among more requests; 1024 keeps one transaction's latency within a
     /// few milliseconds on an SSD.
     pub max_group: usize,
+    /// Feed items kept for replay; older ones are pruned.
+    pub feed_retain: usize,
+    /// Feed items held in memory for live subscribers that fall behind.
+    pub feed_buffer: usize,
+}
+
+impl SqliteConfig {
+    /// A journal at `path` with the default settings (the hub's own come
+    /// from its config).
+    pub fn at(path: &Path) -> SqliteConfig {
+        SqliteConfig {
+            path: path.to_path_buf(),
+            synchronous: Synchronous::Full,
+            max_group: 1024,
+            feed_retain: 100_000,
+            feed_buffer: 1024,
+        }
+    }
 }
 
 enum Command {
@@ -186,6 +221,12 @@ enum Command {
         [String; 4],
         oneshot::Sender<Result<AuditRecord, JournalError>>,
     ),
+    Note(
+        FeedKind,
+        FeedKeys,
+        String,
+        oneshot::Sender<Result<i64, JournalError>>,
+    ),
     Flush(oneshot::Sender<Result<(), JournalError>>),
 }
 
@@ -196,6 +237,7 @@ pub struct SqliteJournal {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     stats: Arc<Stats>,
+    feed: tokio::sync::broadcast::Sender<Arc<FeedItem>>,
 }
 
 /// How often the checkpointer moves the WAL into the database file.
@@ -289,12 +331,17 @@ impl SqliteJournal {
             .spawn(move || checkpoint_loop(checkpoints, stopped))
             .map_err(|e| JournalError::Storage(format!("cannot start the checkpointer: {e}")))?;
         let (tx, rx) = mpsc::channel();
-        let max_group = config.max_group.max(1);
         let stats = Arc::new(Stats::default());
-        let counters = stats.clone();
+        let (feed, _) = tokio::sync::broadcast::channel(config.feed_buffer.max(1));
+        let writing = Writing {
+            max_group: config.max_group.max(1),
+            stats: stats.clone(),
+            feed: feed.clone(),
+            feed_retain: config.feed_retain.max(1) as i64,
+        };
         let handle = std::thread::Builder::new()
             .name("govhub-journal".into())
-            .spawn(move || write_loop(writer, rx, max_group, &counters))
+            .spawn(move || write_loop(writer, rx, writing))
             .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
         Ok(SqliteJournal {
             tx: Mutex::new(Some(tx)),
@@ -302,6 +349,7 @@ impl SqliteJournal {
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some((stop, checkpointer))),
             stats,
+            feed,
         })
     }
 
@@ -362,20 +410,34 @@ impl Drop for SqliteJournal {
     }
 }
 
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, max_group: usize, stats: &Stats) {
+/// What the writer thread works with.
+struct Writing {
+    max_group: usize,
+    stats: Arc<Stats>,
+    feed: tokio::sync::broadcast::Sender<Arc<FeedItem>>,
+    feed_retain: i64,
+}
+
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, w: Writing) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
-        while group.len() < max_group {
+        while group.len() < w.max_group {
             match rx.try_recv() {
                 Ok(c) => group.push(c),
                 Err(_) => break,
             }
         }
-        stats
+        w.stats
             .commands
             .fetch_add(group.len() as u64, Ordering::Relaxed);
-        commit_group(&mut conn, group);
-        stats.commits.fetch_add(1, Ordering::Relaxed);
+        if let Some(items) = commit_group(&mut conn, group, w.feed_retain) {
+            // Subscribers see an item only once it is on disk. No
+            // receiver is fine: nobody is watching.
+            for item in items {
+                let _ = w.feed.send(Arc::new(item));
+            }
+        }
+        w.stats.commits.fetch_add(1, Ordering::Relaxed);
     }
     tracing::debug!("journal writer stopped");
 }
@@ -404,23 +466,26 @@ enum Reply {
     ),
 }
 
-fn commit_group(conn: &mut Connection, group: Vec<Command>) {
+/// Applies a group in one transaction and answers each command; the feed
+/// items it added when it committed, `None` when it did not.
+fn commit_group(conn: &mut Connection, group: Vec<Command>, retain: i64) -> Option<Vec<FeedItem>> {
     let mut replies = Vec::with_capacity(group.len());
+    let mut feed = feed::Batch::default();
     let outcome = (|| -> Result<(), rusqlite::Error> {
         let tx = conn.transaction()?;
         let now = now_ms();
         for command in group {
             match command {
                 Command::Append(events, reply) => {
-                    let r = append(&tx, &events, now).map_err(JournalError::from);
+                    let r = append(&tx, &events, now, &mut feed).map_err(JournalError::from);
                     replies.push(Reply::Append(reply, r));
                 }
                 Command::Record(updates, reply) => {
-                    let r = record(&tx, &updates, now).map_err(JournalError::from);
+                    let r = record(&tx, &updates, now, &mut feed).map_err(JournalError::from);
                     replies.push(Reply::Unit(reply, r));
                 }
                 Command::Replay(id, reply) => {
-                    let r = replay(&tx, id, now).map_err(JournalError::from);
+                    let r = replay(&tx, id, now, &mut feed).map_err(JournalError::from);
                     replies.push(Reply::Replay(reply, r));
                 }
                 Command::State(adapter, key, value) => {
@@ -440,7 +505,8 @@ fn commit_group(conn: &mut Connection, group: Vec<Command>) {
                     }
                 }
                 Command::Cases(rows, fed, reply) => {
-                    let r = store_cases(&tx, &rows, fed).map_err(JournalError::from);
+                    let r =
+                        store_cases(&tx, &rows, fed, now, &mut feed).map_err(JournalError::from);
                     replies.push(Reply::Unit(reply, r));
                 }
                 Command::Meta(key, value, reply) => {
@@ -473,12 +539,19 @@ fn commit_group(conn: &mut Connection, group: Vec<Command>) {
                     replies.push(Reply::Unit(reply, r));
                 }
                 Command::Audit(fields, reply) => {
-                    let r = append_audit(&tx, &fields, now).map_err(JournalError::from);
+                    let r = append_audit(&tx, &fields, now, &mut feed).map_err(JournalError::from);
                     replies.push(Reply::Audit(reply, r));
+                }
+                Command::Note(kind, keys, data, reply) => {
+                    let r = feed
+                        .add(&tx, now, kind, keys, None, data.into())
+                        .map_err(JournalError::from);
+                    replies.push(Reply::Id(reply, r));
                 }
                 Command::Flush(reply) => replies.push(Reply::Unit(reply, Ok(()))),
             }
         }
+        feed.prune(&tx, retain)?;
         tx.commit()
     })();
     // Nothing is acknowledged unless the whole group committed.
@@ -520,6 +593,7 @@ fn commit_group(conn: &mut Connection, group: Vec<Command>) {
             }
         }
     }
+    failed.is_none().then_some(feed.items)
 }
 
 fn add_version(
@@ -556,6 +630,7 @@ fn append_audit(
     tx: &rusqlite::Transaction<'_>,
     [actor, action, target, detail]: &[String; 4],
     now: i64,
+    feed: &mut feed::Batch,
 ) -> Result<AuditRecord, rusqlite::Error> {
     let last: Option<(i64, String)> = tx
         .query_row(
@@ -600,6 +675,24 @@ fn append_audit(
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         params![format!("{} {}", record.seq, record.hash)],
     )?;
+    // Every audited action is about an adapter: the cockpit shows it (who
+    // acted stays in the audit log).
+    let detail: serde_json::Value = serde_json::from_str(detail).unwrap_or_default();
+    let data = serde_json::json!({
+        "adapter": target,
+        "change": action,
+        "detail": detail,
+        "at_ms": now,
+        "audit_seq": record.seq,
+    });
+    feed.add(
+        tx,
+        now,
+        FeedKind::Adapter,
+        FeedKeys::default(),
+        None,
+        data.to_string().into(),
+    )?;
     Ok(record)
 }
 
@@ -619,6 +712,8 @@ fn store_cases(
     tx: &rusqlite::Transaction<'_>,
     rows: &[CaseRow],
     fed_up_to: Option<i64>,
+    now: i64,
+    feed: &mut feed::Batch,
 ) -> Result<(), rusqlite::Error> {
     let mut upsert = tx.prepare_cached(
         "INSERT INTO cases (id, kind, category, grid, stage, level, opened_ms, accept_due_ms,
@@ -644,6 +739,20 @@ fn store_cases(
             r.closed_ms,
             r.doc
         ])?;
+        feed.add(
+            tx,
+            now,
+            FeedKind::Case,
+            FeedKeys {
+                type_: None,
+                grid: r.grid.clone(),
+                category: r.category.clone(),
+                severity: r.severity,
+                caseid: Some(r.id.clone()),
+            },
+            None,
+            String::from_utf8_lossy(&r.summary).into(),
+        )?;
     }
     if let Some(seq) = fed_up_to {
         tx.execute(
@@ -659,6 +768,7 @@ fn append(
     tx: &rusqlite::Transaction<'_>,
     events: &[NewEvent],
     now: i64,
+    feed: &mut feed::Batch,
 ) -> Result<Vec<Appended>, rusqlite::Error> {
     let mut insert_event = tx.prepare_cached(
         "INSERT INTO events (source, id, type, caseid, origin, received_ms, cloudevent)
@@ -692,6 +802,20 @@ fn append(
             continue;
         }
         let seq = tx.last_insert_rowid();
+        feed.add(
+            tx,
+            now,
+            FeedKind::Event,
+            FeedKeys {
+                type_: Some(e.type_.clone()),
+                grid: e.grid.clone(),
+                category: e.category.clone(),
+                severity: e.severity.map(|s| s.rank()),
+                caseid: e.caseid.clone(),
+            },
+            Some(seq),
+            String::from_utf8_lossy(&new.encoded).into(),
+        )?;
         let order_key = e.caseid.clone().unwrap_or_else(|| format!("event:{seq}"));
         let priority = e.severity.map(|s| s.rank()).unwrap_or(0);
         let mut deliveries = Vec::with_capacity(new.targets.len());
@@ -720,6 +844,7 @@ fn record(
     tx: &rusqlite::Transaction<'_>,
     updates: &[DeliveryUpdate],
     now: i64,
+    feed: &mut feed::Batch,
 ) -> Result<(), rusqlite::Error> {
     for u in updates {
         match u {
@@ -746,13 +871,81 @@ fn record(
                 id,
                 attempts,
                 error,
-            } => tx.execute(
-                "UPDATE deliveries SET status = 'dead', attempts = ?2, last_error = ?3,
-                 updated_ms = ?4, next_attempt_ms = NULL WHERE id = ?1",
-                params![id, attempts, error, now],
-            )?,
+            } => {
+                let n = tx.execute(
+                    "UPDATE deliveries SET status = 'dead', attempts = ?2, last_error = ?3,
+                     updated_ms = ?4, next_attempt_ms = NULL WHERE id = ?1",
+                    params![id, attempts, error, now],
+                )?;
+                dead_letter_item(tx, *id, now, false, feed)?;
+                n
+            }
         };
     }
+    Ok(())
+}
+
+/// A dead letter from the columns `d.id, d.target, e.id, e.source,
+/// e.type, e.caseid, d.attempts, d.last_error, d.updated_ms`.
+fn dead_letter_row(r: &rusqlite::Row<'_>) -> Result<DeadLetter, rusqlite::Error> {
+    Ok(DeadLetter {
+        id: r.get(0)?,
+        target: r.get(1)?,
+        event_id: r.get(2)?,
+        event_source: r.get(3)?,
+        event_type: r.get(4)?,
+        caseid: r.get(5)?,
+        attempts: r.get(6)?,
+        last_error: r.get(7)?,
+        dead_at: rfc3339_ms(r.get(8)?),
+    })
+}
+
+/// The feed item of a delivery that died (or, `replayed`, went back to
+/// its queue): the dead letter as `GET /v1/dead-letters` lists it.
+fn dead_letter_item(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    now: i64,
+    replayed: bool,
+    feed: &mut feed::Batch,
+) -> Result<(), rusqlite::Error> {
+    let Some((dead, grid, category, severity)) = tx
+        .query_row(
+            "SELECT d.id, d.target, e.id, e.source, e.type, e.caseid, d.attempts, d.last_error,
+                    d.updated_ms, json_extract(CAST(e.cloudevent AS TEXT), '$.grid'),
+                    json_extract(CAST(e.cloudevent AS TEXT), '$.category'), d.priority
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1",
+            params![id],
+            |r| {
+                Ok((
+                    dead_letter_row(r)?,
+                    r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<String>>(10)?,
+                    r.get::<_, u8>(11)?,
+                ))
+            },
+        )
+        .optional()?
+    else {
+        return Ok(());
+    };
+    let mut data = serde_json::to_value(&dead).unwrap_or_default();
+    data["replayed"] = replayed.into();
+    feed.add(
+        tx,
+        now,
+        FeedKind::DeadLetter,
+        FeedKeys {
+            type_: Some(dead.event_type.clone()),
+            grid,
+            category,
+            severity: Some(severity),
+            caseid: dead.caseid.clone(),
+        },
+        None,
+        data.to_string().into(),
+    )?;
     Ok(())
 }
 
@@ -760,6 +953,7 @@ fn replay(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
     now: i64,
+    feed: &mut feed::Batch,
 ) -> Result<Option<DeliveryRef>, rusqlite::Error> {
     let changed = tx.execute(
         "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_ms = NULL,
@@ -769,6 +963,7 @@ fn replay(
     if changed == 0 {
         return Ok(None);
     }
+    dead_letter_item(tx, id, now, true, feed)?;
     tx.query_row(
         "SELECT id, event_seq, target, order_key, priority FROM deliveries WHERE id = ?1",
         params![id],
@@ -913,19 +1108,7 @@ impl Journal for SqliteJournal {
                  WHERE d.status = 'dead' AND (?1 IS NULL OR d.target = ?1)
                  ORDER BY d.updated_ms DESC, d.id DESC LIMIT ?2",
             )?;
-            let rows = s.query_map(params![target, limit as i64], |r| {
-                Ok(DeadLetter {
-                    id: r.get(0)?,
-                    target: r.get(1)?,
-                    event_id: r.get(2)?,
-                    event_source: r.get(3)?,
-                    event_type: r.get(4)?,
-                    caseid: r.get(5)?,
-                    attempts: r.get(6)?,
-                    last_error: r.get(7)?,
-                    dead_at: rfc3339_ms(r.get(8)?),
-                })
-            })?;
+            let rows = s.query_map(params![target, limit as i64], dead_letter_row)?;
             rows.collect()
         })
     }
@@ -1128,6 +1311,31 @@ impl Journal for SqliteJournal {
             rows.collect()
         })
     }
+
+    fn feed_subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<FeedItem>> {
+        self.feed.subscribe()
+    }
+
+    fn feed_after(&self, cursor: i64, limit: usize) -> Result<Vec<FeedItem>, JournalError> {
+        self.read(|c| feed::after(c, cursor, limit))
+    }
+
+    fn feed_latest(
+        &self,
+        kind: FeedKind,
+        cursor: i64,
+        limit: usize,
+    ) -> Result<Vec<FeedItem>, JournalError> {
+        self.read(|c| feed::latest(c, kind, cursor, limit))
+    }
+
+    fn feed_span(&self) -> Result<FeedSpan, JournalError> {
+        self.read(feed::span)
+    }
+
+    fn feed_note(&self, kind: FeedKind, keys: FeedKeys, data: String) -> Pending<i64> {
+        self.ask(|reply| Command::Note(kind, keys, data, reply))
+    }
 }
 
 #[cfg(test)]
@@ -1136,12 +1344,7 @@ mod tests {
     use govhub_sdk::Severity;
 
     fn journal(dir: &Path) -> SqliteJournal {
-        SqliteJournal::open(&SqliteConfig {
-            path: dir.join("j.db"),
-            synchronous: Synchronous::Full,
-            max_group: 1024,
-        })
-        .unwrap()
+        SqliteJournal::open(&SqliteConfig::at(&dir.join("j.db"))).unwrap()
     }
 
     fn new_event(id: &str, case: Option<&str>, targets: &[&str]) -> NewEvent {
@@ -1264,6 +1467,102 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_change_enters_the_feed_once_committed_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = SqliteJournal::open(&SqliteConfig {
+            feed_retain: 2_500,
+            ..SqliteConfig::at(&dir.path().join("j.db"))
+        })
+        .unwrap();
+        let mut live = j.feed_subscribe();
+        let a = j
+            .append(vec![
+                new_event("a", Some("c1"), &["police"]),
+                new_event("a", None, &["police"]),
+            ])
+            .await
+            .unwrap();
+        j.record(vec![DeliveryUpdate::Dead {
+            id: a[0].deliveries[0].id,
+            attempts: 8,
+            error: "503".into(),
+        }])
+        .await
+        .unwrap();
+        j.replay(a[0].deliveries[0].id).await.unwrap();
+        j.audit("dir", "load", "police", r#"{"sha256":"ab"}"#)
+            .await
+            .unwrap();
+        j.feed_note(
+            FeedKind::Clock,
+            FeedKeys::default(),
+            r#"{"now_ms":1}"#.into(),
+        )
+        .await
+        .unwrap();
+        let items = j.feed_after(0, 100).unwrap();
+        let kinds: Vec<_> = items.iter().map(|i| i.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                FeedKind::Event,
+                FeedKind::DeadLetter,
+                FeedKind::DeadLetter,
+                FeedKind::Adapter,
+                FeedKind::Clock
+            ],
+            "the duplicate adds nothing"
+        );
+        assert!(items.windows(2).all(|w| w[0].cursor < w[1].cursor));
+        let event: serde_json::Value = serde_json::from_str(&items[0].data).unwrap();
+        assert_eq!(event["id"], "a");
+        assert_eq!(items[0].keys.caseid.as_deref(), Some("c1"));
+        let dead: serde_json::Value = serde_json::from_str(&items[1].data).unwrap();
+        assert_eq!(
+            (dead["target"].as_str(), dead["replayed"].as_bool()),
+            (Some("police"), Some(false))
+        );
+        let replayed: serde_json::Value = serde_json::from_str(&items[2].data).unwrap();
+        assert_eq!(replayed["replayed"], true);
+        let adapter: serde_json::Value = serde_json::from_str(&items[3].data).unwrap();
+        assert_eq!(
+            (adapter["adapter"].as_str(), adapter["change"].as_str()),
+            (Some("police"), Some("load"))
+        );
+        // Subscribers got the same items, in the same order, after commit.
+        for want in &items {
+            let got = live.try_recv().unwrap();
+            assert_eq!((got.cursor, got.kind), (want.cursor, want.kind));
+        }
+        assert_eq!(
+            j.feed_latest(FeedKind::Event, items[4].cursor, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        let span = j.feed_span().unwrap();
+        assert_eq!((span.first, span.head), (items[0].cursor, items[4].cursor));
+        // Past `retain` the oldest go; cursors keep growing.
+        for i in 0..3 {
+            let batch: Vec<NewEvent> = (0..1_000)
+                .map(|k| new_event(&format!("bulk-{i}-{k}"), None, &[]))
+                .collect();
+            j.append(batch).await.unwrap();
+        }
+        let span = j.feed_span().unwrap();
+        assert_eq!(span.head, items[4].cursor + 3_000);
+        assert!(span.first > items[4].cursor, "{span:?}");
+        assert!(span.head - span.first < 2_500 + 1_000, "{span:?}");
+        drop(j);
+        let j = journal(dir.path());
+        assert_eq!(
+            j.feed_span().unwrap().head,
+            span.head,
+            "cursors survive a restart"
+        );
+    }
+
+    #[tokio::test]
     async fn deliveries_keep_their_lane_and_older_journals_get_theirs() {
         let dir = tempfile::tempdir().unwrap();
         // A journal from before lanes (schema 3) with a critical event
@@ -1353,9 +1652,8 @@ mod tests {
         conn.pragma_update(None, "user_version", 99i64).unwrap();
         drop(conn);
         let e = SqliteJournal::open(&SqliteConfig {
-            path: dir.path().join("j.db"),
-            synchronous: Synchronous::Full,
             max_group: 1,
+            ..SqliteConfig::at(&dir.path().join("j.db"))
         })
         .err()
         .unwrap();
