@@ -430,13 +430,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, w: Writing) {
         w.stats
             .commands
             .fetch_add(group.len() as u64, Ordering::Relaxed);
-        if let Some(items) = commit_group(&mut conn, group, w.feed_retain) {
-            // Subscribers see an item only once it is on disk. No
-            // receiver is fine: nobody is watching.
-            for item in items {
-                let _ = w.feed.send(Arc::new(item));
-            }
-        }
+        commit_group(&mut conn, group, w.feed_retain, &w.feed);
         w.stats.commits.fetch_add(1, Ordering::Relaxed);
     }
     tracing::debug!("journal writer stopped");
@@ -468,7 +462,15 @@ enum Reply {
 
 /// Applies a group in one transaction and answers each command; the feed
 /// items it added when it committed, `None` when it did not.
-fn commit_group(conn: &mut Connection, group: Vec<Command>, retain: i64) -> Option<Vec<FeedItem>> {
+/// Commits one group. Subscribers see its feed items only once they are on
+/// disk, and before any caller hears "committed": whoever is told an event
+/// is stored can already find it on a live stream.
+fn commit_group(
+    conn: &mut Connection,
+    group: Vec<Command>,
+    retain: i64,
+    live: &tokio::sync::broadcast::Sender<Arc<FeedItem>>,
+) {
     let mut replies = Vec::with_capacity(group.len());
     let mut feed = feed::Batch::default();
     let outcome = (|| -> Result<(), rusqlite::Error> {
@@ -559,6 +561,12 @@ fn commit_group(conn: &mut Connection, group: Vec<Command>, retain: i64) -> Opti
         tracing::error!("journal commit failed: {e}");
         JournalError::Storage(format!("commit failed: {e}"))
     });
+    if failed.is_none() {
+        // No receiver is fine: nobody is watching.
+        for item in feed.items {
+            let _ = live.send(Arc::new(item));
+        }
+    }
     for reply in replies {
         match reply {
             Reply::Append(tx, r) => {
@@ -593,7 +601,6 @@ fn commit_group(conn: &mut Connection, group: Vec<Command>, retain: i64) -> Opti
             }
         }
     }
-    failed.is_none().then_some(feed.items)
 }
 
 fn add_version(
