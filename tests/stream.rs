@@ -196,6 +196,33 @@ fn filters_limits_keepalives_and_bad_parameters() {
     }
 }
 
+#[test]
+fn a_quiet_stream_is_written_at_once_and_a_busy_one_once_an_interval() {
+    let dir = HubDir::new(&[], "[stream]\ncoalesce_ms = 800\n");
+    let hub = dir.start();
+    let mut s = SseClient::open(&hub.base, "/v1/stream?kind=event", None);
+    assert_eq!(s.status, 200, "{}", s.body);
+    // Quiet for longer than the interval: the next event goes at once.
+    assert!(s.next(Duration::from_millis(900)).is_none());
+    let sent = Instant::now();
+    send_alerts(&hub, &["quiet".to_string()], "yingfeng/yingyi/2");
+    assert_eq!(event_ids(&s.take("event", 1, WAIT)), ["quiet"]);
+    let first = sent.elapsed();
+    assert!(
+        first < Duration::from_millis(600),
+        "a quiet stream waited {first:?}"
+    );
+    // Busy now: the next one waits out the interval since the last look.
+    let seen = Instant::now();
+    send_alerts(&hub, &["busy".to_string()], "yingfeng/yingyi/2");
+    assert_eq!(event_ids(&s.take("event", 1, WAIT)), ["busy"]);
+    let second = seen.elapsed();
+    assert!(
+        second >= Duration::from_millis(500),
+        "a busy stream was written again after {second:?} (stream.coalesce_ms = 800)"
+    );
+}
+
 /// The hub's resident memory, KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

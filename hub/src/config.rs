@@ -288,6 +288,11 @@ pub struct StreamConfig {
     /// A comment on a quiet stream this often, so proxies and browsers
     /// keep the connection, ms.
     pub keepalive_ms: u64,
+    /// While a stream is busy, writes to it are at least this far apart
+    /// (what comes meanwhile goes in the next write), ms. A quiet stream
+    /// is written at once; a busy one costs its subscriber's socket a
+    /// write per interval, not one per item. 0: every burst at once.
+    pub coalesce_ms: u64,
 }
 
 impl Default for StreamConfig {
@@ -297,6 +302,7 @@ impl Default for StreamConfig {
             buffer: 1024,
             max_subscribers: 256,
             keepalive_ms: 15_000,
+            coalesce_ms: 50,
         }
     }
 }
@@ -585,6 +591,12 @@ impl Config {
                 "stream.retain, stream.buffer, stream.max_subscribers and stream.keepalive_ms must be positive"
             );
         }
+        if st.coalesce_ms > 10_000 {
+            anyhow::bail!(
+                "stream.coalesce_ms is {}: at most 10000 (a busy stream is written at least every 10 s)",
+                st.coalesce_ms
+            );
+        }
         if self.cockpit.time_zone.trim().is_empty() {
             anyhow::bail!("cockpit.time_zone must name a time zone (e.g. Asia/Shanghai)");
         }
@@ -683,6 +695,11 @@ mod tests {
             (
                 "[outbound]\nidle_timeout_ms = 0",
                 &["outbound.idle_timeout_ms"],
+            ),
+            ("[stream]\nkeepalive_ms = 0", &["stream.keepalive_ms"]),
+            (
+                "[stream]\ncoalesce_ms = 60000",
+                &["stream.coalesce_ms", "10000"],
             ),
             (
                 "[tls]\nca_files = [\"nowhere.pem\"]",

@@ -1,15 +1,21 @@
 //! The SSE handler: replay from the journal, then follow the live feed.
+//!
+//! Each live item is rendered as its SSE frame once, by one fan-out task,
+//! and the same bytes go to every subscriber that wants it. A subscriber
+//! takes everything that is waiting at once (a group commit's items come
+//! together) and writes it as one chunk, so a hundred subscribers cost a
+//! hundred writes per burst, not per item.
 
 use super::Filter;
 use crate::config::StreamConfig;
 use crate::ingress::Problem;
 use crate::journal::{FeedItem, FeedSpan, Journal, JournalError};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -18,20 +24,55 @@ use tokio::sync::{broadcast, mpsc, watch};
 /// 64 items of about 1 KB.
 const PAGE: usize = 64;
 
-/// Items waiting in one subscriber's own queue. A subscriber that does
-/// not read holds this many and no more: the feed's shared ring and the
-/// journal hold the rest.
-const QUEUE: usize = 16;
+/// The most one write to a subscriber carries; more waiting is written
+/// in further chunks.
+const CHUNK: usize = 32 * 1024;
+
+/// Chunks waiting for one subscriber's socket. A subscriber that does not
+/// read holds this many (and one being filled) and no more: the shared
+/// ring and the journal hold the rest.
+const QUEUE: usize = 2;
 
 /// How long a browser waits before reconnecting (the SSE `retry:`): short,
 /// because the stream resumes exactly where it stopped.
 const RETRY: Duration = Duration::from_millis(1_000);
 
-/// The open streams, their limit, and the switch that ends them all.
+/// A live item and its SSE frame, rendered once for every subscriber.
+struct Frame {
+    item: Arc<FeedItem>,
+    bytes: Bytes,
+}
+
+/// An item as an SSE frame: `id:` its cursor, `event:` its kind, its JSON
+/// as `data:` (a line each, should it hold a newline; carriage returns,
+/// which SSE would split on, dropped).
+fn render(item: &FeedItem) -> Bytes {
+    let mut out = BytesMut::with_capacity(item.data.len() + 48);
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(item.cursor.to_string().as_bytes());
+    out.extend_from_slice(b"\nevent: ");
+    out.extend_from_slice(item.kind.as_str().as_bytes());
+    out.extend_from_slice(b"\n");
+    for line in item.data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        if line.contains('\r') {
+            out.extend_from_slice(line.replace('\r', "").as_bytes());
+        } else {
+            out.extend_from_slice(line.as_bytes());
+        }
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"\n");
+    out.freeze()
+}
+
+/// The open streams, their limit, the shared live ring, and the switch
+/// that ends them all.
 pub struct Streams {
     config: StreamConfig,
     open: AtomicUsize,
     stop: watch::Sender<bool>,
+    live: OnceLock<broadcast::Sender<Arc<Frame>>>,
 }
 
 impl Streams {
@@ -41,6 +82,7 @@ impl Streams {
             config,
             open: AtomicUsize::new(0),
             stop: watch::Sender::new(false),
+            live: OnceLock::new(),
         }
     }
 
@@ -52,6 +94,40 @@ impl Streams {
     /// Ends every stream (shutdown); later ones end at once.
     pub fn stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// A receiver of the rendered live feed; the first call starts the
+    /// task that renders it (inside the server's runtime).
+    fn live(&self, journal: &Arc<dyn Journal>) -> broadcast::Receiver<Arc<Frame>> {
+        self.live
+            .get_or_init(|| {
+                let mut from = journal.feed_subscribe();
+                let (tx, _) = broadcast::channel(self.config.buffer.max(1));
+                let out = tx.clone();
+                let mut stop = self.stop.subscribe();
+                tokio::spawn(async move {
+                    loop {
+                        let item = tokio::select! {
+                            _ = stop.changed() => return,
+                            item = from.recv() => item,
+                        };
+                        match item {
+                            // Nobody watching: nothing to render.
+                            Ok(_) if out.receiver_count() == 0 => {}
+                            Ok(item) => {
+                                let bytes = render(&item);
+                                let _ = out.send(Arc::new(Frame { item, bytes }));
+                            }
+                            // Subscribers see the gap in the cursors and
+                            // read it from the journal.
+                            Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                });
+                tx
+            })
+            .subscribe()
     }
 }
 
@@ -118,7 +194,7 @@ async fn stream(
     let open = Open(streams.clone());
     // Subscribe before reading the journal: what commits meanwhile is in
     // the channel, and cursors drop what the journal already gave.
-    let live = ctx.journal.feed_subscribe();
+    let live = streams.live(&ctx.journal);
     let (tx, rx) = mpsc::channel(QUEUE);
     let subscription = Subscription {
         journal: ctx.journal.clone(),
@@ -127,22 +203,33 @@ async fn stream(
         live,
         stop: streams.stop.subscribe(),
         last: 0,
+        pending: BytesMut::new(),
+        keepalive: Duration::from_millis(streams.config.keepalive_ms),
+        coalesce: Duration::from_millis(streams.config.coalesce_ms),
+        looked: tokio::time::Instant::now(),
+        written: tokio::time::Instant::now(),
     };
     tokio::spawn(async move {
         let _open = open;
         subscription.run(after).await;
     });
-    let keepalive = Duration::from_millis(streams.config.keepalive_ms);
-    let first = futures_util::stream::once(async { Ok(Event::default().retry(RETRY)) });
-    let items = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|event| (Ok::<_, std::convert::Infallible>(event), rx))
+    let first = futures_util::stream::once(async {
+        Ok::<_, std::convert::Infallible>(Bytes::from(format!("retry: {}\n\n", RETRY.as_millis())))
     });
-    let sse = Sse::new(futures_util::StreamExt::chain(first, items))
-        .keep_alive(KeepAlive::new().interval(keepalive));
-    // Proxies (nginx) must not hold the stream back.
-    Ok(([("x-accel-buffering", "no")], sse).into_response())
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frames| (Ok(frames), rx))
+    });
+    let body = axum::body::Body::from_stream(futures_util::StreamExt::chain(first, frames));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Proxies (nginx) must not hold the stream back.
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Counts a stream as open while it lives.
@@ -154,17 +241,26 @@ impl Drop for Open {
     }
 }
 
-/// The subscriber went away.
+/// The subscriber went away (or the hub is stopping).
 struct Gone;
 
 struct Subscription {
     journal: Arc<dyn Journal>,
     filter: Filter,
-    tx: mpsc::Sender<Event>,
-    live: broadcast::Receiver<Arc<FeedItem>>,
+    tx: mpsc::Sender<Bytes>,
+    live: broadcast::Receiver<Arc<Frame>>,
     stop: watch::Receiver<bool>,
     /// The last cursor handled (sent or filtered out).
     last: i64,
+    /// Frames not yet handed to the socket.
+    pending: BytesMut,
+    keepalive: Duration,
+    /// A busy stream looks at the live ring at most this often.
+    coalesce: Duration,
+    /// When it last did.
+    looked: tokio::time::Instant,
+    /// When the last write went out (a keep-alive follows a quiet spell).
+    written: tokio::time::Instant,
 }
 
 impl Subscription {
@@ -189,29 +285,89 @@ impl Subscription {
         if started.is_err() {
             return;
         }
-        loop {
-            let item = tokio::select! {
+        while self.follow().await.is_ok() {}
+    }
+
+    /// Waits for the next live item (or a quiet `keepalive`), then takes
+    /// every item already waiting and writes them together.
+    async fn follow(&mut self) -> Result<(), Gone> {
+        let first = tokio::select! {
+            biased;
+            _ = self.stop.changed() => return Err(Gone),
+            _ = self.tx.closed() => return Err(Gone),
+            _ = tokio::time::sleep_until(self.written + self.keepalive) => {
+                self.pending.extend_from_slice(b":\n\n");
+                return self.flush().await;
+            }
+            item = self.live.recv() => item,
+        };
+        // Busy: wait out the interval since the last look at the ring, and
+        // take what came meanwhile with it; a subscriber wakes at most
+        // once an interval, whatever the rate. Quiet: at once.
+        let due = self.looked + self.coalesce;
+        if tokio::time::Instant::now() < due {
+            tokio::select! {
                 biased;
-                _ = self.stop.changed() => return,
-                _ = self.tx.closed() => return,
-                item = self.live.recv() => item,
-            };
-            let handled = match item {
-                Ok(item) if item.cursor <= self.last => Ok(()),
-                // Missed something (never expected): read it back first.
-                Ok(item) if item.cursor > self.last + 1 => match self.catch_up().await {
-                    Ok(()) if item.cursor > self.last => self.handle(&item).await,
-                    other => other,
-                },
-                Ok(item) => self.handle(&item).await,
-                // Fell out of the shared ring: the journal has the rest.
-                Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await,
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            if handled.is_err() {
-                return;
+                _ = self.stop.changed() => return Err(Gone),
+                _ = self.tx.closed() => return Err(Gone),
+                _ = tokio::time::sleep_until(due) => {}
             }
         }
+        self.looked = tokio::time::Instant::now();
+        self.take_all(first).await?;
+        self.flush().await
+    }
+
+    /// The next live item if one is waiting.
+    fn try_next(&mut self) -> Option<Result<Arc<Frame>, broadcast::error::RecvError>> {
+        use broadcast::error::{RecvError, TryRecvError};
+        match self.live.try_recv() {
+            Ok(frame) => Some(Ok(frame)),
+            Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+            Err(TryRecvError::Empty) => None,
+        }
+    }
+
+    /// Takes `first` and every live item already waiting behind it.
+    async fn take_all(
+        &mut self,
+        first: Result<Arc<Frame>, broadcast::error::RecvError>,
+    ) -> Result<(), Gone> {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Ok(frame) => self.take(&frame).await?,
+                // Fell out of the shared ring: the journal has the rest.
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await?,
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.flush().await?;
+                    return Err(Gone);
+                }
+            }
+            next = self.try_next();
+        }
+        Ok(())
+    }
+
+    /// One live frame, in cursor order.
+    async fn take(&mut self, frame: &Frame) -> Result<(), Gone> {
+        let cursor = frame.item.cursor;
+        if cursor <= self.last {
+            return Ok(());
+        }
+        if cursor > self.last + 1 {
+            // Missed something (never expected): read it back first.
+            self.catch_up().await?;
+            if cursor <= self.last {
+                return Ok(());
+            }
+        }
+        self.last = cursor;
+        if self.filter.matches(&frame.item) {
+            self.push(&frame.bytes).await?;
+        }
+        Ok(())
     }
 
     async fn span(&self) -> Result<FeedSpan, JournalError> {
@@ -248,8 +404,12 @@ impl Subscription {
             }
             let full = page.len() == PAGE;
             for item in &page {
-                self.handle(item).await?;
+                self.last = item.cursor;
+                if self.filter.matches(item) {
+                    self.push(&render(item)).await?;
+                }
             }
+            self.flush().await?;
             if !full {
                 return Ok(());
             }
@@ -262,28 +422,32 @@ impl Subscription {
             "reason": "the cursor is older than what the hub keeps (stream.retain): reload the snapshot",
         });
         self.last = head;
-        let event = Event::default()
-            .id(head.to_string())
-            .event("resync")
-            .data(data.to_string());
-        self.tx.send(event).await.map_err(|_| Gone)
+        let frame = format!("id: {head}\nevent: resync\ndata: {data}\n\n");
+        self.pending.extend_from_slice(frame.as_bytes());
+        self.flush().await
     }
 
-    async fn handle(&mut self, item: &FeedItem) -> Result<(), Gone> {
-        self.last = item.cursor;
-        if !self.filter.matches(item) {
+    /// Adds a frame to the chunk being filled; a full chunk goes out.
+    async fn push(&mut self, frame: &[u8]) -> Result<(), Gone> {
+        if !self.pending.is_empty() && self.pending.len() + frame.len() > CHUNK {
+            self.flush().await?;
+        }
+        self.pending.extend_from_slice(frame);
+        Ok(())
+    }
+
+    /// Hands the chunk to the socket, waiting while the subscriber's queue
+    /// is full (it reads slowly); the hub stopping ends the wait.
+    async fn flush(&mut self) -> Result<(), Gone> {
+        if self.pending.is_empty() {
             return Ok(());
         }
-        // JSON has no raw carriage return; SSE would split on one.
-        let data = if item.data.contains('\r') {
-            item.data.replace('\r', "")
-        } else {
-            item.data.to_string()
-        };
-        let event = Event::default()
-            .id(item.cursor.to_string())
-            .event(item.kind.as_str())
-            .data(data);
-        self.tx.send(event).await.map_err(|_| Gone)
+        let chunk = self.pending.split().freeze();
+        self.written = tokio::time::Instant::now();
+        tokio::select! {
+            biased;
+            _ = self.stop.changed() => Err(Gone),
+            sent = self.tx.send(chunk) => sent.map_err(|_| Gone),
+        }
     }
 }
