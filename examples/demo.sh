@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything govhub needs on a fresh machine with Rust (rustup),
-# builds the hub and the shipped adapters, and runs the demo.
+# builds the hub and the shipped adapters, and runs the demo. Arguments go
+# to `govhub demo`: `examples/demo.sh --serve` keeps the hub running and
+# serves the cockpit at http://127.0.0.1:8080/ while the stories play.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,4 +19,4 @@ cargo build --release -p govhub
 
 echo "==> govhub demo"
 export GOVHUB_CACHE_DIR="${GOVHUB_CACHE_DIR:-$PWD/target/compile-cache}"
-exec target/release/govhub demo --wasm-dir target/adapters/wasm32-wasip2/release
+exec target/release/govhub demo --wasm-dir target/adapters/wasm32-wasip2/release "$@"

@@ -229,7 +229,7 @@ fn both_stories_replay_with_govhub_demo() {
         "got it: police",
         "gov.incident.on-scene    police",
         "story 2: e-trike congestion",
-        "traffic.congestion (major), grid yingfeng/chaoyang/1, closed, on time",
+        "traffic.congestion (major), grid yingfeng/yingyi/2, closed, on time",
         "got it: village",
         "18:05:00  gov.case.closed",
         "both cases closed",

@@ -1,11 +1,31 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, doc tests, the adapters'
 # offline tests, and the end-to-end tests in tests/ (real binary, real
-# adapters built for wasm32-wasip2). What CI runs.
+# adapters built for wasm32-wasip2, a real headless Chromium for the
+# cockpit). What CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2
+
+# The real parts the tests drive, from Debian's packages: Python for the
+# http.server department stand-in, Chromium and its WebDriver for the
+# cockpit, a CJK font so the cockpit's Chinese renders in screenshots.
+need=()
+command -v python3 >/dev/null || need+=(python3)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || need+=(fonts-wqy-microhei)
+if ((${#need[@]})); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        echo "==> installing ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "missing ${need[*]}: install them (Debian: apt-get install ${need[*]}) or run as root" >&2
+        exit 1
+    fi
+fi
 
 # One release build serves everything: the end-to-end tests run the
 # release binary (cranelift itself is slow unoptimized), so the unit tests

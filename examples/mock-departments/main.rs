@@ -339,6 +339,10 @@ struct Report {
     status: String,
     #[serde(default)]
     note: Option<String>,
+    /// When the department says it happened (a drill on the hub's manual
+    /// clock passes it); default now.
+    #[serde(default)]
+    time: Option<String>,
 }
 
 /// The id the department knows the case's last delivery by.
@@ -379,7 +383,7 @@ async fn control_report(State(m): State<Shared>, Json(r): Json<Report>) -> Respo
         };
         req.status = r.status.clone();
         req.status_notes = r.note.clone();
-        req.updated_datetime = now_rfc3339();
+        req.updated_datetime = r.time.clone().unwrap_or_else(now_rfc3339);
         return StatusCode::OK.into_response();
     }
     let Some(reference) = reference(&m, &r.department, &r.case_id) else {
@@ -389,7 +393,7 @@ async fn control_report(State(m): State<Shared>, Json(r): Json<Report>) -> Respo
         )
             .into_response();
     };
-    let time = now_rfc3339();
+    let time = r.time.clone().unwrap_or_else(now_rfc3339);
     let client = reqwest_like::Client::new();
     let hub = m.hub.lock().map(|h| h.clone()).unwrap_or_default();
     let url = format!("{hub}/v1/ingest/{}", r.department);

@@ -49,6 +49,20 @@ enum Command {
         /// The mock-departments binary (default: next to govhub).
         #[arg(long)]
         mock: Option<PathBuf>,
+        /// Keep the hub running with its cockpit: wait for a browser to open
+        /// it, replay the stories at a watchable pace, then a day at
+        /// Yingfeng, until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
+        /// With --serve: where the hub and its cockpit listen.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// With --serve: the pause after each step, ms.
+        #[arg(long, default_value_t = 1500)]
+        pace_ms: u64,
+        /// With --serve: start at once, without waiting for the cockpit.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Check a config file and every adapter manifest it loads, then exit.
     CheckConfig {
@@ -200,12 +214,21 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             deployment,
             workdir,
             mock,
+            serve,
+            listen,
+            pace_ms,
+            no_wait,
         } => {
             crate::demo::run(crate::demo::Options {
                 wasm_dir,
                 deployment,
                 workdir,
                 mock,
+                serve: serve.then(|| crate::demo::Serve {
+                    listen,
+                    pace: std::time::Duration::from_millis(pace_ms),
+                    no_wait,
+                }),
             })
             .await
         }
@@ -255,7 +278,8 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Waits for Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -493,7 +517,7 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("adapter `{name}` ingest failed: {e}"))?;
         let normalized = events
             .into_iter()
-            .map(|e| crate::hub::normalize(e, Some(&name)))
+            .map(|e| crate::hub::normalize(e, Some(&name), crate::journal::now_ms()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("adapter `{name}` produced an invalid event: {e}"))?;
         let json: Vec<serde_json::Value> = normalized.iter().map(cloudevents::to_json).collect();

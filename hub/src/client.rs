@@ -47,13 +47,24 @@ impl Http {
         url: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
+        self.send_as(method, url, "application/json", body).await
+    }
+
+    /// [`Http::send`] with a body of another JSON media type.
+    pub async fn send_as(
+        &self,
+        method: &str,
+        url: &str,
+        content_type: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
         let mut req = http::Request::builder().method(method).uri(url);
         if let Some(token) = &self.bearer {
             req = req.header("authorization", format!("Bearer {token}"));
         }
         let bytes = match body {
             Some(b) => {
-                req = req.header("content-type", "application/json");
+                req = req.header("content-type", content_type);
                 bytes::Bytes::from(b.to_string())
             }
             None => bytes::Bytes::new(),
@@ -77,6 +88,21 @@ impl Http {
         body: serde_json::Value,
     ) -> anyhow::Result<serde_json::Value> {
         let (status, v) = self.send("POST", url, Some(body)).await?;
+        if !(200..300).contains(&status) {
+            anyhow::bail!("POST {url} answered {status}: {v}");
+        }
+        Ok(v)
+    }
+
+    /// POST of a body of `content_type` (a CloudEvent, say); a non-2xx
+    /// answer is an error carrying the body.
+    pub async fn post_typed(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let (status, v) = self.send_as("POST", url, content_type, Some(body)).await?;
         if !(200..300).contains(&status) {
             anyhow::bail!("POST {url} answered {status}: {v}");
         }

@@ -8,6 +8,12 @@
 //! department systems report back through their own protocols while the
 //! demo moves the hub's manual clock, so fifteen minutes pass in a moment.
 //! It prints each case's timeline and exits 0 only if both cases closed.
+//!
+//! With `--serve` it is a demo to watch: it prints the cockpit's address,
+//! waits for a browser to open it, replays the two stories at a pace a
+//! person can follow, then a day at Yingfeng (a missing person found, a
+//! smart-building smoke alarm, a street vendor regulated, two disputes at
+//! the mediation rooms), and keeps the hub running until Ctrl-C.
 
 use crate::config::Config;
 use crate::hub::Hub;
@@ -29,6 +35,20 @@ pub struct Options {
     pub workdir: Option<PathBuf>,
     /// The `mock-departments` binary; default next to `govhub`.
     pub mock: Option<PathBuf>,
+    /// Keep the hub running for the cockpit, on this address, replaying
+    /// at this pace.
+    pub serve: Option<Serve>,
+}
+
+/// `govhub demo --serve`.
+#[derive(Debug, Clone)]
+pub struct Serve {
+    /// Where the hub (and its cockpit) listens.
+    pub listen: String,
+    /// The pause after each step of a story, so a person can follow it.
+    pub pace: Duration,
+    /// Start at once instead of waiting for a browser to open the cockpit.
+    pub no_wait: bool,
 }
 
 fn source_tree() -> PathBuf {
@@ -139,6 +159,7 @@ struct Demo {
     hub: String,
     mock: String,
     core: Arc<Hub>,
+    pace: Duration,
 }
 
 impl Demo {
@@ -163,6 +184,27 @@ impl Demo {
         Ok(())
     }
 
+    /// Lets a person watching the cockpit see what just happened.
+    async fn pause(&self) {
+        if !self.pace.is_zero() {
+            tokio::time::sleep(self.pace).await;
+        }
+    }
+
+    /// Posts a CloudEvent as a department system of its own would.
+    async fn send(&self, event: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let v = self
+            .http
+            .post_typed(
+                &format!("{}/v1/events", self.hub),
+                "application/cloudevents+json",
+                event,
+            )
+            .await?;
+        self.pause().await;
+        Ok(v)
+    }
+
     async fn report(
         &self,
         department: &str,
@@ -173,7 +215,10 @@ impl Demo {
         self.http
             .post(
                 &format!("{}/_control/report", self.mock),
-                serde_json::json!({ "department": department, "case_id": case, "status": status, "note": note }),
+                serde_json::json!({
+                    "department": department, "case_id": case, "status": status, "note": note,
+                    "time": crate::journal::rfc3339_ms(self.core.clock.now_ms()),
+                }),
             )
             .await?;
         println!(
@@ -185,6 +230,7 @@ impl Demo {
                 format!(": {note}")
             }
         );
+        self.pause().await;
         Ok(())
     }
 
@@ -229,11 +275,26 @@ impl Demo {
         .await
     }
 
+    /// Waits until `department` has accepted case `id` (a department that
+    /// reports by being polled is heard on the wall clock, not the hub's).
+    async fn accepted(&self, id: &str, department: &str) -> anyhow::Result<()> {
+        self.until(&format!("{department} to accept case {id}"), || async {
+            self.case(id).await.is_ok_and(|c| {
+                c["departments"].as_array().is_some_and(|ds| {
+                    ds.iter()
+                        .any(|d| d["name"] == department && !d["accepted_at"].is_null())
+                })
+            })
+        })
+        .await
+    }
+
     async fn ingest(&self, adapter: &str, body: serde_json::Value) -> anyhow::Result<String> {
         let v = self
             .http
             .post(&format!("{}/v1/ingest/{adapter}", self.hub), body)
             .await?;
+        self.pause().await;
         v["accepted"][0]["caseid"]
             .as_str()
             .map(str::to_string)
@@ -379,7 +440,7 @@ async fn etrike_congestion(demo: &Demo) -> anyhow::Result<String> {
     // Rush hour, later the same day: 17:40.
     demo.advance(3 * 3600 + 20 * 60 + 5).await?;
     println!(
-        "  {}  grid worker W-0712 photographs e-trikes jamming the west gate, reports through the four platforms",
+        "  {}  grid worker Guan Jiuyang (grid 2 of Yingyi village) photographs e-trikes jamming the west gate of Yingyi Jiayuan, reports through the four platforms",
         local(demo.core.clock.now_ms())
     );
     let case = demo
@@ -387,12 +448,12 @@ async fn etrike_congestion(demo: &Demo) -> anyhow::Result<String> {
             "four-platforms",
             serde_json::json!({
                 "report_id": "GW-20250801-1740-07",
-                "worker": { "id": "W-0712", "name": "李网格" },
-                "grid": "yingfeng/chaoyang/1",
+                "worker": { "id": "W-0712", "name": "管九阳" },
+                "grid": "yingfeng/yingyi/2",
                 "event_code": "ZF-02",
-                "description": "电动三轮车堵住小区西门，晚高峰通行受阻",
+                "description": "盈一佳苑小区西门早晚高峰电动三轮车拥堵，存在安全隐患",
                 "photos": ["https://img.example/gw/0712/1.jpg"],
-                "location": { "lat": 30.2461, "lon": 120.1897 },
+                "location": { "lat": 30.2325, "lon": 120.2008 },
                 "time": "2025-08-01 17:40:00",
             }),
         )
@@ -408,13 +469,218 @@ async fn etrike_congestion(demo: &Demo) -> anyhow::Result<String> {
     demo.report("police", &case, "accepted", "").await?;
     demo.report("village", &case, "accepted", "").await?;
     demo.advance(1200).await?;
-    demo.report("traffic", &case, "done", "三轮车已疏导")
+    demo.report("traffic", &case, "done", "交通执法中队：三轮车已疏导")
         .await?;
     demo.report("police", &case, "resolved", "").await?;
-    demo.report("village", &case, "resolved", "已约谈车主，划定临时停放区")
-        .await?;
+    demo.report(
+        "village",
+        &case,
+        "resolved",
+        "盈一村：已约谈车主，划定临时停放区",
+    )
+    .await?;
     demo.closed(&case).await?;
     Ok(case)
+}
+
+/// The rest of a day at Yingfeng, for the cockpit: every case of it closes
+/// but the last, a dispute that climbs to the street's mediation centre.
+async fn a_day_at_yingfeng(demo: &Demo) -> anyhow::Result<Vec<String>> {
+    println!();
+    println!("a day at Yingfeng");
+    let mut cases = Vec::new();
+    let at = |what: &str| println!("  {}  {what}", local(demo.core.clock.now_ms()));
+
+    demo.advance(25 * 60).await?;
+    at("a family calls 110: an elderly man has not come home to Fengbei Second Garden");
+    let missing = demo
+        .ingest(
+            "police",
+            serde_json::json!({
+                "incident_no": "330109-20250801-0412",
+                "call_time": "2025-08-01T18:30:00+08:00",
+                "category_code": "0501",
+                "address": "丰北村丰北二苑 7 幢",
+                "coordinates": { "lat": 30.2555, "lon": 120.1905 },
+                "reporter": { "name": "家属", "phone": "" },
+                "description": "八旬老人傍晚外出未归，身穿蓝色外套",
+            }),
+        )
+        .await?;
+    demo.delivered(&missing, &["four-platforms"]).await?;
+    demo.advance(240).await?;
+    demo.report("four-platforms", &missing, "accepted", "网格员沿丰北路寻找")
+        .await?;
+    demo.advance(1500).await?;
+    demo.report(
+        "four-platforms",
+        &missing,
+        "handled",
+        "在丰北公园找到老人，已送回家",
+    )
+    .await?;
+    demo.closed(&missing).await?;
+    cases.push(missing);
+
+    demo.advance(10 * 60).await?;
+    at("the smart-building platform (智慧楼宇): a smoke detector in Wangjiang Jiayuan's garage goes off");
+    let smoke = demo
+        .send(serde_json::json!({
+            "specversion": "1.0",
+            "id": "sb-20250801-1912-0101",
+            "source": "urn:yingfeng:smart-building",
+            "type": "gov.incident.reported",
+            "category": "fire.smoke",
+            "severity": "major",
+            "lat": "30.2490",
+            "lon": "120.2062",
+            "data": { "description": "望江家园 3 幢 地下车库 烟感报警", "device": "SD-0101", "level": 2 },
+        }))
+        .await?;
+    let smoke = smoke["accepted"][0]["caseid"]
+        .as_str()
+        .map(str::to_string)
+        .context("the alarm opened no case")?;
+    demo.delivered(&smoke, &["fire"]).await?;
+    demo.advance(60).await?;
+    demo.report("fire", &smoke, "dispatched", "在线消防站出动")
+        .await?;
+    demo.report("four-platforms", &smoke, "accepted", "网格员通知物业到场")
+        .await?;
+    demo.advance(240).await?;
+    demo.report("fire", &smoke, "arrived", "").await?;
+    demo.advance(300).await?;
+    demo.report("fire", &smoke, "extinguished", "电瓶车充电冒烟，已处置")
+        .await?;
+    demo.report("four-platforms", &smoke, "verified", "物业已清理现场")
+        .await?;
+    demo.closed(&smoke).await?;
+    cases.push(smoke);
+
+    demo.advance(15 * 60).await?;
+    at("a grid worker finds mobile vendors blocking the pavement by Ying'er village");
+    let vendor = demo
+        .ingest(
+            "four-platforms",
+            serde_json::json!({
+                "report_id": "GW-20250801-1945-12",
+                "worker": { "id": "W-0733" },
+                "grid": "yingfeng/yinger/1",
+                "event_code": "ZF-01",
+                "description": "流动商贩占道经营，影响行人通行",
+                "location": { "lat": 30.244, "lon": 120.1985 },
+                "time": "2025-08-01 19:45:00",
+            }),
+        )
+        .await?;
+    demo.delivered(&vendor, &["city"]).await?;
+    // The city's system is polled: its request, open, is the acceptance.
+    demo.accepted(&vendor, "city-management").await?;
+    demo.advance(20 * 60).await?;
+    demo.report("city", &vendor, "closed", "已劝离，引导至便民疏导点")
+        .await?;
+    demo.closed(&vendor).await?;
+    cases.push(vendor);
+
+    demo.advance(10 * 60).await?;
+    at("owners and the property manager of a compound in Haichao fall out over parking fees: a police-and-mediation (警调) case");
+    let property = demo
+        .ingest(
+            "police",
+            serde_json::json!({
+                "incident_no": "330109-20250801-0466",
+                "call_time": "2025-08-01T20:15:00+08:00",
+                "category_code": "0402",
+                "address": "海潮社区 物管中心",
+                "coordinates": { "lat": 30.2302, "lon": 120.2163 },
+                "reporter": { "name": "业主代表", "phone": "" },
+                "description": "业主与物业因停车费发生争执",
+            }),
+        )
+        .await?;
+    demo.delivered(&property, &["four-platforms"]).await?;
+    demo.report("four-platforms", &property, "accepted", "")
+        .await?;
+    demo.advance(30 * 60).await?;
+    mediation(
+        demo,
+        &property,
+        "grid",
+        "referred",
+        "网格调解未果，移交社区",
+    )
+    .await?;
+    demo.advance(60 * 60).await?;
+    mediation(
+        demo,
+        &property,
+        "community",
+        "mediated",
+        "物管中心调解室调解成功，双方签订协议",
+    )
+    .await?;
+    demo.closed(&property).await?;
+    cases.push(property);
+
+    demo.advance(10 * 60).await?;
+    at("a neighbours' quarrel over a shared stairway at a Ying Ju He (盈聚和) workstation in Songcheng");
+    let quarrel = demo
+        .send(serde_json::json!({
+            "specversion": "1.0",
+            "id": "yjh-20250801-2135-03",
+            "source": "urn:yingfeng:yingjuhe:songcheng",
+            "type": "gov.incident.reported",
+            "category": "dispute.neighbour",
+            "severity": "minor",
+            "grid": "yingfeng/songcheng/2",
+            "data": { "description": "邻里因楼道堆物发生纠纷，情绪激动" },
+        }))
+        .await?;
+    let quarrel = quarrel["accepted"][0]["caseid"]
+        .as_str()
+        .map(str::to_string)
+        .context("the quarrel opened no case")?;
+    demo.delivered(&quarrel, &["four-platforms"]).await?;
+    demo.report("four-platforms", &quarrel, "accepted", "")
+        .await?;
+    demo.advance(20 * 60).await?;
+    mediation(demo, &quarrel, "grid", "referred", "").await?;
+    demo.advance(40 * 60).await?;
+    mediation(demo, &quarrel, "community", "referred", "提交街道矛调中心").await?;
+    at("the quarrel is with the street's conflict mediation centre (矛调中心) now");
+    cases.push(quarrel);
+    Ok(cases)
+}
+
+/// A mediation room reports an outcome (`gov.mediation.concluded`).
+async fn mediation(
+    demo: &Demo,
+    case: &str,
+    level: &str,
+    outcome: &str,
+    note: &str,
+) -> anyhow::Result<()> {
+    println!(
+        "  {}  {level} mediation: {outcome}{}",
+        local(demo.core.clock.now_ms()),
+        if note.is_empty() {
+            String::new()
+        } else {
+            format!(": {note}")
+        }
+    );
+    demo.send(serde_json::json!({
+        "specversion": "1.0",
+        "id": format!("mediation-{case}-{level}"),
+        "source": "urn:yingfeng:mediation",
+        "type": "gov.mediation.concluded",
+        "caseid": case,
+        "level": level,
+        "outcome": outcome,
+        "data": { "note": note },
+    }))
+    .await?;
+    Ok(())
 }
 
 /// Runs the demo; `Err` (exit 1) unless both cases closed.
@@ -433,12 +699,20 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let workdir = options.workdir.unwrap_or_else(|| temp.path().to_path_buf());
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listen = options
+        .serve
+        .as_ref()
+        .map(|s| s.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let hub_url = format!("http://{}", listener.local_addr()?);
     let (_mock, mock_url) = start_mock(&mock_bin, &hub_url)?;
     render(&deployment, &wasm_dir, &workdir, &mock_url)?;
 
     let mut config = Config::load(&workdir.join("govhub.toml"))?;
+    config.server.listen = listen.clone();
     // Compressed time: the hub's clock moves only when the demo moves it.
     config.cases.clock = "manual".into();
     config.cases.clock_start = Some("2025-08-01T14:04:55+08:00".into());
@@ -448,8 +722,15 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let hub = Hub::start(config).await?;
     hub.run_background()?;
     let app = crate::ingress::router(hub.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+    let streams = hub.streams.clone();
+    let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+                streams.stop();
+            })
+            .await;
     });
     println!(
         "govhub demo: the Yingfeng deployment ({} adapters, 57 grids) on {hub_url}, mock departments on {mock_url}",
@@ -457,11 +738,23 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     );
     println!("working copy: {}", workdir.display());
     println!();
+    if let Some(serve) = &options.serve {
+        println!("cockpit: {hub_url}/   (open it in a browser)");
+        if !serve.no_wait {
+            println!("waiting for the cockpit to connect before the stories start…");
+            let waited = Instant::now();
+            while hub.streams.open() == 0 && waited.elapsed() < Duration::from_secs(600) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        println!();
+    }
     let demo = Demo {
         http: Http::new(),
-        hub: hub_url,
+        hub: hub_url.clone(),
         mock: mock_url,
-        core: hub,
+        core: hub.clone(),
+        pace: options.serve.as_ref().map(|s| s.pace).unwrap_or_default(),
     };
     let river = typhoon_patrol(&demo).await?;
     let etrike = etrike_congestion(&demo).await?;
@@ -476,10 +769,22 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .print_case(&etrike, "GW-20250801-1740-07", "urn:govhub:four-platforms")
         .await?;
     println!();
-    if all_closed {
-        println!("both cases closed: every department that had to act reported back.");
-        Ok(())
-    } else {
+    if !all_closed {
         anyhow::bail!("a case did not close")
     }
+    println!("both cases closed: every department that had to act reported back.");
+    if options.serve.is_some() {
+        let day = a_day_at_yingfeng(&demo).await?;
+        println!();
+        println!(
+            "the day at Yingfeng: {} more cases, the last still with the street's mediation centre",
+            day.len()
+        );
+        println!("the hub keeps running for the cockpit: {hub_url}/   (Ctrl-C to stop)");
+        crate::cli::shutdown_signal().await;
+        let _ = stop_serving.send(());
+        let _ = server.await;
+        hub.shutdown().await;
+    }
+    Ok(())
 }

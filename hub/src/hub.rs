@@ -399,6 +399,11 @@ impl Hub {
         self.adapters.get(name).map(|s| s.active.clone())
     }
 
+    /// The grid map, if the deployment has one.
+    pub fn grid_map(&self) -> Option<&crate::router::grids::GridMap> {
+        self.grids.as_ref()
+    }
+
     /// Names of the loaded adapters, sorted.
     pub fn adapter_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.adapters.iter().map(|e| e.key().clone()).collect();
@@ -423,13 +428,13 @@ impl Hub {
             // did not, from the report's identity so a repeat maps to it.
             if event.caseid.is_none() && crate::cases::model::opens_case(&event.type_) {
                 if event.source.is_empty() || event.id.is_empty() {
-                    event = normalize(event, origin)
+                    event = normalize(event, origin, received_ms)
                         .map_err(|error| AcceptError::Invalid { index, error })?;
                 }
                 event.caseid = Some(crate::cases::model::case_id_for(&event.source, &event.id));
             }
-            let mut event =
-                normalize(event, origin).map_err(|error| AcceptError::Invalid { index, error })?;
+            let mut event = normalize(event, origin, received_ms)
+                .map_err(|error| AcceptError::Invalid { index, error })?;
             self.assign_grid(&mut event);
             let targets = self.route(&event, origin);
             tracing::debug!(
@@ -544,8 +549,13 @@ impl Hub {
 }
 
 /// Fills what the hub assigns (a random `id`, the adapter's `source`, the
-/// arrival `time`) and validates the result.
-pub fn normalize(mut event: Event, origin: Option<&str>) -> Result<Event, cloudevents::Error> {
+/// arrival `time`: `now_ms` of the hub's clock, so a drill on the manual
+/// clock stamps its events with the drill's time) and validates the result.
+pub fn normalize(
+    mut event: Event,
+    origin: Option<&str>,
+    now_ms: i64,
+) -> Result<Event, cloudevents::Error> {
     if event.id.is_empty() {
         event.id = uuid::Uuid::now_v7().to_string();
     }
@@ -556,7 +566,7 @@ pub fn normalize(mut event: Event, origin: Option<&str>) -> Result<Event, cloude
         };
     }
     if event.time.is_none() {
-        event.time = Some(now_rfc3339());
+        event.time = Some(crate::journal::rfc3339_ms(now_ms));
     }
     cloudevents::validate(&event)?;
     Ok(event)

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod cases;
 pub mod cli;
 pub mod client;
+pub mod cockpit;
 pub mod config;
 pub mod delivery;
 pub mod demo;

@@ -119,6 +119,18 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Delivery attempts to `adapter` so far: delivered, retried, dead.
+    pub fn delivery_counts(&self, adapter: &str) -> [u64; 3] {
+        ["delivered", "retry", "dead"].map(|outcome| {
+            self.deliveries
+                .get_or_create(&vec![
+                    ("adapter".to_string(), adapter.to_string()),
+                    ("outcome".to_string(), outcome.to_string()),
+                ])
+                .get()
+        })
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

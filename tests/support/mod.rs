@@ -3,6 +3,7 @@
 //! receiver standing in for a department.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod sse;
 pub mod wire;
 
@@ -526,6 +527,22 @@ pub fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
         r.status().as_u16(),
         r.body_mut().read_to_string().unwrap_or_default(),
     )
+}
+
+/// GET → (status, headers with lower-case names).
+pub fn head(url: &str) -> (u16, std::collections::HashMap<String, String>) {
+    let r = agent().get(url).call().expect("request sent");
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    (r.status().as_u16(), headers)
 }
 
 /// POST → (status, content-type, body).

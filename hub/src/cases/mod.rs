@@ -98,9 +98,23 @@ pub fn summary(case: &Case) -> serde_json::Value {
         "on_time": case.on_time(),
         "open_departments": case.open_departments(),
         "departments": departments,
+        "mediation_level": mediation_level(case),
         "steps": case.timeline.len(),
         "last_step": last,
     })
+}
+
+/// How far up the mediation rooms a dispute has gone: 0 the grid's, 1 the
+/// community's, 2 the street's mediation centre (each `referred` outcome
+/// sends it one room up).
+fn mediation_level(case: &Case) -> usize {
+    case.mediation
+        .iter()
+        .filter(|m| m.outcome == "referred")
+        .filter_map(|m| model::MEDIATION_LEVELS.iter().position(|l| *l == m.level))
+        .map(|i| (i + 1).min(model::MEDIATION_LEVELS.len() - 1))
+        .max()
+        .unwrap_or(0)
 }
 
 /// A stored case, read back.

@@ -4,6 +4,8 @@
 //! - time to resolve: from the report to the case closing;
 //! - on-time rate: closed cases closed by their resolution deadline, over
 //!   all closed cases;
+//! - in-grid rate ("small matters stay in the grid"): closed cases that
+//!   never escalated past their own grid, over all closed cases;
 //! - mediation success per level: `mediated` over every concluded
 //!   mediation at that level.
 //!
@@ -37,6 +39,8 @@ pub struct Figures {
     pub time_to_resolve: Spread,
     /// Closed on time over closed; `None` when nothing closed.
     pub on_time_rate: Option<f64>,
+    /// Closed without escalating past the grid, over closed.
+    pub in_grid_rate: Option<f64>,
 }
 
 /// Mediation at one level.
@@ -84,6 +88,8 @@ fn spread(mut values: Vec<i64>) -> Spread {
 fn figures<'a>(cases: impl Iterator<Item = &'a Case> + Clone) -> Figures {
     let closed: Vec<&Case> = cases.clone().filter(|c| c.stage == Stage::Closed).collect();
     let on_time = closed.iter().filter(|c| c.on_time() == Some(true)).count();
+    let in_grid = closed.iter().filter(|c| c.level == 0).count();
+    let rate = |n: usize| (!closed.is_empty()).then(|| n as f64 / closed.len() as f64);
     Figures {
         open: cases.clone().filter(|c| c.stage != Stage::Closed).count(),
         closed: closed.len(),
@@ -99,7 +105,8 @@ fn figures<'a>(cases: impl Iterator<Item = &'a Case> + Clone) -> Figures {
                 .filter_map(|c| c.closed_ms.map(|t| (t - c.opened_ms) / 1000))
                 .collect(),
         ),
-        on_time_rate: (!closed.is_empty()).then(|| on_time as f64 / closed.len() as f64),
+        on_time_rate: rate(on_time),
+        in_grid_rate: rate(in_grid),
     }
 }
 

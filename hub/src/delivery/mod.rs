@@ -36,6 +36,8 @@ use tokio::sync::Notify;
 pub struct Deliveries {
     config: DeliveryConfig,
     queues: DashMap<String, Arc<TargetQueue>>,
+    /// Each target's last failed attempt: when (unix ms) and why.
+    last_error: DashMap<String, (i64, String)>,
     stopping: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -47,6 +49,7 @@ impl Deliveries {
         Deliveries {
             config,
             queues: DashMap::new(),
+            last_error: DashMap::new(),
             stopping: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -78,6 +81,11 @@ impl Deliveries {
         if let Some(q) = self.queues.get(target) {
             q.wake();
         }
+    }
+
+    /// `target`'s last failed attempt: when (unix ms) and why.
+    pub fn last_error(&self, target: &str) -> Option<(i64, String)> {
+        self.last_error.get(target).map(|e| e.clone())
     }
 
     /// Deliveries waiting for `target` per priority (`info` first).
@@ -280,6 +288,11 @@ async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
             }
         },
     };
+    if let DeliveryUpdate::Retry { error, .. } | DeliveryUpdate::Dead { error, .. } = &update {
+        hub.deliveries
+            .last_error
+            .insert(d.target.clone(), (now_ms(), error.clone()));
+    }
     if let Err(e) = hub.journal.record(vec![update.clone()]).await {
         // Not recorded: the delivery stays pending in the journal and is
         // tried again after a restart; here it is retried after a pause.

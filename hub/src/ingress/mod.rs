@@ -10,6 +10,7 @@
 //!   `POST /v1/clock` when the clock is manual;
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`;
 //! - `GET /v1/stream` (`crate::stream`);
+//! - `GET /` and `GET /v1/cockpit/snapshot` (`crate::cockpit`);
 //! - the admin API (`crate::admin::api`).
 //!
 //! Every error is `application/problem+json` whose `detail` names the
@@ -51,6 +52,7 @@ pub fn router(hub: Arc<Hub>) -> axum::Router {
         .filter(|t| !t.is_empty());
     let admin = crate::admin::api::router(hub.clone());
     let stream = crate::stream::router(hub.journal.clone(), hub.streams.clone());
+    let cockpit = crate::cockpit::router(hub.clone());
     let app = Arc::new(App { hub, ingest_token });
     axum::Router::new()
         .route("/metrics", get(metrics))
@@ -69,6 +71,7 @@ pub fn router(hub: Arc<Hub>) -> axum::Router {
         .with_state(app)
         .merge(admin)
         .merge(stream)
+        .merge(cockpit)
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl axum::response::IntoResponse {

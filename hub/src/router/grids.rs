@@ -15,6 +15,22 @@ struct Grid {
     code: String,
     depth: usize,
     shape: MultiPolygon<f64>,
+    name: Option<String>,
+    name_en: Option<String>,
+}
+
+/// One grid of the map, as a console draws it.
+pub struct GridShape<'a> {
+    /// Its code (`yingfeng/yingyi/2`).
+    pub code: &'a str,
+    /// Segments in the code: 1 the street, 2 a community, 3 a sub-grid.
+    pub depth: usize,
+    /// Its `name` property (Chinese first), if any.
+    pub name: Option<&'a str>,
+    /// Its `name_en` property, if any.
+    pub name_en: Option<&'a str>,
+    /// The polygons, WGS-84 (x = lon, y = lat).
+    pub shape: &'a MultiPolygon<f64>,
 }
 
 /// A loaded grid map.
@@ -111,8 +127,15 @@ impl GridMap {
                     ))
                 }
             };
+            let text = |key: &str| {
+                f.pointer(&format!("/properties/{key}"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
             grids.push(Grid {
                 depth: code.split('/').filter(|s| !s.is_empty()).count(),
+                name: text("name"),
+                name_en: text("name_en"),
                 code,
                 shape,
             });
@@ -145,6 +168,23 @@ impl GridMap {
                 inside: false,
             },
         }
+    }
+
+    /// Every grid, coarsest first (the street, then its communities, then
+    /// their sub-grids), by code within a level.
+    pub fn grids(&self) -> impl Iterator<Item = GridShape<'_>> {
+        self.grids.iter().rev().map(|g| GridShape {
+            code: &g.code,
+            depth: g.depth,
+            name: g.name.as_deref(),
+            name_en: g.name_en.as_deref(),
+            shape: &g.shape,
+        })
+    }
+
+    /// The street's code.
+    pub fn street(&self) -> &str {
+        &self.street
     }
 
     /// How many grids the map has.

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Resident set of a process, from /proc (Linux), in KiB.
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()

@@ -183,6 +183,79 @@ pub struct E2eOpts {
     /// The journal's `storage.synchronous` (`full` or `normal`).
     #[arg(long, default_value = "full")]
     synchronous: String,
+    /// Open `GET /v1/stream` subscribers (`kind=event`) during the run.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
+    /// `read`: each subscriber reads everything (and the run checks each
+    /// got every event); `stall`: each sends its request and never reads.
+    #[arg(long, default_value = "read")]
+    subscriber_mode: String,
+}
+
+/// One `GET /v1/stream?kind=event` over a plain socket: either reading and
+/// counting `event: event` frames, or never reading at all.
+struct Subscriber {
+    events: Arc<AtomicUsize>,
+    _task: Option<tokio::task::JoinHandle<()>>,
+    _stalled: Option<tokio::net::TcpStream>,
+}
+
+async fn subscribe(base: &str, read: bool) -> Subscriber {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").to_string();
+    let kind = std::env::var("GOVHUB_LOAD_STREAM_KIND").unwrap_or_else(|_| "event".into());
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        format!("GET /v1/stream?kind={kind} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The status line and the `retry:` frame say the stream is open.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(6).any(|w| w == b"retry:") {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream closed before it opened");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let events = Arc::new(AtomicUsize::new(0));
+    if !read {
+        return Subscriber {
+            events,
+            _task: None,
+            _stalled: Some(tcp),
+        };
+    }
+    let counter = events.clone();
+    let task = tokio::spawn(async move {
+        const MARK: &[u8] = b"event: event\n";
+        let finder = memchr::memmem::Finder::new(MARK);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut carry = 0;
+        loop {
+            let n = match tcp.read(&mut buf[carry..]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let filled = carry + n;
+            let seen = finder.find_iter(&buf[..filled]).count();
+            counter.fetch_add(seen, Ordering::Relaxed);
+            // Keep the tail that could be the start of a mark.
+            carry = (MARK.len() - 1).min(filled);
+            buf.copy_within(filled - carry..filled, 0);
+        }
+    });
+    Subscriber {
+        events,
+        _task: Some(task),
+        _stalled: None,
+    }
 }
 
 /// The department: records when each event id arrived; every arrival
@@ -240,8 +313,35 @@ async fn department(window: Arc<Semaphore>) -> Department {
 }
 
 async fn wait_arrivals(dept: &Department, n: usize, timeout: Duration) -> bool {
+    wait_for(timeout, || dept.arrivals.load(Ordering::SeqCst) >= n).await
+}
+
+/// User and system CPU time of a process so far, in clock ticks (Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat (Linux only)");
+    // The fields after the command name (which may hold spaces) in ")".
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux we run).
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Polls `done` until it holds or `timeout` passes.
+async fn wait_for(timeout: Duration, done: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
-    while dept.arrivals.load(Ordering::SeqCst) < n {
+    while !done() {
         if Instant::now() > deadline {
             return false;
         }
@@ -264,8 +364,15 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         latency_rate,
         adapter_concurrency,
         synchronous,
+        subscribers,
+        subscriber_mode,
         ..
     } = opts;
+    let read = match subscriber_mode.as_str() {
+        "read" => true,
+        "stall" => false,
+        other => panic!("--subscriber-mode is `read` or `stall`, not `{other}`"),
+    };
     let module = wasm_dir.join("webhook_adapter.wasm");
     assert!(
         module.exists(),
@@ -288,14 +395,15 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
     let hub = start_hub_with(
         govhub,
         dir,
-        "",
+        "[stream]\nmax_subscribers = 1024\n",
         &[("GOVHUB__STORAGE__SYNCHRONOUS", synchronous.as_str())],
     );
     let url = format!("{}/v1/events", hub.base);
     println!(
-        "machine: {} cores; 1 KB events, {concurrency} connections, at most {window} in the hub at once; webhook adapter, concurrency {adapter_concurrency}; journal synchronous={synchronous}",
+        "machine: {} cores; 1 KB events, {concurrency} connections, at most {window} in the hub at once; webhook adapter, concurrency {adapter_concurrency}; journal synchronous={synchronous}; {subscribers} stream subscribers ({subscriber_mode})",
         cores()
     );
+    let pid = hub.child.id();
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(concurrency)
         .build_http();
@@ -319,11 +427,27 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         wait_arrivals(&dept, warm, Duration::from_secs(60)).await,
         "the warm-up events never all arrived"
     );
+    let rss_warm = crate::footprint::rss_kib(pid);
+    let mut subs = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        subs.push(subscribe(&hub.base, read).await);
+    }
+    let rss_open = crate::footprint::rss_kib(pid);
+    if subscribers > 0 {
+        println!(
+            "hub resident: {:.1} MiB after the warm-up, {:.1} MiB with {subscribers} streams open = {:.0} KiB per stream",
+            rss_warm as f64 / 1024.0,
+            rss_open as f64 / 1024.0,
+            (rss_open as f64 - rss_warm as f64) / subscribers as f64
+        );
+    }
     let requests = bodies("max", events);
+    let cpu_before = (cpu_ticks(pid), cpu_ticks(std::process::id()));
     let started = Instant::now();
     windowed(requests).await;
     let complete = wait_arrivals(&dept, warm + events, Duration::from_secs(300)).await;
     let took = started.elapsed();
+    let cpu_after = (cpu_ticks(pid), cpu_ticks(std::process::id()));
     let delivered = dept.arrivals.load(Ordering::SeqCst) - warm;
     assert!(
         complete,
@@ -340,6 +464,34 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         warm + events,
         1000.0 * opened as f64 / (warm + events) as f64
     );
+    let per_event = |ticks: u64| ticks as f64 / ticks_per_second() * 1e6 / events as f64;
+    println!(
+        "CPU during it: the hub {:.1} µs per event, this load generator (senders, department, subscribers) {:.1} µs per event",
+        per_event(cpu_after.0 - cpu_before.0),
+        per_event(cpu_after.1 - cpu_before.1)
+    );
+    let rss_max = crate::footprint::rss_kib(pid);
+    println!(
+        "hub resident after the maximum-rate phase: {:.1} MiB (after the warm-up: {:.1} MiB)",
+        rss_max as f64 / 1024.0,
+        rss_warm as f64 / 1024.0
+    );
+    if read && subscribers > 0 {
+        // Every subscriber sees every event (they come before the
+        // department has them, so a short wait is enough).
+        let ok = wait_for(Duration::from_secs(60), || {
+            subs.iter()
+                .all(|s| s.events.load(Ordering::Relaxed) >= events)
+        })
+        .await;
+        let least = subs
+            .iter()
+            .map(|s| s.events.load(Ordering::Relaxed))
+            .min()
+            .unwrap();
+        assert!(ok, "a subscriber saw only {least} of {events} events");
+        println!("every one of the {subscribers} subscribers saw all {events} events");
+    }
 
     // Open loop at half of it (or the rate asked): no window, each event
     // due at start + i/rate.
