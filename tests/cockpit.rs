@@ -264,11 +264,7 @@ fn a_click_on_a_grid_filters_the_feed_and_the_cases_and_a_reload_keeps_it() {
 
 #[test]
 fn after_the_hub_drops_every_stream_the_page_shows_the_gap_exactly_once() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let listen = format!("127.0.0.1:{port}");
     let dir = HubDir::new(&[], "");
     let env = [("GOVHUB__SERVER__LISTEN", listen.as_str())];
@@ -376,11 +372,7 @@ fn kiosk_mode_hides_the_controls_and_the_english_toggle_changes_the_labels() {
 
 #[test]
 fn the_demo_serves_the_cockpit_and_makes_its_screenshot() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     struct Killed(std::process::Child);
     impl Drop for Killed {
         fn drop(&mut self) {

@@ -763,3 +763,13 @@ pub fn govhub_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, St
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A loopback port nobody listens on now (for a process told where to
+/// listen).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

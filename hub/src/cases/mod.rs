@@ -80,7 +80,29 @@ pub fn summary(case: &Case) -> serde_json::Value {
             "department": e.department,
         })
     });
-    serde_json::json!({
+    with_head(
+        case,
+        serde_json::json!({
+            "opened_ms": case.opened_ms,
+            "accept_due_ms": case.accept_due_ms,
+            "resolve_due_ms": case.resolve_due_ms,
+            "level_due_ms": case.level_due_ms,
+            "closed_ms": case.closed_ms,
+            "close_reason": case.close_reason,
+            "on_time": case.on_time(),
+            "open_departments": case.open_departments(),
+            "departments": departments,
+            "mediation_level": mediation_level(case),
+            "steps": case.timeline.len(),
+            "last_step": last,
+        }),
+    )
+}
+
+/// `rest` after what every view of a case begins with: which case, where,
+/// its stage and its escalation level.
+fn with_head(case: &Case, rest: serde_json::Value) -> serde_json::Value {
+    let mut out = serde_json::json!({
         "id": case.id,
         "kind": case.kind,
         "category": case.category,
@@ -89,19 +111,11 @@ pub fn summary(case: &Case) -> serde_json::Value {
         "status": case.stage.as_str(),
         "level": case.level,
         "level_name": model::ESCALATION_LEVELS[case.level as usize],
-        "opened_ms": case.opened_ms,
-        "accept_due_ms": case.accept_due_ms,
-        "resolve_due_ms": case.resolve_due_ms,
-        "level_due_ms": case.level_due_ms,
-        "closed_ms": case.closed_ms,
-        "close_reason": case.close_reason,
-        "on_time": case.on_time(),
-        "open_departments": case.open_departments(),
-        "departments": departments,
-        "mediation_level": mediation_level(case),
-        "steps": case.timeline.len(),
-        "last_step": last,
-    })
+    });
+    if let (Some(out), serde_json::Value::Object(rest)) = (out.as_object_mut(), rest) {
+        out.extend(rest);
+    }
+    out
 }
 
 /// How far up the mediation rooms a dispute has gone: 0 the grid's, 1 the
@@ -381,26 +395,21 @@ pub fn view(case: &Case, now_ms: i64) -> serde_json::Value {
             })
         })
         .collect();
-    serde_json::json!({
-        "id": case.id,
-        "kind": case.kind,
-        "category": case.category,
-        "severity": case.severity.map(|s| s.as_str()),
-        "grid": case.grid,
-        "status": case.stage.as_str(),
-        "level": case.level,
-        "level_name": model::ESCALATION_LEVELS[case.level as usize],
-        "opened_at": t(case.opened_ms),
-        "accept_due_at": t(case.accept_due_ms),
-        "resolve_due_at": t(case.resolve_due_ms),
-        "level_due_at": case.level_due_ms.map(t),
-        "closed_at": case.closed_ms.map(t),
-        "close_reason": case.close_reason,
-        "on_time": case.on_time(),
-        "overdue": case.overdue(now_ms),
-        "open_departments": case.open_departments(),
-        "departments": departments,
-        "mediation": case.mediation,
-        "timeline": timeline,
-    })
+    with_head(
+        case,
+        serde_json::json!({
+            "opened_at": t(case.opened_ms),
+            "accept_due_at": t(case.accept_due_ms),
+            "resolve_due_at": t(case.resolve_due_ms),
+            "level_due_at": case.level_due_ms.map(t),
+            "closed_at": case.closed_ms.map(t),
+            "close_reason": case.close_reason,
+            "on_time": case.on_time(),
+            "overdue": case.overdue(now_ms),
+            "open_departments": case.open_departments(),
+            "departments": departments,
+            "mediation": case.mediation,
+            "timeline": timeline,
+        }),
+    )
 }
