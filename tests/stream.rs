@@ -187,6 +187,7 @@ fn filters_limits_keepalives_and_bad_parameters() {
         ("severity=urgent", "severity"),
         ("gird=x", "gird"),
         ("after=abc", "after"),
+        ("after=-5", "after"),
         ("kind=events", "kind"),
     ] {
         let (status, body) = get(&hub.url(&format!("/v1/stream?{query}")));
@@ -234,9 +235,9 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[test]
-fn subscribers_that_never_read_do_not_grow_the_hubs_memory() {
+fn subscribers_that_never_read_do_not_grow_the_hubs_memory_nor_hold_up_sigterm() {
     let dir = HubDir::new(&[], "[stream]\nbuffer = 64\n");
-    let hub = dir.start();
+    let mut hub = dir.start_with_env(&[("GOVHUB__SERVER__SHUTDOWN_GRACE_MS", "2000")]);
     // Warm the journal and the allocator first.
     send_alerts(&hub, &ids("warm", 5_000), "yingfeng");
     // Twenty subscribers that ask and then never read a byte.
@@ -302,6 +303,13 @@ fn subscribers_that_never_read_do_not_grow_the_hubs_memory() {
     let mut fresh = SseClient::open(&hub.base, "/v1/stream?kind=event", None);
     send_alerts(&hub, &["after-stall".to_string()], "yingfeng");
     assert_eq!(event_ids(&fresh.take("event", 1, WAIT)), ["after-stall"]);
+    // Their sockets are full and they still hold them open: SIGTERM may
+    // not wait for them past the grace.
+    let took = hub.terminate(Duration::from_secs(20));
+    assert!(
+        took < Duration::from_millis(2000 + 1500),
+        "SIGTERM took {took:?} with 20 stalled streams (grace 2 s)"
+    );
     drop(stalled);
 }
 

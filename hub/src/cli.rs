@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use govhub_sdk::{cloudevents, Header, Inbound};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 mod ops;
 mod scaffold;
@@ -265,14 +266,31 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         let _ = tcp.set_nodelay(true);
     });
     let streams = hub.streams.clone();
-    axum::serve(listener, crate::ingress::router(hub.clone()))
-        .with_graceful_shutdown(async move {
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let serve = axum::serve(listener, crate::ingress::router(hub.clone())).with_graceful_shutdown(
+        async move {
             shutdown_signal().await;
             // Open streams never end on their own: end them, or they
             // would hold the shutdown.
             streams.stop();
-        })
-        .await?;
+            let _ = signalled.send(());
+        },
+    );
+    // A connection that stops reading (a stream whose client froze with
+    // its socket full) would hold the drain forever: it gets the grace.
+    let grace = Duration::from_millis(hub.config.server.shutdown_grace_ms);
+    tokio::select! {
+        served = async { serve.await } => served?,
+        _ = async {
+            if on_signal.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!("connections still open after server.shutdown_grace_ms: closed");
+        }
+    }
     hub.shutdown().await;
     tracing::info!("govhub stopped");
     Ok(())

@@ -591,6 +591,12 @@ impl Config {
                 "stream.retain, stream.buffer, stream.max_subscribers and stream.keepalive_ms must be positive"
             );
         }
+        if st.keepalive_ms > 3_600_000 {
+            anyhow::bail!(
+                "stream.keepalive_ms is {}: at most 3600000 (an hour; proxies close quiet connections long before)",
+                st.keepalive_ms
+            );
+        }
         if st.coalesce_ms > 10_000 {
             anyhow::bail!(
                 "stream.coalesce_ms is {}: at most 10000 (a busy stream is written at least every 10 s)",
@@ -697,6 +703,10 @@ mod tests {
                 &["outbound.idle_timeout_ms"],
             ),
             ("[stream]\nkeepalive_ms = 0", &["stream.keepalive_ms"]),
+            (
+                "[stream]\nkeepalive_ms = 86400000",
+                &["stream.keepalive_ms", "3600000"],
+            ),
             (
                 "[stream]\ncoalesce_ms = 60000",
                 &["stream.coalesce_ms", "10000"],

@@ -106,6 +106,9 @@ impl Streams {
                 let out = tx.clone();
                 let mut stop = self.stop.subscribe();
                 tokio::spawn(async move {
+                    if *stop.borrow_and_update() {
+                        return;
+                    }
                     loop {
                         let item = tokio::select! {
                             _ = stop.changed() => return,
@@ -168,17 +171,25 @@ async fn stream(
                 .map(|(_, v)| v.clone()),
         ),
     };
-    let after = match after.filter(|a| !a.trim().is_empty()) {
-        Some(text) => Some(text.trim().parse::<i64>().map_err(|_| {
-            Problem::new(
+    let after =
+        match after.filter(|a| !a.trim().is_empty()) {
+            Some(text) => Some(
+                text.trim()
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|c| *c >= 0)
+                    .ok_or(())
+                    .map_err(|_| {
+                        Problem::new(
                 StatusCode::BAD_REQUEST,
                 "invalid cursor",
                 format!("`{field}` must be a cursor (the `id:` of a stream item), not `{text}`"),
             )
             .with_field(field)
-        })?),
-        None => None,
-    };
+                    })?,
+            ),
+            None => None,
+        };
     let streams = &ctx.streams;
     let max = streams.config.max_subscribers;
     if streams.open.fetch_add(1, Ordering::SeqCst) >= max {
@@ -206,7 +217,9 @@ async fn stream(
         pending: BytesMut::new(),
         keepalive: Duration::from_millis(streams.config.keepalive_ms),
         coalesce: Duration::from_millis(streams.config.coalesce_ms),
-        looked: tokio::time::Instant::now(),
+        looked: tokio::time::Instant::now()
+            .checked_sub(Duration::from_millis(streams.config.coalesce_ms))
+            .unwrap_or_else(tokio::time::Instant::now),
         written: tokio::time::Instant::now(),
     };
     tokio::spawn(async move {
@@ -381,6 +394,11 @@ impl Subscription {
     /// the journal no longer has (or never had) gets `resync`.
     async fn catch_up(&mut self) -> Result<(), Gone> {
         loop {
+            // A filter that passes nothing never waits on the socket: see
+            // the hub stopping and the client leaving here.
+            if *self.stop.borrow() || self.tx.is_closed() {
+                return Err(Gone);
+            }
             let journal = self.journal.clone();
             let after = self.last;
             let read = tokio::task::spawn_blocking(move || {
@@ -398,7 +416,7 @@ impl Subscription {
                 Err(_) => return Err(Gone),
             };
             let pruned = page.first().is_some_and(|i| i.cursor != after + 1)
-                || (page.is_empty() && after + 1 < span.first);
+                || (page.is_empty() && after.saturating_add(1) < span.first);
             if pruned || after > span.head {
                 return self.resync(span.head).await;
             }
