@@ -224,6 +224,47 @@ fn a_quiet_stream_is_written_at_once_and_a_busy_one_once_an_interval() {
     );
 }
 
+#[test]
+fn a_filtered_stream_is_told_its_place_even_when_nothing_passes() {
+    let dir = HubDir::new(&[], "[stream]\nkeepalive_ms = 200\n");
+    let hub = dir.start();
+    let head = |hub: &HubProcess| {
+        hub.get_json("/v1/cockpit/snapshot").1["cursor"]
+            .as_i64()
+            .unwrap()
+    };
+    send_alerts(&hub, &ids("before", 3), "yingfeng/yinger/1");
+    let at_open = head(&hub);
+    let path = "/v1/stream?grid=yingfeng/yingyi&kind=event";
+    let mut s = SseClient::open(&hub.base, path, None);
+    // A place to resume from at once, before anything passed the filter.
+    let place = |s: &mut SseClient, want: i64| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("never told cursor {want}"));
+            let b = s.next_block(left).expect("the stream ended");
+            if b.id.is_some() {
+                assert!(b.data.is_empty(), "an item passed the filter: {b:?}");
+                if b.cursor() == want {
+                    return;
+                }
+            }
+        }
+    };
+    place(&mut s, at_open);
+    // Events elsewhere: the keep-alive moves the place past them.
+    send_alerts(&hub, &ids("elsewhere", 5), "yingfeng/yinger/1");
+    let moved = head(&hub);
+    assert_eq!(moved, at_open + 5);
+    place(&mut s, moved);
+    drop(s);
+    send_alerts(&hub, &["in-yingyi".to_string()], "yingfeng/yingyi/2");
+    let mut again = SseClient::open(&hub.base, path, Some(&moved.to_string()));
+    assert_eq!(event_ids(&again.take("event", 1, WAIT)), ["in-yingyi"]);
+}
+
 /// The hub's resident memory, KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -214,6 +214,7 @@ async fn stream(
         live,
         stop: streams.stop.subscribe(),
         last: 0,
+        told: 0,
         pending: BytesMut::new(),
         keepalive: Duration::from_millis(streams.config.keepalive_ms),
         coalesce: Duration::from_millis(streams.config.coalesce_ms),
@@ -265,6 +266,9 @@ struct Subscription {
     stop: watch::Receiver<bool>,
     /// The last cursor handled (sent or filtered out).
     last: i64,
+    /// The last cursor the client was given as an `id:`: what it would
+    /// resume after.
+    told: i64,
     /// Frames not yet handed to the socket.
     pending: BytesMut,
     keepalive: Duration,
@@ -291,11 +295,13 @@ impl Subscription {
                 Err(_) => Err(Gone),
             },
             Some(cursor) => {
-                self.last = cursor;
+                (self.last, self.told) = (cursor, cursor);
                 self.catch_up().await
             }
         };
-        if started.is_err() {
+        // The client gets its place at once, so a reconnect before the
+        // first item that passes its filter resumes from here.
+        if started.is_err() || self.tell().await.is_err() {
             return;
         }
         while self.follow().await.is_ok() {}
@@ -309,6 +315,9 @@ impl Subscription {
             _ = self.stop.changed() => return Err(Gone),
             _ = self.tx.closed() => return Err(Gone),
             _ = tokio::time::sleep_until(self.written + self.keepalive) => {
+                // Where the filter has let nothing through for a while,
+                // the keep-alive moves the client's place on.
+                self.mark();
                 self.pending.extend_from_slice(b":\n\n");
                 return self.flush().await;
             }
@@ -379,8 +388,26 @@ impl Subscription {
         self.last = cursor;
         if self.filter.matches(&frame.item) {
             self.push(&frame.bytes).await?;
+            self.told = cursor;
         }
         Ok(())
+    }
+
+    /// An `id:`-only frame with the last cursor handled, if the client's
+    /// place is behind it (filtered-out items): a browser takes it as its
+    /// `Last-Event-ID` and dispatches nothing.
+    fn mark(&mut self) {
+        if self.last > self.told {
+            self.pending
+                .extend_from_slice(format!("id: {}\n\n", self.last).as_bytes());
+            self.told = self.last;
+        }
+    }
+
+    /// [`Self::mark`], written now.
+    async fn tell(&mut self) -> Result<(), Gone> {
+        self.mark();
+        self.flush().await
     }
 
     async fn span(&self) -> Result<FeedSpan, JournalError> {
@@ -425,6 +452,7 @@ impl Subscription {
                 self.last = item.cursor;
                 if self.filter.matches(item) {
                     self.push(&render(item)).await?;
+                    self.told = item.cursor;
                 }
             }
             self.flush().await?;
@@ -439,7 +467,7 @@ impl Subscription {
             "cursor": head,
             "reason": "the cursor is older than what the hub keeps (stream.retain): reload the snapshot",
         });
-        self.last = head;
+        (self.last, self.told) = (head, head);
         let frame = format!("id: {head}\nevent: resync\ndata: {data}\n\n");
         self.pending.extend_from_slice(frame.as_bytes());
         self.flush().await
