@@ -24,6 +24,12 @@ async fn live(c: &fantoccini::Client) {
     .await;
 }
 
+/// The page's URL query (where the cockpit keeps its view).
+async fn query(c: &fantoccini::Client) -> String {
+    let url = c.current_url().await.unwrap();
+    url.query().unwrap_or_default().to_string()
+}
+
 async fn no_errors(c: &fantoccini::Client) {
     let e = errors(c).await;
     assert!(e.is_empty(), "the page logged errors: {e:#?}");
@@ -190,13 +196,8 @@ fn the_typhoon_story_appears_within_two_seconds_counts_down_and_closes_with_seve
             !text.contains("null") && !text.contains("undefined"),
             "{text}"
         );
-        assert!(c
-            .current_url()
-            .await
-            .unwrap()
-            .query()
-            .unwrap_or_default()
-            .contains(&format!("case={case}")));
+        let q = query(&c).await;
+        assert!(q.contains(&format!("case={case}")), "{q}");
         no_errors(&c).await;
     });
 }
@@ -240,13 +241,8 @@ fn a_click_on_a_grid_filters_the_feed_and_the_cases_and_a_reload_keeps_it() {
                 && cases.every(g => g.startsWith('yingfeng/yingyi/2')) && feed.every(g => g.startsWith('yingfeng/yingyi/2'))
                 && !document.querySelector('#filters').hidden;";
         until(&c, "the view filtered to 盈一村第二网格", WAIT, check).await;
-        let url = c.current_url().await.unwrap();
-        assert!(
-            url.query()
-                .unwrap_or_default()
-                .contains("grid=yingfeng%2Fyingyi%2F2"),
-            "{url}"
-        );
+        let q = query(&c).await;
+        assert!(q.contains("grid=yingfeng%2Fyingyi%2F2"), "{q}");
         c.refresh().await.unwrap();
         live(&c).await;
         until(&c, "the filter back after a reload", WAIT, check).await;
@@ -352,13 +348,8 @@ fn kiosk_mode_hides_the_controls_and_the_english_toggle_changes_the_labels() {
                 .unwrap(),
             "en"
         );
-        assert!(c
-            .current_url()
-            .await
-            .unwrap()
-            .query()
-            .unwrap_or_default()
-            .contains("lang=en"));
+        let q = query(&c).await;
+        assert!(q.contains("lang=en"), "{q}");
         c.refresh().await.unwrap();
         live(&c).await;
         assert_eq!(

@@ -19,10 +19,29 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
     connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
 
-const COCKPIT_JS: &str = include_str!("assets/cockpit.js");
-const I18N_JS: &str = include_str!("assets/i18n.js");
-const COCKPIT_CSS: &str = include_str!("assets/cockpit.css");
 const ICON_SVG: &str = include_str!("assets/icon.svg");
+
+/// Every asset the page loads: its path, its bytes (in the binary), its
+/// content type.
+const ASSETS: [(&str, &str, &str); 5] = [
+    (
+        "/cockpit/cockpit.js",
+        include_str!("assets/cockpit.js"),
+        "text/javascript",
+    ),
+    (
+        "/cockpit/i18n.js",
+        include_str!("assets/i18n.js"),
+        "text/javascript",
+    ),
+    (
+        "/cockpit/cockpit.css",
+        include_str!("assets/cockpit.css"),
+        "text/css",
+    ),
+    ("/cockpit/icon.svg", ICON_SVG, "image/svg+xml"),
+    ("/favicon.ico", ICON_SVG, "image/svg+xml"),
+];
 
 struct Cockpit {
     hub: Arc<Hub>,
@@ -33,28 +52,13 @@ struct Cockpit {
 pub fn router(hub: Arc<Hub>) -> axum::Router {
     let drawing = hub.grid_map().map(map::draw);
     let page = shell(&hub, drawing.as_ref()).into_string();
-    axum::Router::new()
+    let routes = ASSETS
+        .into_iter()
+        .fold(axum::Router::new(), |r, (path, body, content_type)| {
+            r.route(path, axum::routing::get(move || asset(body, content_type)))
+        });
+    routes
         .route("/", axum::routing::get(index))
-        .route(
-            "/cockpit/cockpit.js",
-            axum::routing::get(|| asset(COCKPIT_JS, "text/javascript")),
-        )
-        .route(
-            "/cockpit/i18n.js",
-            axum::routing::get(|| asset(I18N_JS, "text/javascript")),
-        )
-        .route(
-            "/cockpit/cockpit.css",
-            axum::routing::get(|| asset(COCKPIT_CSS, "text/css")),
-        )
-        .route(
-            "/cockpit/icon.svg",
-            axum::routing::get(|| asset(ICON_SVG, "image/svg+xml")),
-        )
-        .route(
-            "/favicon.ico",
-            axum::routing::get(|| asset(ICON_SVG, "image/svg+xml")),
-        )
         .route("/v1/cockpit/snapshot", axum::routing::get(snapshot))
         .with_state(Arc::new(Cockpit { hub, page }))
 }

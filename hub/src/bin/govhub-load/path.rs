@@ -186,13 +186,25 @@ pub struct E2eOpts {
     /// Open `GET /v1/stream` subscribers (`kind=event`) during the run.
     #[arg(long, default_value_t = 0)]
     subscribers: usize,
-    /// `read`: each subscriber reads everything (and the run checks each
-    /// got every event); `stall`: each sends its request and never reads.
-    #[arg(long, default_value = "read")]
-    subscriber_mode: String,
+    /// `read`: each subscriber reads everything (and, following events,
+    /// the run checks each got every one); `stall`: each sends its
+    /// request and never reads.
+    #[arg(long, value_enum, default_value_t = SubscriberMode::Read)]
+    subscriber_mode: SubscriberMode,
+    /// The `kind` the subscribers follow: `event` (every event of the
+    /// run), or e.g. `clock` (nothing of it passes: the cost of waking and
+    /// filtering alone).
+    #[arg(long, default_value = "event")]
+    subscriber_kind: String,
 }
 
-/// One `GET /v1/stream?kind=event` over a plain socket: either reading and
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum SubscriberMode {
+    Read,
+    Stall,
+}
+
+/// One `GET /v1/stream?kind=KIND` over a plain socket: either reading and
 /// counting `event: event` frames, or never reading at all.
 struct Subscriber {
     events: Arc<AtomicUsize>,
@@ -200,10 +212,9 @@ struct Subscriber {
     _stalled: Option<tokio::net::TcpStream>,
 }
 
-async fn subscribe(base: &str, read: bool) -> Subscriber {
+async fn subscribe(base: &str, kind: &str, mode: SubscriberMode) -> Subscriber {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://").to_string();
-    let kind = std::env::var("GOVHUB_LOAD_STREAM_KIND").unwrap_or_else(|_| "event".into());
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     tcp.write_all(
         format!("GET /v1/stream?kind={kind} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n")
@@ -225,7 +236,7 @@ async fn subscribe(base: &str, read: bool) -> Subscriber {
         String::from_utf8_lossy(&head)
     );
     let events = Arc::new(AtomicUsize::new(0));
-    if !read {
+    if mode == SubscriberMode::Stall {
         return Subscriber {
             events,
             _task: None,
@@ -366,13 +377,9 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         synchronous,
         subscribers,
         subscriber_mode,
+        subscriber_kind,
         ..
     } = opts;
-    let read = match subscriber_mode.as_str() {
-        "read" => true,
-        "stall" => false,
-        other => panic!("--subscriber-mode is `read` or `stall`, not `{other}`"),
-    };
     let module = wasm_dir.join("webhook_adapter.wasm");
     assert!(
         module.exists(),
@@ -400,7 +407,7 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
     );
     let url = format!("{}/v1/events", hub.base);
     println!(
-        "machine: {} cores; 1 KB events, {concurrency} connections, at most {window} in the hub at once; webhook adapter, concurrency {adapter_concurrency}; journal synchronous={synchronous}; {subscribers} stream subscribers ({subscriber_mode})",
+        "machine: {} cores; 1 KB events, {concurrency} connections, at most {window} in the hub at once; webhook adapter, concurrency {adapter_concurrency}; journal synchronous={synchronous}; {subscribers} stream subscribers ({subscriber_mode:?}, kind={subscriber_kind})",
         cores()
     );
     let pid = hub.child.id();
@@ -430,7 +437,7 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
     let rss_warm = crate::footprint::rss_kib(pid);
     let mut subs = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
-        subs.push(subscribe(&hub.base, read).await);
+        subs.push(subscribe(&hub.base, &subscriber_kind, subscriber_mode).await);
     }
     let rss_open = crate::footprint::rss_kib(pid);
     if subscribers > 0 {
@@ -464,7 +471,8 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         warm + events,
         1000.0 * opened as f64 / (warm + events) as f64
     );
-    let per_event = |ticks: u64| ticks as f64 / ticks_per_second() * 1e6 / events as f64;
+    let tick_s = 1.0 / ticks_per_second();
+    let per_event = |ticks: u64| ticks as f64 * tick_s * 1e6 / events as f64;
     println!(
         "CPU during it: the hub {:.1} µs per event, this load generator (senders, department, subscribers) {:.1} µs per event",
         per_event(cpu_after.0 - cpu_before.0),
@@ -476,7 +484,7 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         rss_max as f64 / 1024.0,
         rss_warm as f64 / 1024.0
     );
-    if read && subscribers > 0 {
+    if subscriber_mode == SubscriberMode::Read && subscriber_kind == "event" && subscribers > 0 {
         // Every subscriber sees every event (they come before the
         // department has them, so a short wait is enough).
         let ok = wait_for(Duration::from_secs(60), || {
