@@ -24,6 +24,37 @@ async fn live(c: &fantoccini::Client) {
     .await;
 }
 
+/// Signs in on the cockpit's form with `token` and waits until the
+/// stream is live.
+async fn sign_in(c: &fantoccini::Client, token: &str) {
+    until(
+        c,
+        "the sign-in form",
+        WAIT,
+        "return !document.querySelector('#signin').hidden && document.body.classList.contains('signed-out');",
+    )
+    .await;
+    let input = c
+        .find(fantoccini::Locator::Css("#signin-token"))
+        .await
+        .unwrap();
+    input.clear().await.unwrap();
+    input.send_keys(token).await.unwrap();
+    c.find(fantoccini::Locator::Css("#signin-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Opens the Yingfeng cockpit signed in as the command room.
+async fn open_signed_in(c: &fantoccini::Client, d: &Deployment, path: &str) {
+    c.goto(&d.hub.url(path)).await.unwrap();
+    sign_in(c, &d.hub.tokens["command-room"]).await;
+    live(c).await;
+}
+
 /// The page's URL query (where the cockpit keeps its view).
 async fn query(c: &fantoccini::Client) -> String {
     let url = c.current_url().await.unwrap();
@@ -61,8 +92,7 @@ fn the_cockpit_loads_every_grid_with_no_script_error_and_nothing_off_loopback() 
         "{csp}"
     );
     with_page(1600, 1100, |c| async move {
-        c.goto(&d.hub.url("/")).await.unwrap();
-        live(&c).await;
+        open_signed_in(&c, &d, "/").await;
         let shapes = c
             .execute(
                 "return document.querySelectorAll('#map path.grid').length;",
@@ -108,8 +138,7 @@ fn the_cockpit_loads_every_grid_with_no_script_error_and_nothing_off_loopback() 
 fn the_typhoon_story_appears_within_two_seconds_counts_down_and_closes_with_seven_steps() {
     let d = Deployment::start();
     with_page(1600, 1100, |c| async move {
-        c.goto(&d.hub.url("/")).await.unwrap();
-        live(&c).await;
+        open_signed_in(&c, &d, "/").await;
         let (status, _, body) = post(
             &d.hub.url("/v1/ingest/video-patrol"),
             &[("content-type", "application/json")],
@@ -218,8 +247,7 @@ fn a_click_on_a_grid_filters_the_feed_and_the_cases_and_a_reload_keeps_it() {
         assert_eq!(status, 202, "{body}");
     }
     with_page(1600, 1100, |c| async move {
-        c.goto(&d.hub.url("/")).await.unwrap();
-        live(&c).await;
+        open_signed_in(&c, &d, "/").await;
         until(
             &c,
             "both cases",
@@ -411,9 +439,13 @@ fn the_demo_serves_the_cockpit_and_makes_its_screenshot() {
     };
     let url = wait_line("cockpit: ");
     let url = url.split_whitespace().nth(1).unwrap().to_string();
+    // The demo made the principals' tokens and says how to sign in.
+    let signin = wait_line("sign in as command-room");
+    let token = signin.rsplit(' ').next().unwrap().to_string();
     with_page(1600, 1000, |c| async move {
-        // Opening the cockpit starts the stories.
+        // Opening the cockpit (and signing in) starts the stories.
         c.goto(&url).await.unwrap();
+        sign_in(&c, &token).await;
         live(&c).await;
         wait_line("the hub keeps running");
         until(
@@ -476,5 +508,69 @@ fn the_demo_serves_the_cockpit_and_makes_its_screenshot() {
         assert_eq!(fits, true);
         std::fs::write(dir.join("demo-narrow.png"), c.screenshot().await.unwrap()).unwrap();
         no_errors(&c).await;
+    });
+}
+
+#[test]
+fn the_cockpit_asks_for_a_token_shows_who_is_signed_in_and_signs_out() {
+    let d = Deployment::start();
+    with_page(1400, 1000, |c| async move {
+        c.goto(&d.hub.url("/")).await.unwrap();
+        // A department's token is refused, with the reason.
+        sign_in(&c, &d.hub.tokens["police"]).await;
+        until(
+            &c,
+            "the refusal",
+            WAIT,
+            "const e = document.querySelector('#signin-error'); return !e.hidden && e.textContent.includes('部门');",
+        )
+        .await;
+        // Nothing of the hub's data was asked for without a session.
+        let asked: Vec<String> = requests(&c)
+            .await
+            .into_iter()
+            .filter(|u| u.contains("/v1/cockpit/snapshot") || u.contains("/v1/stream"))
+            .collect();
+        assert!(asked.is_empty(), "{asked:?}");
+        sign_in(&c, &d.hub.tokens["duty-officer"]).await;
+        live(&c).await;
+        let who = c
+            .execute("return document.querySelector('#who').textContent;", vec![])
+            .await
+            .unwrap();
+        assert!(who.to_string().contains("duty-officer"), "{who}");
+        // A reload keeps the session (the cookie), and the page never
+        // sees the cookie itself (HttpOnly).
+        c.refresh().await.unwrap();
+        live(&c).await;
+        let cookie = c.execute("return document.cookie;", vec![]).await.unwrap();
+        assert_eq!(cookie, "", "the session cookie is readable by scripts");
+        c.find(fantoccini::Locator::Css("#signout"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(
+            &c,
+            "the sign-in form again",
+            WAIT,
+            "return !document.querySelector('#signin').hidden && document.querySelector('#who').hidden;",
+        )
+        .await;
+        c.refresh().await.unwrap();
+        until(
+            &c,
+            "still signed out after a reload",
+            WAIT,
+            "return !document.querySelector('#signin').hidden;",
+        )
+        .await;
+        let e: Vec<String> = errors(&c)
+            .await
+            .into_iter()
+            .filter(|e| !e.contains("status of 403"))
+            .collect();
+        assert!(e.is_empty(), "the page logged errors: {e:#?}");
     });
 }

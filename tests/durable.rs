@@ -463,7 +463,15 @@ fn invalid_inputs_get_a_status_and_a_message_naming_the_cause() {
         ok.to_string().as_bytes(),
     );
     assert_eq!(status, 202);
-    assert_eq!(hub.get_json("/v1/events/b").0, 404);
+    // The sender (the ingest shorthand: a department of every source)
+    // reads what it sent, and the invalid one is not there.
+    assert_eq!(get_with(&hub.url("/v1/events/b"), &[auth]).0, 404);
+    assert_eq!(get_with(&hub.url("/v1/events/fine"), &[auth]).0, 200);
+    assert_eq!(
+        get(&hub.url("/v1/events/fine")).0,
+        401,
+        "reading needs a principal"
+    );
 }
 
 #[test]

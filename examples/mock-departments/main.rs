@@ -17,7 +17,9 @@
 //! - `POST /_control/report` `{"department", "case_id", "status", "note"}`:
 //!   the department reports on the case it received (for the city: the
 //!   Open311 request's status changes and the hub finds it when it polls);
-//! - `POST /_control/hub` `{"url"}`: where reports go (instead of `--hub`).
+//! - `POST /_control/hub` `{"url", "tokens"?}`: where reports go (instead
+//!   of `--hub`), and each department's token for the hub, by the adapter
+//!   it reports through (`{"police": "govhub_…"}`), sent as a bearer token.
 //!
 //! `mock-departments --hub http://127.0.0.1:8080 [--listen 127.0.0.1:0]`
 //! prints `mock-departments: listening on http://ADDR` when ready.
@@ -59,6 +61,9 @@ struct ServiceRequest {
 #[derive(Default)]
 struct Mock {
     hub: Mutex<String>,
+    /// Each department's token for the hub, by the adapter it reports
+    /// through (the hub's principals): sent as `authorization: Bearer`.
+    tokens: Mutex<std::collections::HashMap<String, String>>,
     records: Mutex<Vec<Record>>,
     city: Mutex<Vec<ServiceRequest>>,
 }
@@ -394,7 +399,12 @@ async fn control_report(State(m): State<Shared>, Json(r): Json<Report>) -> Respo
             .into_response();
     };
     let time = r.time.clone().unwrap_or_else(now_rfc3339);
-    let client = reqwest_like::Client::new();
+    let token = m
+        .tokens
+        .lock()
+        .ok()
+        .and_then(|t| t.get(&r.department).cloned());
+    let client = reqwest_like::Client::new(token);
     let hub = m.hub.lock().map(|h| h.clone()).unwrap_or_default();
     let url = format!("{hub}/v1/ingest/{}", r.department);
     let result = match r.department.as_str() {
@@ -452,12 +462,19 @@ async fn control_report(State(m): State<Shared>, Json(r): Json<Report>) -> Respo
 #[derive(Deserialize)]
 struct HubUrl {
     url: String,
+    /// Each department's token, by the adapter it reports through.
+    #[serde(default)]
+    tokens: std::collections::HashMap<String, String>,
 }
 
-/// Where the callbacks go, when the hub started after the mock.
+/// Where the callbacks go (when the hub started after the mock), and each
+/// department's token for it.
 async fn control_hub(State(m): State<Shared>, Json(h): Json<HubUrl>) -> Response {
     if let Ok(mut hub) = m.hub.lock() {
         *hub = h.url.trim_end_matches('/').to_string();
+    }
+    if let Ok(mut tokens) = m.tokens.lock() {
+        tokens.extend(h.tokens);
     }
     StatusCode::OK.into_response()
 }
@@ -474,17 +491,24 @@ mod reqwest_like {
 
     pub struct Client(
         Hyper<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>,
+        Option<String>,
     );
 
     impl Client {
-        pub fn new() -> Client {
-            Client(Hyper::builder(TokioExecutor::new()).build_http())
+        /// A client presenting `bearer` (the department's token), if any.
+        pub fn new(bearer: Option<String>) -> Client {
+            Client(Hyper::builder(TokioExecutor::new()).build_http(), bearer)
         }
 
         async fn send(
             &self,
-            req: http::Request<Full<bytes::Bytes>>,
+            mut req: http::Request<Full<bytes::Bytes>>,
         ) -> Result<(u16, String), String> {
+            if let Some(token) = &self.1 {
+                let value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|e| e.to_string())?;
+                req.headers_mut().insert(http::header::AUTHORIZATION, value);
+            }
             let resp = self.0.request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
             let body = resp

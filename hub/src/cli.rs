@@ -81,6 +81,9 @@ enum Command {
     /// The tamper-evident audit log of adapter loads and admin actions.
     #[command(subcommand)]
     Audit(ops::AuditCommand),
+    /// Principals: make a token for one.
+    #[command(subcommand)]
+    Auth(ops::AuthCommand),
 }
 
 #[derive(Subcommand)]
@@ -246,19 +249,33 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Adapter(AdapterCommand::Sign { module, key }) => ops::sign(&module, &key),
         Command::Adapters(c) => ops::adapters(c).await,
         Command::Audit(c) => ops::audit(c),
+        Command::Auth(c) => ops::auth(c),
     }
 }
 
 async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let hub = Hub::start(config).await?;
+    let addr: std::net::SocketAddr = hub.config.server.listen.parse()?;
+    hub.auth.check_exposure(&addr)?;
+    let app = crate::ingress::router(hub.clone())?;
     let listener = tokio::net::TcpListener::bind(&hub.config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", hub.config.server.listen))?;
     let addr = listener.local_addr()?;
     // One line on stdout that scripts and tests wait for.
     println!("govhub: listening on http://{addr}");
-    tracing::info!(%addr, adapters = ?hub.adapter_names(), "govhub is serving");
+    tracing::info!(
+        %addr,
+        adapters = ?hub.adapter_names(),
+        principals = hub.auth.principals().len(),
+        "govhub is serving"
+    );
+    if !hub.auth.enabled() {
+        tracing::warn!(
+            "no principals: every route but the admin API is open to anyone who reaches {addr}"
+        );
+    }
     hub.run_background()?;
     // Answers go out at once, not held back waiting for an ACK (Nagle).
     use axum::serve::ListenerExt;
@@ -267,15 +284,13 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     });
     let streams = hub.streams.clone();
     let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let serve = axum::serve(listener, crate::ingress::router(hub.clone())).with_graceful_shutdown(
-        async move {
-            shutdown_signal().await;
-            // Open streams never end on their own: end them, or they
-            // would hold the shutdown.
-            streams.stop();
-            let _ = signalled.send(());
-        },
-    );
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        // Open streams never end on their own: end them, or they
+        // would hold the shutdown.
+        streams.stop();
+        let _ = signalled.send(());
+    });
     // A connection that stops reading (a stream whose client froze with
     // its socket full) would hold the drain forever: it gets the grace.
     let grace = Duration::from_millis(hub.config.server.shutdown_grace_ms);
@@ -326,6 +341,7 @@ async fn check_config(config_path: &Path) -> anyhow::Result<()> {
     if let Some(path) = &config.grids.map {
         crate::router::grids::GridMap::load(path, config.grids.street.as_deref())?;
     }
+    let principals = crate::auth::load_principals(&config.auth)?;
     let keys = crate::admin::signing::parse_keys(&config.signing.trusted_keys)?;
     let runtime = Runtime::new(config.runtime_config(None))?;
     let router = crate::router::Router::new(&config.routes).map_err(anyhow::Error::msg)?;
@@ -366,6 +382,15 @@ async fn check_config(config_path: &Path) -> anyhow::Result<()> {
         println!("{line}");
     }
     println!("  routes: {}", config.routes.len());
+    if principals.is_empty() {
+        println!("  principals: none (every route but the admin API is open; loopback only unless auth.open)");
+    } else {
+        let list: Vec<String> = principals
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.role.as_str()))
+            .collect();
+        println!("  principals: {}", list.join(", "));
+    }
     Ok(())
 }
 

@@ -66,17 +66,53 @@ impl Default for StorageConfig {
     }
 }
 
-/// `[auth]`.
+/// `[auth]`: who may call the hub (see `crate::auth`).
+///
+/// With no principal at all (no `[[auth.principals]]`, and neither
+/// shorthand's environment variable set) every route but the admin API is
+/// open, as on a developer's loopback hub; such a hub refuses to listen
+/// on anything but loopback unless `open = true` says it is meant to.
+/// With any principal, every route needs one (deny by default).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// The environment variable holding the admin API's bearer token;
-    /// without it the admin API is off.
+    /// Shorthand: the environment variable holding the token of a
+    /// principal called `admin` with the `admin` role. Unset or empty: no
+    /// such principal.
     pub admin_token_env: String,
-    /// The environment variable holding the bearer token senders must
-    /// present on `POST /v1/events` and `POST /v1/ingest/*`; unset or
-    /// empty: ingress is open (loopback deployments).
+    /// Shorthand: the environment variable holding the token of a
+    /// principal called `ingest`, a department allowed every source and
+    /// every adapter. Unset or empty: no such principal.
     pub ingest_token_env: Option<String>,
+    /// The principals: departments, viewers, operators, admins.
+    pub principals: Vec<crate::auth::PrincipalConfig>,
+    /// Run with no principal on a non-loopback address, on purpose.
+    pub open: bool,
+    /// `GET /metrics` without a principal (a scraper that cannot send a
+    /// token); otherwise it needs `viewer` or above.
+    pub metrics_open: bool,
+    /// How long a cockpit sign-in lasts, seconds. Eight hours is a shift
+    /// in the command room; the session ends then whatever it is doing.
+    pub session_ttl_s: u64,
+    /// Cockpit sessions alive at once; a sign-in past it is refused
+    /// (`503`) until one ends. A command room has a handful of screens.
+    pub max_sessions: usize,
+    /// Mark the session cookie `Secure` (the cockpit is served over HTTPS,
+    /// by a proxy in front of the hub, say).
+    pub cookie_secure: bool,
+    /// Sign-in attempts the hub takes per minute, all callers together;
+    /// more get `429`. Each refused attempt is an audit record, so this
+    /// also bounds what a guesser can write to the chain.
+    pub signin_per_minute: u32,
+    /// Each principal's event quota, events per second (a principal may
+    /// set its own `events_per_s`). 200 a second is far above a
+    /// department's steady rate and low enough that one runaway sender
+    /// cannot starve the rest of the journal.
+    pub events_per_s: f64,
+    /// Each principal's burst above the rate, events (a principal may set
+    /// its own `burst`): a department catching up after an outage sends a
+    /// backlog at once.
+    pub burst: u32,
 }
 
 impl Default for AuthConfig {
@@ -84,6 +120,15 @@ impl Default for AuthConfig {
         AuthConfig {
             admin_token_env: "GOVHUB_ADMIN_TOKEN".into(),
             ingest_token_env: None,
+            principals: Vec::new(),
+            open: false,
+            metrics_open: false,
+            session_ttl_s: 8 * 3600,
+            max_sessions: 1000,
+            cookie_secure: false,
+            signin_per_minute: 30,
+            events_per_s: 200.0,
+            burst: 2000,
         }
     }
 }
@@ -555,6 +600,7 @@ impl Config {
                 self.delivery.priority_reserve
             );
         }
+        crate::auth::check_config(&self.auth)?;
         crate::admin::signing::parse_keys(&self.signing.trusted_keys)?;
         if self.signing.require_signatures && self.signing.trusted_keys.is_empty() {
             anyhow::bail!("signing.require_signatures is on but signing.trusted_keys is empty");

@@ -154,8 +154,88 @@ fn rfc3339_to_ms(s: &str) -> Option<i64> {
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
+/// The deployment's principals, each with a token the demo made for it:
+/// the hub gets only their hashes, the demo speaks as each department, as
+/// the command room and as the duty officer.
+pub struct Principals {
+    issued: Vec<(crate::auth::PrincipalConfig, String)>,
+}
+
+impl Principals {
+    /// Makes a token for every principal whose token comes from the
+    /// environment (`token_env`), and puts its hash in the config instead.
+    pub fn issue(config: &mut Config) -> anyhow::Result<Principals> {
+        let mut issued = Vec::new();
+        for p in &mut config.auth.principals {
+            if p.token_env.take().is_some() {
+                let token = crate::auth::principal::new_token()?;
+                p.token_sha256 = Some(hex::encode(crate::auth::principal::token_hash(&token)));
+                issued.push((p.clone(), token));
+            }
+        }
+        Ok(Principals { issued })
+    }
+
+    /// The token of the department bound to `adapter`.
+    pub fn for_adapter(&self, adapter: &str) -> Option<&str> {
+        self.issued
+            .iter()
+            .find(|(p, _)| {
+                p.role == crate::auth::Role::Department && p.adapters.iter().any(|a| a == adapter)
+            })
+            .map(|(_, t)| t.as_str())
+    }
+
+    /// The token of the department that sends `source`.
+    pub fn for_source(&self, source: &str) -> Option<&str> {
+        self.issued
+            .iter()
+            .find(|(p, _)| {
+                p.role == crate::auth::Role::Department
+                    && p.sources
+                        .iter()
+                        .any(|s| crate::auth::principal::source_under(source, s))
+            })
+            .map(|(_, t)| t.as_str())
+    }
+
+    /// The first principal with `role`: its name and token.
+    pub fn with_role(&self, role: crate::auth::Role) -> Option<(&str, &str)> {
+        self.issued
+            .iter()
+            .find(|(p, _)| p.role == role)
+            .map(|(p, t)| (p.name.as_str(), t.as_str()))
+    }
+
+    /// Every department's token by the adapters it is bound to (what the
+    /// mock departments present when they report back).
+    pub fn by_adapter(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        for (p, token) in &self.issued {
+            if p.role == crate::auth::Role::Department {
+                for a in &p.adapters {
+                    out.insert(a.clone(), token.clone().into());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A client presenting `token`, or none.
+fn client(token: Option<&str>) -> Http {
+    match token {
+        Some(t) => Http::new().with_bearer(t),
+        None => Http::new(),
+    }
+}
+
 struct Demo {
+    /// Reads cases and events: the command room's screens.
     http: Http,
+    principals: Principals,
+    /// Talks to the mock departments (no hub token goes there).
+    mock_http: Http,
     hub: String,
     mock: String,
     core: Arc<Hub>,
@@ -193,8 +273,8 @@ impl Demo {
 
     /// Posts a CloudEvent as a department system of its own would.
     async fn send(&self, event: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        let v = self
-            .http
+        let source = event["source"].as_str().unwrap_or_default();
+        let v = client(self.principals.for_source(source))
             .post_typed(
                 &format!("{}/v1/events", self.hub),
                 "application/cloudevents+json",
@@ -212,7 +292,7 @@ impl Demo {
         status: &str,
         note: &str,
     ) -> anyhow::Result<()> {
-        self.http
+        self.mock_http
             .post(
                 &format!("{}/_control/report", self.mock),
                 serde_json::json!({
@@ -240,7 +320,7 @@ impl Demo {
         self.until(
             &format!("deliveries of {case} to {}", who.join(", ")),
             || async {
-                let Ok(records) = self.http.get(&url).await else {
+                let Ok(records) = self.mock_http.get(&url).await else {
                     return false;
                 };
                 let empty = Vec::new();
@@ -290,8 +370,7 @@ impl Demo {
     }
 
     async fn ingest(&self, adapter: &str, body: serde_json::Value) -> anyhow::Result<String> {
-        let v = self
-            .http
+        let v = client(self.principals.for_adapter(adapter))
             .post(&format!("{}/v1/ingest/{adapter}", self.hub), body)
             .await?;
         self.pause().await;
@@ -713,6 +792,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     let mut config = Config::load(&workdir.join("govhub.toml"))?;
     config.server.listen = listen.clone();
+    let principals = Principals::issue(&mut config)?;
     // Compressed time: the hub's clock moves only when the demo moves it.
     config.cases.clock = "manual".into();
     config.cases.clock_start = Some("2025-08-01T14:04:55+08:00".into());
@@ -720,8 +800,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         config.runtime.cache_dir = Some(PathBuf::from(cache));
     }
     let hub = Hub::start(config).await?;
+    hub.auth.check_exposure(&listener.local_addr()?)?;
     hub.run_background()?;
-    let app = crate::ingress::router(hub.clone());
+    let app = crate::ingress::router(hub.clone())?;
+    // The departments report back with their own tokens.
+    Http::new()
+        .post(
+            &format!("{mock_url}/_control/hub"),
+            serde_json::json!({"url": hub_url, "tokens": principals.by_adapter()}),
+        )
+        .await
+        .context("telling the mock departments their tokens")?;
     let streams = hub.streams.clone();
     let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -740,6 +829,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     println!();
     if let Some(serve) = &options.serve {
         println!("cockpit: {hub_url}/   (open it in a browser)");
+        for role in [crate::auth::Role::Viewer, crate::auth::Role::Operator] {
+            if let Some((name, token)) = principals.with_role(role) {
+                println!("  sign in as {name} ({}): {token}", role.as_str());
+            }
+        }
         if !serve.no_wait {
             println!("waiting for the cockpit to connect before the stories start…");
             let waited = Instant::now();
@@ -750,7 +844,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         println!();
     }
     let demo = Demo {
-        http: Http::new(),
+        http: client(
+            principals
+                .with_role(crate::auth::Role::Viewer)
+                .map(|(_, t)| t),
+        ),
+        principals,
+        mock_http: Http::new(),
         hub: hub_url.clone(),
         mock: mock_url,
         core: hub.clone(),

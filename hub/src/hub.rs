@@ -152,6 +152,8 @@ pub struct Hub {
     pub(crate) dir_seen: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, String>>,
     /// Counters for `GET /metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// Who may call the hub.
+    pub auth: Arc<crate::auth::Authority>,
     /// The open `/v1/stream` subscriptions.
     pub streams: Arc<crate::stream::Streams>,
     /// One version change (load, rollback, unload) at a time, so the
@@ -192,6 +194,12 @@ impl Hub {
             })
             .with_context(|| format!("journal {}", config.storage.path.display()))?,
         );
+        let metrics = crate::metrics::Metrics::new();
+        let auth = Arc::new(crate::auth::Authority::new(
+            &config.auth,
+            journal.clone(),
+            metrics.auth.clone(),
+        )?);
         let runtime =
             Runtime::new(config.runtime_config(Some(Arc::new(JournalState(journal.clone())))))?;
         if let Some(p) = config.runtime.pooling() {
@@ -248,7 +256,8 @@ impl Hub {
             health: DashMap::new(),
             dir_seen: Default::default(),
             versions_lock: Default::default(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
+            auth,
             streams: Arc::new(crate::stream::Streams::new(config.stream.clone())),
             router,
             grids,

@@ -11,10 +11,12 @@
 //! [`delivery`], with [`cases`] following each case to its close, [`runtime`]
 //! (the wasmtime host) underneath and [`config`] and [`cli`] on top. What
 //! people watch comes out of the journal's change feed: [`stream`] (the
-//! live SSE stream) and [`cockpit`] (the command room's console).
+//! live SSE stream) and [`cockpit`] (the command room's console). In front
+//! of every route, [`auth`] decides who may call it.
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod cases;
 pub mod cli;
 pub mod client;

@@ -29,6 +29,8 @@ pub struct Metrics {
     deliveries: Family<Labels, Counter>,
     delivery_seconds: Family<Labels, Histogram>,
     shed: Family<Labels, Counter>,
+    /// What `crate::auth` counts.
+    pub auth: crate::auth::AuthMetrics,
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -73,7 +75,19 @@ impl Metrics {
             "Events refused with 503 because a target's queue was full for their severity (info, minor, major, critical, none)",
             shed.clone(),
         );
+        let auth = crate::auth::AuthMetrics::default();
+        registry.register(
+            "auth_refused",
+            "Requests refused by authentication or authorization, by reason (unauthenticated, forbidden, source, adapter, quota, signin)",
+            auth.refused.clone(),
+        );
+        registry.register(
+            "quota_refused_events",
+            "Events refused with 429 by their sender's quota, by principal",
+            auth.quota_refused.clone(),
+        );
         Metrics {
+            auth,
             registry: Mutex::new(registry),
             received,
             duplicates,

@@ -27,6 +27,41 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Result<T, Str
     }
 }
 
+/// Tokens of a hub with principals, which the request helpers below
+/// present when a test gives no `authorization` of its own: a story about
+/// something else need not carry tokens around. The auth tests
+/// (`tests/auth.rs`) send theirs explicitly, through [`request`].
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// For `POST /v1/events` and `POST /v1/ingest/*`.
+    pub sender: Option<String>,
+    /// For every `GET`.
+    pub reader: Option<String>,
+    /// For other writes (replay, clock, the admin API).
+    pub operator: Option<String>,
+}
+
+fn credentials() -> &'static Mutex<Vec<(String, Credentials)>> {
+    static HUBS: OnceLock<Mutex<Vec<(String, Credentials)>>> = OnceLock::new();
+    HUBS.get_or_init(Default::default)
+}
+
+/// The token the helpers present for `method url`, if the hub it goes to
+/// has credentials.
+fn default_token(method: &str, url: &str) -> Option<String> {
+    let hubs = credentials().lock().unwrap();
+    let (base, c) = hubs
+        .iter()
+        .filter(|(base, _)| url.starts_with(base.as_str()))
+        .max_by_key(|(base, _)| base.len())?;
+    let path = &url[base.len()..];
+    match method {
+        "GET" | "HEAD" => c.reader.clone(),
+        _ if path.starts_with("/v1/events") || path.starts_with("/v1/ingest/") => c.sender.clone(),
+        _ => c.operator.clone().or_else(|| c.reader.clone()),
+    }
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -170,6 +205,10 @@ pub struct HubProcess {
     pub base: String,
     pub dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
+    /// Each principal's token, by name, where the test made them.
+    pub tokens: std::collections::HashMap<String, String>,
+    /// What the helpers present to it.
+    pub creds: Credentials,
 }
 
 /// A temporary folder for one hub: `govhub.toml`, `adapters.d/`, `data/`.
@@ -209,8 +248,54 @@ impl HubDir {
     }
 }
 
+/// A fresh random token.
+pub fn token() -> String {
+    format!("test_{}", uuid::Uuid::new_v4().simple())
+}
+
 /// Starts `govhub run --config CONFIG` and waits until it serves.
+///
+/// A hub started with `GOVHUB_ADMIN_TOKEN` has a principal, so every
+/// route needs one: it also gets a test sender (the `ingest` shorthand,
+/// every source and adapter) with a quota no test reaches, and the
+/// helpers present the admin's and the sender's tokens.
 pub fn spawn_hub(config: &Path, dir: &Path, env: &[(&str, &str)]) -> HubProcess {
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut creds = Credentials::default();
+    if let Some((_, admin)) = env.iter().find(|(k, _)| k == "GOVHUB_ADMIN_TOKEN") {
+        creds.reader = Some(admin.clone());
+        creds.operator = Some(admin.clone());
+        creds.sender = Some(token());
+        env.extend(test_sender(creds.sender.as_deref().unwrap()));
+    }
+    spawn_hub_with(config, dir, &env, creds)
+}
+
+/// The environment that gives a hub a test sender with `token` and a
+/// quota no test reaches.
+pub fn test_sender(token: &str) -> Vec<(String, String)> {
+    [
+        ("GOVHUB__AUTH__INGEST_TOKEN_ENV", "GOVHUB_TEST_SENDER_TOKEN"),
+        ("GOVHUB_TEST_SENDER_TOKEN", token),
+        ("GOVHUB__AUTH__EVENTS_PER_S", "1000000"),
+        ("GOVHUB__AUTH__BURST", "1000000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Starts `govhub run --config CONFIG` with `env`; the helpers present
+/// `creds` to it.
+pub fn spawn_hub_with(
+    config: &Path,
+    dir: &Path,
+    env: &[(String, String)],
+    creds: Credentials,
+) -> HubProcess {
     let mut cmd = Command::new(govhub_bin());
     cmd.arg("run")
         .arg("--config")
@@ -240,7 +325,15 @@ pub fn spawn_hub(config: &Path, dir: &Path, env: &[(&str, &str)]) -> HubProcess 
         }
     });
     let base = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(base) => base,
+        Ok(base) => {
+            if creds.sender.is_some() || creds.reader.is_some() {
+                credentials()
+                    .lock()
+                    .unwrap()
+                    .push((base.clone(), creds.clone()));
+            }
+            base
+        }
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
@@ -255,6 +348,8 @@ pub fn spawn_hub(config: &Path, dir: &Path, env: &[(&str, &str)]) -> HubProcess 
         base,
         dir: dir.to_path_buf(),
         log,
+        tokens: Default::default(),
+        creds,
     }
 }
 
@@ -352,7 +447,10 @@ impl MockDepartments {
 
 /// `examples/yingfeng` rendered into a temporary folder with its
 /// departments at `departments` (`http://host:port`), and its hub started
-/// there; the folder lives as long as the returned `TempDir`.
+/// there with a fresh token for each of its principals (in the variables
+/// their `token_env` names) and a test sender; the folder lives as long as
+/// the returned `TempDir`. The helpers read as the command room, operate
+/// as the duty officer and send as the test sender.
 pub fn yingfeng(departments: &str) -> (HubProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     govhub::demo::render(
@@ -362,16 +460,48 @@ pub fn yingfeng(departments: &str) -> (HubProcess, tempfile::TempDir) {
         departments,
     )
     .unwrap();
+    let config = govhub::config::Config::load(&dir.path().join("govhub.toml")).unwrap();
+    let mut tokens = std::collections::HashMap::new();
     let cache = cache_dir();
-    let hub = spawn_hub(
-        &dir.path().join("govhub.toml"),
-        dir.path(),
-        &[
-            ("GOVHUB__SERVER__LISTEN", "127.0.0.1:0"),
-            ("GOVHUB__RUNTIME__CACHE_DIR", cache.to_str().unwrap()),
-        ],
-    );
+    let mut env: Vec<(String, String)> = vec![
+        ("GOVHUB__SERVER__LISTEN".into(), "127.0.0.1:0".into()),
+        (
+            "GOVHUB__RUNTIME__CACHE_DIR".into(),
+            cache.to_str().unwrap().into(),
+        ),
+    ];
+    for p in &config.auth.principals {
+        let var = p
+            .token_env
+            .clone()
+            .expect("Yingfeng's tokens come from the environment");
+        let t = token();
+        env.push((var, t.clone()));
+        tokens.insert(p.name.clone(), t);
+    }
+    let sender = token();
+    env.extend(test_sender(&sender));
+    let creds = Credentials {
+        sender: Some(sender),
+        reader: tokens.get("command-room").cloned(),
+        operator: tokens.get("duty-officer").cloned(),
+    };
+    let mut hub = spawn_hub_with(&dir.path().join("govhub.toml"), dir.path(), &env, creds);
+    hub.tokens = tokens;
     (hub, dir)
+}
+
+/// Each department's token by the adapters it is bound to, as the mock
+/// departments present them when they report back.
+pub fn tokens_by_adapter(hub: &HubProcess) -> serde_json::Value {
+    let config = govhub::config::Config::load(&hub.dir.join("govhub.toml")).unwrap();
+    let mut out = serde_json::Map::new();
+    for p in &config.auth.principals {
+        for a in &p.adapters {
+            out.insert(a.clone(), hub.tokens[&p.name].clone().into());
+        }
+    }
+    serde_json::Value::Object(out)
 }
 
 /// The Yingfeng deployment, rendered and running against the mock
@@ -390,7 +520,9 @@ impl Deployment {
         let (code, _, _) = post(
             &format!("{}/_control/hub", mock.url),
             &[("content-type", "application/json")],
-            serde_json::json!({"url": hub.base}).to_string().as_bytes(),
+            serde_json::json!({"url": hub.base, "tokens": tokens_by_adapter(&hub)})
+                .to_string()
+                .as_bytes(),
         );
         assert_eq!(code, 200);
         Deployment {
@@ -511,6 +643,56 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
+/// One request exactly as given, no credentials added: method, URL,
+/// headers, body → (status, headers with lower-case names, body), or
+/// `None` when no answer came (connection refused or reset).
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, std::collections::HashMap<String, String>, String)> {
+    let method: ureq::http::Method = method.parse().expect("a method");
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut r = agent().run(req.body(body.to_vec()).unwrap()).ok()?;
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    Some((
+        r.status().as_u16(),
+        headers,
+        r.body_mut().read_to_string().unwrap_or_default(),
+    ))
+}
+
+/// `headers`, plus the hub's default token for `method url` when they
+/// carry no `authorization`.
+fn with_credentials(method: &str, url: &str, headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        if let Some(t) = default_token(method, url) {
+            out.push(("authorization".into(), format!("Bearer {t}")));
+        }
+    }
+    out
+}
+
 /// GET → (status, body).
 pub fn get(url: &str) -> (u16, String) {
     get_with(url, &[])
@@ -519,8 +701,8 @@ pub fn get(url: &str) -> (u16, String) {
 /// GET with headers → (status, body).
 pub fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut req = agent().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
+    for (k, v) in with_credentials("GET", url, headers) {
+        req = req.header(k, v);
     }
     let mut r = req.call().expect("request sent");
     (
@@ -531,7 +713,11 @@ pub fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
 
 /// GET → (status, headers with lower-case names).
 pub fn head(url: &str) -> (u16, std::collections::HashMap<String, String>) {
-    let r = agent().get(url).call().expect("request sent");
+    let mut req = agent().get(url);
+    for (k, v) in with_credentials("GET", url, &[]) {
+        req = req.header(k, v);
+    }
+    let r = req.call().expect("request sent");
     let headers = r
         .headers()
         .iter()
@@ -554,8 +740,8 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, S
 /// (connection refused or reset).
 pub fn try_post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<(u16, String, String)> {
     let mut req = agent().post(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
+    for (k, v) in with_credentials("POST", url, headers) {
+        req = req.header(k, v);
     }
     let mut r = req.send(body).ok()?;
     let ct = r

@@ -1,68 +1,36 @@
-//! The admin API: `GET /v1/adapters`, `PUT /v1/adapters/{name}`,
+//! The admin API: `GET /v1/adapters` (viewers too), `PUT /v1/adapters/{name}`,
 //! `DELETE /v1/adapters/{name}`, `POST /v1/adapters/{name}/rollback`,
-//! `GET /v1/audit`. Every call needs `authorization: Bearer <token>`, the
-//! token being the value of the environment variable named by
-//! `auth.admin_token_env`; without that variable the admin API is off.
+//! `GET /v1/audit`. Who may call each is in `crate::auth::policy`; the
+//! caller's principal is the actor of each audit record.
 
-use super::audit::actor_of_token;
 use super::versions::{Candidate, Origin};
+use crate::auth::policy::Routes;
+use crate::auth::Caller;
 use crate::hub::Hub;
 use crate::ingress::{read_body, Problem};
+use crate::journal::AuditQuery;
 use crate::runtime::Manifest;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::Json;
+use axum::{Extension, Json};
 use base64::Engine as _;
 use std::sync::Arc;
 
 struct Admin {
     hub: Arc<Hub>,
-    token: Option<String>,
 }
 
 /// The admin routes.
-pub fn router(hub: Arc<Hub>) -> axum::Router {
-    let var = &hub.config.auth.admin_token_env;
-    let token = std::env::var(var).ok().filter(|t| !t.is_empty());
-    let admin = Arc::new(Admin { hub, token });
-    axum::Router::new()
-        .route("/v1/adapters", get(list))
-        .route("/v1/adapters/{name}", put(load).delete(unload))
-        .route("/v1/adapters/{name}/rollback", post(rollback))
-        .route("/v1/audit", get(audit))
-        .with_state(admin)
-}
-
-impl Admin {
-    /// The caller's audit identity, or the problem refusing it.
-    fn authorize(&self, headers: &HeaderMap) -> Result<String, Problem> {
-        let Some(token) = &self.token else {
-            return Err(Problem::new(
-                StatusCode::NOT_FOUND,
-                "admin API off",
-                format!(
-                    "the admin API is off: set the environment variable {} (auth.admin_token_env) to a token",
-                    self.hub.config.auth.admin_token_env
-                ),
-            ));
-        };
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(g) if g == token => Ok(actor_of_token(g)),
-            _ => Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "the admin API needs `authorization: Bearer <token>`",
-            )
-            .with_header("www-authenticate", "Bearer")),
-        }
-    }
+pub fn router(hub: Arc<Hub>) -> Routes {
+    Routes::new()
+        .add("GET", "/v1/adapters", list)
+        .add("PUT", "/v1/adapters/{name}", load)
+        .add("DELETE", "/v1/adapters/{name}", unload)
+        .add("POST", "/v1/adapters/{name}/rollback", rollback)
+        .add("GET", "/v1/audit", audit)
+        .with_state(Arc::new(Admin { hub }))
 }
 
 fn failed(e: anyhow::Error) -> Problem {
@@ -77,8 +45,7 @@ fn failed(e: anyhow::Error) -> Problem {
     Problem::new(status, "refused", text)
 }
 
-async fn list(State(a): State<Arc<Admin>>, headers: HeaderMap) -> Result<Response, Problem> {
-    a.authorize(&headers)?;
+async fn list(State(a): State<Arc<Admin>>) -> Result<Response, Problem> {
     let hub = &a.hub;
     let mut out = Vec::new();
     for name in hub.adapter_names() {
@@ -119,10 +86,11 @@ async fn list(State(a): State<Arc<Admin>>, headers: HeaderMap) -> Result<Respons
 /// base64 of the .wasm, "signature": base64 (optional)}`.
 async fn load(
     State(a): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     request: Request<Body>,
 ) -> Result<Response, Problem> {
-    let actor = a.authorize(request.headers())?;
+    let actor = caller.name();
     let hub = &a.hub;
     let body = read_body(
         request.into_body(),
@@ -174,7 +142,7 @@ async fn load(
                 signature: up.signature.clone(),
             },
             Origin::Admin,
-            &actor,
+            actor,
         )
         .await
     }
@@ -188,26 +156,50 @@ async fn load(
 
 async fn unload(
     State(a): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let actor = a.authorize(&headers)?;
-    a.hub.unload(&name, &actor).await.map_err(failed)?;
+    a.hub.unload(&name, caller.name()).await.map_err(failed)?;
     Ok(Json(serde_json::json!({ "unloaded": name })).into_response())
 }
 
 async fn rollback(
     State(a): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let actor = a.authorize(&headers)?;
-    let swapped = a.hub.rollback(&name, &actor).await.map_err(failed)?;
+    let swapped = a.hub.rollback(&name, caller.name()).await.map_err(failed)?;
     Ok(Json(swapped).into_response())
 }
 
-async fn audit(State(a): State<Arc<Admin>>, headers: HeaderMap) -> Result<Response, Problem> {
-    a.authorize(&headers)?;
-    let log = a.hub.journal.audit_log().map_err(|e| failed(e.into()))?;
-    Ok(Json(serde_json::json!({ "audit": log })).into_response())
+#[derive(serde::Deserialize)]
+struct AuditParams {
+    principal: Option<String>,
+    action: Option<String>,
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/audit[?principal=&action=&after=&limit=]`: the chain in order,
+/// a page at a time (`next_after` continues it).
+async fn audit(
+    State(a): State<Arc<Admin>>,
+    Query(p): Query<AuditParams>,
+) -> Result<Response, Problem> {
+    let limit = p.limit.unwrap_or(1000).clamp(1, 10_000);
+    let query = AuditQuery {
+        actor: p.principal.filter(|s| !s.is_empty()),
+        action: p.action.filter(|s| !s.is_empty()),
+        after: p.after.unwrap_or(0).max(0),
+        limit,
+    };
+    let journal = a.hub.journal.clone();
+    let log = tokio::task::spawn_blocking(move || journal.audit_query(&query))
+        .await
+        .map_err(|e| failed(e.into()))?
+        .map_err(|e| failed(e.into()))?;
+    let next = (log.len() == limit)
+        .then(|| log.last().map(|r| r.seq))
+        .flatten();
+    Ok(Json(serde_json::json!({ "audit": log, "next_after": next })).into_response())
 }

@@ -88,6 +88,47 @@ pub enum AuditCommand {
     },
 }
 
+/// `govhub auth …`.
+#[derive(Subcommand)]
+pub enum AuthCommand {
+    /// Make a fresh token for a principal: prints the token (give it to
+    /// the principal; it is not stored anywhere) and the `[[auth.principals]]`
+    /// lines holding its hash.
+    Token {
+        /// The principal's name.
+        #[arg(long)]
+        name: String,
+        /// Its role, for the lines printed.
+        #[arg(long, value_parser = ["department", "viewer", "operator", "admin"], default_value = "department")]
+        role: String,
+    },
+}
+
+/// Runs `govhub auth …`.
+pub fn auth(command: AuthCommand) -> anyhow::Result<()> {
+    match command {
+        AuthCommand::Token { name, role } => {
+            crate::auth::check_name(&name)?;
+            let token = crate::auth::principal::new_token()?;
+            let hash = hex::encode(crate::auth::principal::token_hash(&token));
+            println!("token: {token}");
+            println!(
+                "(give it to `{name}`: the hub keeps only its hash, so it cannot be shown again)"
+            );
+            println!();
+            println!("[[auth.principals]]");
+            println!("name = \"{name}\"");
+            println!("role = \"{role}\"");
+            println!("token_sha256 = \"{hash}\"");
+            if role == "department" {
+                println!("sources = [\"urn:govhub:{name}\"]   # the source prefixes it may send");
+                println!("adapters = [\"{name}\"]              # its raw ingest, and whose deliveries it reads");
+            }
+            Ok(())
+        }
+    }
+}
+
 async fn answer(
     http: &Http,
     method: &str,

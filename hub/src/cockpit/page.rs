@@ -5,6 +5,7 @@
 //! escapes every value (grid names come from the deployment's GeoJSON).
 
 use super::map::{self, Drawing};
+use crate::auth::policy::Routes;
 use crate::hub::Hub;
 use crate::ingress::Problem;
 use axum::extract::State;
@@ -49,17 +50,16 @@ struct Cockpit {
 }
 
 /// `GET /`, its assets, and `GET /v1/cockpit/snapshot`.
-pub fn router(hub: Arc<Hub>) -> axum::Router {
+pub fn router(hub: Arc<Hub>) -> Routes {
     let drawing = hub.grid_map().map(map::draw);
     let page = shell(&hub, drawing.as_ref()).into_string();
-    let routes = ASSETS
+    ASSETS
         .into_iter()
-        .fold(axum::Router::new(), |r, (path, body, content_type)| {
-            r.route(path, axum::routing::get(move || asset(body, content_type)))
-        });
-    routes
-        .route("/", axum::routing::get(index))
-        .route("/v1/cockpit/snapshot", axum::routing::get(snapshot))
+        .fold(Routes::new(), |r, (path, body, content_type)| {
+            r.add("GET", path, move || asset(body, content_type))
+        })
+        .add("GET", "/", index)
+        .add("GET", "/v1/cockpit/snapshot", snapshot)
         .with_state(Arc::new(Cockpit { hub, page }))
 }
 
@@ -161,8 +161,20 @@ fn shell(hub: &Hub, drawing: Option<&Drawing>) -> Markup {
                             span data-i18n="hub_time" { "枢纽时间" } " "
                             time #hub-clock { "—" }
                         }
+                        span #who .who hidden {}
+                        button #signout .control type="button" hidden data-i18n="sign_out" { "退出登录" }
                         button #lang .control type="button" aria-label="Language" { "English" }
                         a #kiosk-link .control href="?kiosk=1" data-i18n="kiosk" { "大屏模式" }
+                    }
+                }
+                div #signin .signin hidden {
+                    form #signin-form .panel aria-labelledby="signin-h" {
+                        h2 #signin-h data-i18n="sign_in" { "登录驾驶舱" }
+                        p.hint data-i18n="sign_in_hint" { "请输入您的令牌（管理员用 govhub auth token 生成）。" }
+                        label for="signin-token" data-i18n="token" { "令牌" }
+                        input #signin-token type="password" name="token" autocomplete="current-password" required;
+                        button #signin-submit type="submit" data-i18n="sign_in_button" { "登录" }
+                        p #signin-error .error role="alert" hidden {}
                     }
                 }
                 p #stale .stale-note role="alert" hidden {

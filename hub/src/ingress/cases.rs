@@ -1,13 +1,14 @@
 //! The closed loop, read: cases, one case with its timeline, statistics;
 //! and the manual clock of drills and tests.
 
-use super::{journal_problem, App, Problem};
+use super::{journal_problem, scope, App, Problem};
+use crate::auth::Caller;
 use crate::cases::{from_doc, model::Stage, stats, view};
 use crate::journal::{CaseFilter, CaseStatus};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ pub(super) struct CasesQuery {
 
 pub(super) async fn list(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<CasesQuery>,
 ) -> Result<Response, Problem> {
     let status = match q.status.as_deref() {
@@ -43,12 +45,20 @@ pub(super) async fn list(
         },
     };
     let now = app.hub.clock.now_ms();
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let department = caller.department();
     let filter = CaseFilter {
         status,
         grid: q.grid.filter(|g| !g.is_empty()),
         category: q.category.filter(|c| !c.is_empty()),
         overdue_at: q.overdue.unwrap_or(false).then_some(now),
-        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+        // A department's cases are found among all of them: the limit
+        // applies to what it may see.
+        limit: if department.is_some() {
+            usize::MAX >> 1
+        } else {
+            limit
+        },
     };
     let journal = app.hub.journal.clone();
     let docs = tokio::task::spawn_blocking(move || journal.cases(&filter))
@@ -58,6 +68,8 @@ pub(super) async fn list(
     let cases: Vec<serde_json::Value> = docs
         .iter()
         .filter_map(|d| from_doc(d))
+        .filter(|c| department.is_none_or(|who| scope::sees_case(who, c)))
+        .take(limit)
         .map(|c| {
             let mut v = view(&c, now);
             // The list is a summary; the timeline is on the case itself.
@@ -72,6 +84,7 @@ pub(super) async fn list(
 
 pub(super) async fn one(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let journal = app.hub.journal.clone();
@@ -80,7 +93,12 @@ pub(super) async fn one(
         .await
         .map_err(journal_problem)?
         .map_err(journal_problem)?;
-    match doc.as_deref().and_then(from_doc) {
+    let visible = doc.as_deref().and_then(from_doc).filter(|c| {
+        caller
+            .department()
+            .is_none_or(|who| scope::sees_case(who, c))
+    });
+    match visible {
         Some(case) => Ok(Json(view(&case, app.hub.clock.now_ms())).into_response()),
         None => Err(Problem::new(
             StatusCode::NOT_FOUND,
@@ -112,6 +130,7 @@ pub(super) struct Advance {
 
 pub(super) async fn advance_clock(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Json(body): Json<Advance>,
 ) -> Result<Response, Problem> {
     if body.advance_s < 0 {
@@ -121,6 +140,20 @@ pub(super) async fn advance_clock(
             "advance_s must not be negative: the clock only moves forward",
         )
         .with_field("advance_s"));
+    }
+    if app.hub.manual_clock.is_some() {
+        // On the record before it happens: a step nobody could account
+        // for is not taken.
+        app.hub
+            .auth
+            .audit(
+                &caller,
+                "clock",
+                "clock",
+                serde_json::json!({ "advance_s": body.advance_s }),
+            )
+            .await
+            .map_err(journal_problem)?;
     }
     match app
         .hub

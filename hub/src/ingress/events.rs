@@ -3,10 +3,11 @@
 //! (`application/cloudevents-batch+json`) and binary (`ce-*` headers).
 
 use super::{accept_problem, read_body, App, Problem};
+use crate::auth::Caller;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use govhub_sdk::cloudevents;
 use std::sync::Arc;
 
@@ -17,9 +18,9 @@ fn invalid(e: cloudevents::Error) -> Problem {
 
 pub(super) async fn post_events(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Result<Response, Problem> {
-    app.authenticate(request.headers())?;
     let (parts, body) = request.into_parts();
     let body = read_body(
         body,
@@ -62,6 +63,9 @@ pub(super) async fn post_events(
             }
         }
     };
+    let metrics = &app.hub.metrics.auth;
+    super::senders::check_sources(metrics, &caller, &events)?;
+    super::senders::take_quota(metrics, &caller, &events)?;
     let accepted = app
         .hub
         .accept(events, None)

@@ -11,7 +11,13 @@
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`;
 //! - `GET /v1/stream` (`crate::stream`);
 //! - `GET /` and `GET /v1/cockpit/snapshot` (`crate::cockpit`);
-//! - the admin API (`crate::admin::api`).
+//! - the admin API (`crate::admin::api`);
+//! - `POST|GET|DELETE /v1/session`, the cockpit's sign-in (`crate::auth`).
+//!
+//! Every route has a row in `crate::auth::policy::POLICY` (who may call
+//! it); a department's reads are narrowed to what concerns it
+//! ([`scope`]), and what it sends to its own sources and quota
+//! ([`senders`]).
 //!
 //! Every error is `application/problem+json` whose `detail` names the
 //! field or cause. Events are acknowledged (`202`) only once the journal
@@ -22,14 +28,16 @@ mod events;
 mod problem;
 mod query;
 mod raw;
+mod scope;
+mod senders;
 
 pub use problem::Problem;
 
+use crate::auth::policy::Routes;
 use crate::hub::{AcceptError, Hub};
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
+use axum::http::StatusCode;
 use axum::Json;
 use std::sync::Arc;
 
@@ -37,41 +45,41 @@ use std::sync::Arc;
 pub struct App {
     /// The hub.
     pub hub: Arc<Hub>,
-    /// The bearer token ingress requires, if any.
-    ingest_token: Option<String>,
 }
 
-/// The HTTP routes.
-pub fn router(hub: Arc<Hub>) -> axum::Router {
-    let ingest_token = hub
-        .config
-        .auth
-        .ingest_token_env
-        .as_deref()
-        .and_then(|var| std::env::var(var).ok())
-        .filter(|t| !t.is_empty());
-    let admin = crate::admin::api::router(hub.clone());
-    let stream = crate::stream::router(hub.journal.clone(), hub.streams.clone());
-    let cockpit = crate::cockpit::router(hub.clone());
-    let app = Arc::new(App { hub, ingest_token });
-    axum::Router::new()
-        .route("/metrics", get(metrics))
-        .route("/v1/events", post(events::post_events))
-        .route("/v1/events/{id}", get(query::get_event))
-        .route("/v1/ingest/{adapter}", post(raw::ingest))
-        .route("/v1/dead-letters", get(query::dead_letters))
-        .route("/v1/dead-letters/{id}/replay", post(query::replay))
-        .route("/v1/cases", get(cases::list))
-        .route("/v1/cases/{id}", get(cases::one))
-        .route("/v1/stats", get(cases::statistics))
-        .route("/v1/clock", post(cases::advance_clock))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(not_found)
-        .with_state(app)
-        .merge(admin)
-        .merge(stream)
-        .merge(cockpit)
+/// The hub's routes, every one behind [`crate::auth`]: a route missing
+/// from the access policy stops the start, naming it.
+pub fn router(hub: Arc<Hub>) -> anyhow::Result<axum::Router> {
+    let auth = hub.auth.clone();
+    let routes = Routes::new()
+        .add("GET", "/metrics", metrics)
+        .add("POST", "/v1/events", events::post_events)
+        .add("GET", "/v1/events/{id}", query::get_event)
+        .add("POST", "/v1/ingest/{adapter}", raw::ingest)
+        .add("GET", "/v1/dead-letters", query::dead_letters)
+        .add("GET", "/v1/dead-letters/{id}", query::dead_letter)
+        .add("POST", "/v1/dead-letters/{id}/replay", query::replay)
+        .add("GET", "/v1/cases", cases::list)
+        .add("GET", "/v1/cases/{id}", cases::one)
+        .add("GET", "/v1/stats", cases::statistics)
+        .add("POST", "/v1/clock", cases::advance_clock)
+        .add("GET", "/healthz", healthz)
+        .add("GET", "/readyz", readyz)
+        .with_state(Arc::new(App { hub: hub.clone() }))
+        .merge(crate::admin::api::router(hub.clone()))
+        .merge(crate::stream::router(
+            hub.journal.clone(),
+            hub.streams.clone(),
+        ))
+        .merge(crate::cockpit::router(hub.clone()))
+        .merge(crate::auth::routes::router(auth.clone()));
+    let router = routes.finish().map_err(anyhow::Error::msg)?;
+    Ok(router
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::middleware::authorize,
+        ))
+        .fallback(not_found))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl axum::response::IntoResponse {
@@ -98,29 +106,6 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ready", "adapters": app.hub.adapter_names() }))
-}
-
-impl App {
-    /// Refuses a sender without the ingress token, when one is configured.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<(), Problem> {
-        let Some(token) = &self.ingest_token else {
-            return Ok(());
-        };
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given == Some(token.as_str()) {
-            Ok(())
-        } else {
-            Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "ingress needs `authorization: Bearer <token>` (the token in the env var named by auth.ingest_token_env)",
-            )
-            .with_header("www-authenticate", "Bearer"))
-        }
-    }
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with `413`

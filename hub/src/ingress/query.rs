@@ -1,11 +1,12 @@
 //! Looking at what became of events: one event with its deliveries, the
 //! dead letters, and replaying one.
 
-use super::{journal_problem, App, Problem};
+use super::{journal_problem, scope, App, Problem};
+use crate::auth::{Caller, Names};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use govhub_sdk::cloudevents;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -17,15 +18,22 @@ pub(super) struct EventQuery {
 
 pub(super) async fn get_event(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<EventQuery>,
 ) -> Result<Response, Problem> {
     let journal = app.hub.journal.clone();
     let (id2, source) = (id.clone(), q.source.clone());
-    let found = tokio::task::spawn_blocking(move || journal.events(&id2, source.as_deref()))
+    let mut found = tokio::task::spawn_blocking(move || journal.events(&id2, source.as_deref()))
         .await
         .map_err(journal_problem)?
         .map_err(journal_problem)?;
+    if let Some(who) = caller.department() {
+        found.retain(|e| scope::sees_event(who, e));
+        for e in &mut found {
+            scope::own_deliveries(who, e);
+        }
+    }
     match found.as_slice() {
         [] => Err(Problem::new(
             StatusCode::NOT_FOUND,
@@ -66,44 +74,100 @@ pub(super) struct DeadQuery {
 
 pub(super) async fn dead_letters(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<DeadQuery>,
 ) -> Result<Response, Problem> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    // A department reads its own adapters' only.
+    let targets: Option<Vec<String>> = match (caller.department(), q.target) {
+        (Some(who), Some(t)) => Some(if who.adapters.contains(&t) {
+            vec![t]
+        } else {
+            Vec::new()
+        }),
+        (Some(who), None) => match &who.adapters {
+            Names::All => None,
+            Names::Some(list) => Some(list.clone()),
+        },
+        (None, t) => t.map(|t| vec![t]),
+    };
     let journal = app.hub.journal.clone();
-    let rows =
-        tokio::task::spawn_blocking(move || journal.dead_letters(q.target.as_deref(), limit))
-            .await
-            .map_err(journal_problem)?
-            .map_err(journal_problem)?;
+    let rows = tokio::task::spawn_blocking(move || journal.dead_letters(targets.as_deref(), limit))
+        .await
+        .map_err(journal_problem)?
+        .map_err(journal_problem)?;
     Ok(Json(serde_json::json!({ "dead_letters": rows })).into_response())
 }
 
-pub(super) async fn replay(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
-    let id: i64 = id.parse().map_err(|_| {
+fn dead_letter_id(id: &str) -> Result<i64, Problem> {
+    id.parse().map_err(|_| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid id",
             format!("dead-letter id `{id}` is not a number"),
         )
         .with_field("id")
-    })?;
-    match app.hub.journal.replay(id).await.map_err(journal_problem)? {
-        Some(delivery) => {
-            let target = delivery.target.clone();
-            app.hub.deliveries.enqueue(&app.hub, vec![delivery], None);
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({ "replayed": id, "target": target })),
-            )
-                .into_response())
-        }
-        None => Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            "no such dead letter",
-            format!("no dead letter with id {id} (it may have been replayed already)"),
-        )),
+    })
+}
+
+fn no_dead_letter(id: i64) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no such dead letter",
+        format!("no dead letter with id {id} (it may have been replayed already)"),
+    )
+}
+
+pub(super) async fn dead_letter(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = dead_letter_id(&id)?;
+    let journal = app.hub.journal.clone();
+    let found = tokio::task::spawn_blocking(move || journal.dead_letter(id))
+        .await
+        .map_err(journal_problem)?
+        .map_err(journal_problem)?
+        .filter(|d| {
+            caller
+                .department()
+                .is_none_or(|who| scope::sees_dead_letter(who, d))
+        });
+    match found {
+        Some(d) => Ok(Json(d).into_response()),
+        None => Err(no_dead_letter(id)),
     }
+}
+
+pub(super) async fn replay(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = dead_letter_id(&id)?;
+    let Some(delivery) = app.hub.journal.replay(id).await.map_err(journal_problem)? else {
+        return Err(no_dead_letter(id));
+    };
+    let target = delivery.target.clone();
+    app.hub.deliveries.enqueue(&app.hub, vec![delivery], None);
+    app.hub
+        .auth
+        .audit(
+            &caller,
+            "replay",
+            &target,
+            serde_json::json!({ "dead_letter": id }),
+        )
+        .await
+        .map_err(|e| {
+            journal_problem(format!(
+                "dead letter {id} went back to its queue, but its audit record could not be written: {e}"
+            ))
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "replayed": id, "target": target })),
+    )
+        .into_response())
 }

@@ -2,22 +2,24 @@
 //! events by its adapter.
 
 use super::{accept_problem, read_body, App, Problem};
+use crate::auth::Caller;
 use crate::hub::AcceptError;
 use crate::runtime::CallError;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use govhub_sdk::{AdapterError, Header, Inbound};
 use std::sync::Arc;
 
 pub(super) async fn ingest(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response, Problem> {
-    app.authenticate(request.headers())?;
     let hub = &app.hub;
+    super::senders::check_adapter(&hub.metrics.auth, &caller, &name)?;
     let adapter = hub.adapter(&name).ok_or_else(|| {
         Problem::new(
             StatusCode::NOT_FOUND,
@@ -67,6 +69,9 @@ pub(super) async fn ingest(
                 .ingest(&message)
                 .await
                 .map_err(|e| call_problem(&name, &e))?;
+            // The adapter names the sources (it is the department's own
+            // translator); the quota counts what it made.
+            super::senders::take_quota(&hub.metrics.auth, &caller, &events)?;
             hub.accept(events, Some(&name)).await.map_err(|e| match e {
                 AcceptError::Invalid { .. } => Problem::new(
                     StatusCode::BAD_GATEWAY,

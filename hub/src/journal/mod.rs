@@ -370,11 +370,13 @@ pub struct AuditRecord {
     pub seq: i64,
     /// When (unix ms).
     pub at_ms: i64,
-    /// Who: `token:<first 12 hex of the token's sha256>`, `dir`, `hub`.
+    /// Who: a principal's name, `anonymous` (a hub without principals, a
+    /// refused sign-in), `dir` (the watched folder) or `hub` (itself).
     pub actor: String,
-    /// What: `load`, `unload`, `rollback`, `quarantine`, `refused`, ...
+    /// What: `load`, `unload`, `rollback`, `quarantine`, `refused`,
+    /// `replay`, `clock`, `sign-in`, `sign-in-refused`, `sign-out`, ...
     pub action: String,
-    /// Which adapter.
+    /// What it was done to: an adapter, a dead letter, `clock`, `cockpit`.
     pub target: String,
     /// Details (module hash, version, reason), JSON.
     pub detail: String,
@@ -382,6 +384,19 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// sha256 of the previous hash and this record's fields.
     pub hash: String,
+}
+
+/// Which audit records to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this actor's (a principal's name, `dir`, `hub`, `anonymous`).
+    pub actor: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// After this sequence number.
+    pub after: i64,
+    /// At most this many.
+    pub limit: usize,
 }
 
 impl AuditRecord {
@@ -438,12 +453,16 @@ pub trait Journal: Send + Sync + 'static {
     /// Events with this id (and source, when given), with their deliveries.
     fn events(&self, id: &str, source: Option<&str>) -> Result<Vec<StoredEvent>, JournalError>;
 
-    /// Dead letters, newest first, at most `limit`.
+    /// Dead letters, newest first, at most `limit`; of these targets only,
+    /// when given.
     fn dead_letters(
         &self,
-        target: Option<&str>,
+        targets: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, JournalError>;
+
+    /// The dead letter with this id (a delivery that failed for good).
+    fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, JournalError>;
 
     /// An adapter's poll cursor.
     fn cursor(&self, adapter: &str) -> Result<Option<String>, JournalError>;
@@ -495,8 +514,23 @@ pub trait Journal: Send + Sync + 'static {
     /// Every version of `name`, oldest first.
     fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, JournalError>;
 
-    /// Appends to the audit chain (the writer computes the hashes).
+    /// Appends a change of an adapter to the audit chain (the writer
+    /// computes the hashes); it is on the change feed too.
     fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Pending<AuditRecord>;
+
+    /// Appends another action (an operator's replay or clock step, a
+    /// sign-in) to the audit chain; not on the change feed.
+    fn audit_action(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Pending<AuditRecord>;
+
+    /// Audit records after `after`, of one actor and action when given, in
+    /// order, at most `limit`.
+    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, JournalError>;
 
     /// The whole audit chain, in order.
     fn audit_log(&self) -> Result<Vec<AuditRecord>, JournalError>;

@@ -7,12 +7,15 @@
 //! hundred writes per burst, not per item.
 
 use super::Filter;
+use crate::auth::policy::Routes;
+use crate::auth::Caller;
 use crate::config::StreamConfig;
 use crate::ingress::Problem;
 use crate::journal::{FeedItem, FeedSpan, Journal, JournalError};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -140,14 +143,36 @@ struct Context {
 }
 
 /// `GET /v1/stream`.
-pub fn router(journal: Arc<dyn Journal>, streams: Arc<Streams>) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/stream", axum::routing::get(stream))
+pub fn router(journal: Arc<dyn Journal>, streams: Arc<Streams>) -> Routes {
+    Routes::new()
+        .add("GET", "/v1/stream", stream)
         .with_state(Arc::new(Context { journal, streams }))
+}
+
+/// Ends when the hub stops or, for a stream opened with a cockpit
+/// session, when the session ends (signed out, expired): a receiver that
+/// flips to `true` then.
+fn stop_for(streams: &Streams, caller: &Caller) -> watch::Receiver<bool> {
+    let Some(session) = caller.session().cloned() else {
+        return streams.stop.subscribe();
+    };
+    let mut hub_stop = streams.stop.subscribe();
+    let (tx, rx) = watch::channel(*hub_stop.borrow());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = hub_stop.wait_for(|s| *s) => {}
+            _ = session.ended() => {}
+            // The stream ended first: nobody is listening.
+            _ = tx.closed() => return,
+        }
+        tx.send_replace(true);
+    });
+    rx
 }
 
 async fn stream(
     State(ctx): State<Arc<Context>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, Problem> {
@@ -212,7 +237,7 @@ async fn stream(
         filter,
         tx,
         live,
-        stop: streams.stop.subscribe(),
+        stop: stop_for(streams, &caller),
         last: 0,
         told: 0,
         pending: BytesMut::new(),

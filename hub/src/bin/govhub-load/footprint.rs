@@ -233,11 +233,21 @@ pub async fn startup(dir: &Path, opts: StartupOpts) {
     }
     let raw_load = started.elapsed();
 
+    // The deployment's principals take their tokens from the environment.
+    let config = govhub::config::Config::load(&work.join("govhub.toml")).unwrap();
+    let tokens: Vec<(String, String)> = config
+        .auth
+        .principals
+        .iter()
+        .filter_map(|p| p.token_env.clone())
+        .map(|var| (var, govhub::auth::principal::new_token().unwrap()))
+        .collect();
     let time_start = |cache: &Path| {
-        let env = [
+        let mut env = vec![
             ("GOVHUB__RUNTIME__CACHE_DIR", cache.to_str().unwrap()),
             ("GOVHUB__SERVER__LISTEN", "127.0.0.1:0"),
         ];
+        env.extend(tokens.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let started = Instant::now();
         let hub = spawn_config(govhub, &work.join("govhub.toml"), &work, &env);
         let took = started.elapsed();

@@ -228,10 +228,22 @@ fn spawn_config(govhub: &Path, config: &Path, dir: &Path, env: &[(&str, &str)]) 
 }
 
 async fn post(client: &HttpClient, url: &str, content_type: &str, body: bytes::Bytes) -> u16 {
-    let req = hyper::Request::post(url)
-        .header("content-type", content_type)
-        .body(Full::new(body))
-        .unwrap();
+    post_as(client, url, content_type, body, None).await
+}
+
+/// [`post`] presenting a bearer token.
+async fn post_as(
+    client: &HttpClient,
+    url: &str,
+    content_type: &str,
+    body: bytes::Bytes,
+    token: Option<&str>,
+) -> u16 {
+    let mut req = hyper::Request::post(url).header("content-type", content_type);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(body)).unwrap();
     match client.request(req).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -503,6 +515,9 @@ fn marker_manifest(module: &Path, receiver: std::net::SocketAddr) -> String {
     )
 }
 
+/// The swap bench's sender token.
+const SWAP_SENDER: &str = "swap-sender";
+
 /// PUT the module as a new version; the client-side time until the hub
 /// answered (it answers once the new version serves) and the hub's own
 /// `load_ms`.
@@ -611,8 +626,14 @@ async fn swap(dir: &Path, opts: Swap) {
     // inherited from the caller cannot stand in for it.
     let start = |run: &Path| {
         let cache = run.join("cache");
+        // The admin loads versions; a sender (the ingest shorthand) with a
+        // quota the bench never reaches sends the events.
         let env = [
             ("GOVHUB_ADMIN_TOKEN", "swap-bench"),
+            ("GOVHUB__AUTH__INGEST_TOKEN_ENV", "GOVHUB_LOAD_SENDER"),
+            ("GOVHUB_LOAD_SENDER", SWAP_SENDER),
+            ("GOVHUB__AUTH__EVENTS_PER_S", "1000000"),
+            ("GOVHUB__AUTH__BURST", "1000000"),
             ("GOVHUB__RUNTIME__CACHE_DIR", cache.to_str().unwrap()),
         ];
         start_hub_with(govhub, run, "", &env)
@@ -671,7 +692,14 @@ async fn swap(dir: &Path, opts: Swap) {
                 let id = format!("s-{lane}-{i}");
                 let body = bytes::Bytes::from(event_json(&id).to_string());
                 let at = Instant::now();
-                let status = post(&client, &url, "application/cloudevents+json", body).await;
+                let status = post_as(
+                    &client,
+                    &url,
+                    "application/cloudevents+json",
+                    body,
+                    Some(SWAP_SENDER),
+                )
+                .await;
                 assert_eq!(status, 202);
                 sent.lock().unwrap().push((at, id));
             }

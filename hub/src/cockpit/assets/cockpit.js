@@ -5,6 +5,12 @@
 // An item at or before the cursor already applied is ignored, so a
 // reconnect (the browser sends Last-Event-ID) shows every change once.
 // Text from departments is only ever set as text, never as markup.
+//
+// With principals configured the hub answers nothing without a session:
+// the page asks GET /v1/session, shows the sign-in form when there is
+// none, and after POST /v1/session (an HttpOnly cookie it never sees)
+// starts. When the session ends (signed out, expired) the stream stops
+// and the form comes back.
 
 import { t } from "./i18n.js";
 
@@ -39,6 +45,9 @@ const state = {
   source: null,
   conn: "connecting",
   names: new Map(),
+  // Who is signed in (GET /v1/session), or {auth: "off"}.
+  who: null,
+  started: false,
 };
 
 for (const p of document.querySelectorAll("#map [data-grid]")) {
@@ -196,6 +205,7 @@ function applyI18n() {
   k.setAttribute("href", `?${p.toString()}`);
   $("#pause").textContent = state.paused ? tr("resume") : tr("pause");
   setConn(state.conn);
+  showWho();
 }
 
 function setConn(conn) {
@@ -399,7 +409,7 @@ function renderDead() {
       el("td", { class: "mono", title: d.caseid || "", text: `${d.event_type} ${d.event_id}` }),
       el("td", { class: "err", title: d.last_error || "", text: (d.last_error || "").slice(0, 100) }),
       el("td", { class: "control" },
-        el("button", { type: "button", class: "replay", "data-dead": d.id, text: tr("replay") }))));
+        mayOperate() ? el("button", { type: "button", class: "replay", "data-dead": d.id, text: tr("replay") }) : null)));
   $("#dead tbody").replaceChildren(...rows);
   $("#dead-count").textContent = String(state.dead.size);
 }
@@ -522,6 +532,10 @@ function applySnapshot(s, full) {
 
 async function loadSnapshot(full = true) {
   const res = await fetch("/v1/cockpit/snapshot");
+  if (res.status === 401) {
+    sessionEnded();
+    throw new Error("signed out");
+  }
   if (!res.ok) throw new Error(`snapshot: ${res.status}`);
   applySnapshot(await res.json(), full);
   if (full) renderAll();
@@ -583,7 +597,15 @@ function connect() {
   const source = new EventSource(`/v1/stream?after=${state.cursor}`);
   state.source = source;
   source.onopen = () => setConn("live");
-  source.onerror = () => setConn(source.readyState === EventSource.CLOSED ? "down" : "reconnecting");
+  source.onerror = () => {
+    if (source.readyState !== EventSource.CLOSED) {
+      setConn("reconnecting");
+      return;
+    }
+    // The hub refused the stream (its session ended?) or is gone.
+    setConn("down");
+    checkSession();
+  };
   for (const kind of ["event", "case", "adapter", "dead-letter", "clock"]) {
     source.addEventListener(kind, (e) => onItem(kind, e));
   }
@@ -652,6 +674,15 @@ function bind() {
     if (li && e.key === "Enter") setFilter("case", li.dataset.case);
   });
   $("#detail-close").addEventListener("click", () => setFilter("case", state.filter.case));
+  $("#signin-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    signIn($("#signin-token").value.trim());
+  });
+  $("#signout").addEventListener("click", async () => {
+    await fetch("/v1/session", { method: "DELETE" }).catch(() => {});
+    stopFollowing();
+    showSignIn("signed_out");
+  });
   $("#dead").addEventListener("click", async (e) => {
     const b = e.target.closest("button.replay");
     if (!b) return;
@@ -665,20 +696,117 @@ function bind() {
   });
 }
 
+function mayOperate() {
+  const w = state.who;
+  return !w || w.auth === "off" || w.role === "operator" || w.role === "admin";
+}
+
+function showWho() {
+  const w = state.who;
+  const on = !!w && w.auth === "on";
+  $("#who").hidden = !on;
+  $("#signout").hidden = !on || w.via !== "cookie";
+  if (on) $("#who").textContent = `${w.name} · ${tr(`role.${w.role}`)}`;
+}
+
+function showSignIn(reason) {
+  state.who = null;
+  body.classList.add("signed-out");
+  $("#signin").hidden = false;
+  showWho();
+  const err = $("#signin-error");
+  err.hidden = !reason;
+  err.textContent = reason ? tr(reason) : "";
+  $("#signin-token").value = "";
+  $("#signin-token").focus();
+}
+
+function stopFollowing() {
+  if (state.source) state.source.close();
+  state.source = null;
+}
+
+async function signIn(token) {
+  if (!token) return;
+  $("#signin-submit").disabled = true;
+  try {
+    const res = await fetch("/v1/session", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ token }),
+    });
+    if (!res.ok) {
+      showSignIn(`signin.${res.status}`);
+      return;
+    }
+    begin(await res.json());
+  } catch (err) {
+    showSignIn("down");
+  } finally {
+    $("#signin-submit").disabled = false;
+  }
+}
+
+/** Whoever is calling: the session, `{auth: "off"}`, or null. */
+async function whoAmI() {
+  const res = await fetch("/v1/session");
+  if (!res.ok) throw new Error(`session: ${res.status}`);
+  const who = await res.json();
+  return who.auth === "off" || who.name ? who : null;
+}
+
+async function checkSession() {
+  try {
+    if (!(await whoAmI())) sessionEnded();
+  } catch (err) {
+    // The hub is unreachable: the connection state says so already.
+  }
+}
+
+function sessionEnded() {
+  if (!state.who || state.who.auth === "off") return;
+  stopFollowing();
+  showSignIn("session_ended");
+}
+
+async function begin(who) {
+  state.who = who;
+  body.classList.remove("signed-out");
+  $("#signin").hidden = true;
+  $("#signin-error").hidden = true;
+  showWho();
+  setConn("connecting");
+  try {
+    await loadSnapshot(true);
+  } catch (err) {
+    if (!state.who) return;
+    setConn("down");
+  }
+  connect();
+  if (!state.started) {
+    state.started = true;
+    setInterval(tick, 1000);
+    setInterval(() => {
+      if (state.who) loadSnapshot(false).catch(() => {});
+    }, 15000);
+  }
+}
+
 async function start() {
   body.classList.toggle("kiosk", state.kiosk);
   const street = document.querySelector("#map path.street");
   if (street) body.dataset.streetCode = street.dataset.grid;
   bind();
   applyI18n();
+  let who = null;
   try {
-    await loadSnapshot(true);
+    who = await whoAmI();
   } catch (err) {
     setConn("down");
+    return;
   }
-  connect();
-  setInterval(tick, 1000);
-  setInterval(() => loadSnapshot(false).catch(() => {}), 15000);
+  if (who) begin(who);
+  else showSignIn(null);
 }
 
 start();

@@ -40,6 +40,12 @@ export const STRINGS = {
     "status.delivered": "已送达", "status.pending": "待投递", "status.dead": "死信",
     blocked: "有死信阻断闭环", who: "来源", report: "上报事件",
     subscribers: "路由", unknown_grid: "未定位",
+    sign_in: "登录驾驶舱", sign_in_hint: "请输入您的令牌（管理员用 govhub auth token 生成）。",
+    token: "令牌", sign_in_button: "登录", sign_out: "退出登录",
+    "role.viewer": "值守", "role.operator": "值班长", "role.admin": "管理员",
+    signed_out: "已退出登录", session_ended: "会话已结束（到期或已退出），请重新登录。",
+    "signin.401": "令牌无效。", "signin.403": "该令牌属于部门系统，不能登录驾驶舱。",
+    "signin.429": "登录尝试过多，请稍后再试。", "signin.503": "会话已满或日志不可用，请稍后再试。",
   },
   en: {
     subtitle: "Comprehensive information command room · small matters stay in the grid",
@@ -79,6 +85,12 @@ export const STRINGS = {
     "status.delivered": "delivered", "status.pending": "pending", "status.dead": "dead letter",
     blocked: "a dead letter blocks the loop", who: "by", report: "report",
     subscribers: "routes", unknown_grid: "no grid",
+    sign_in: "Sign in to the cockpit", sign_in_hint: "Enter your token (an admin makes one with govhub auth token).",
+    token: "Token", sign_in_button: "Sign in", sign_out: "Sign out",
+    "role.viewer": "viewer", "role.operator": "operator", "role.admin": "admin",
+    signed_out: "Signed out", session_ended: "The session has ended (expired or signed out): sign in again.",
+    "signin.401": "That token is not valid.", "signin.403": "That token is a department system's: it cannot sign in to the cockpit.",
+    "signin.429": "Too many sign-ins: try again in a minute.", "signin.503": "No session could be opened now: try again shortly.",
   },
 };
 

@@ -9,9 +9,9 @@
 mod feed;
 
 use super::{
-    now_ms, rfc3339_ms, Appended, AuditRecord, CaseFilter, CaseRow, CaseStatus, DeadLetter,
-    DeliveryRef, DeliveryStatus, DeliveryUpdate, FedEvent, FeedItem, FeedKeys, FeedKind, FeedSpan,
-    Journal, JournalError, NewEvent, Pending, StoredEvent, VersionRecord,
+    now_ms, rfc3339_ms, Appended, AuditQuery, AuditRecord, CaseFilter, CaseRow, CaseStatus,
+    DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, FedEvent, FeedItem, FeedKeys,
+    FeedKind, FeedSpan, Journal, JournalError, NewEvent, Pending, StoredEvent, VersionRecord,
 };
 use crate::router::Target;
 use govhub_sdk::{cloudevents, Event};
@@ -140,6 +140,12 @@ const MIGRATIONS: &[&str] = &[
         body      BLOB
     );
     "#,
+    // 6: the audit chain read by principal and by action
+    // (`GET /v1/audit?principal=&action=`).
+    r#"
+    CREATE INDEX audit_by_actor ON audit (actor, seq);
+    CREATE INDEX audit_by_action ON audit (action, seq);
+    "#,
 ];
 
 /// How commits reach the disk.
@@ -219,6 +225,7 @@ enum Command {
     Deactivate(String, oneshot::Sender<Result<(), JournalError>>),
     Audit(
         [String; 4],
+        bool,
         oneshot::Sender<Result<AuditRecord, JournalError>>,
     ),
     Note(
@@ -540,8 +547,9 @@ fn commit_group(
                         .map_err(JournalError::from);
                     replies.push(Reply::Unit(reply, r));
                 }
-                Command::Audit(fields, reply) => {
-                    let r = append_audit(&tx, &fields, now, &mut feed).map_err(JournalError::from);
+                Command::Audit(fields, adapter_change, reply) => {
+                    let r = append_audit(&tx, &fields, adapter_change, now, &mut feed)
+                        .map_err(JournalError::from);
                     replies.push(Reply::Audit(reply, r));
                 }
                 Command::Note(kind, keys, data, reply) => {
@@ -636,6 +644,7 @@ fn activate(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), rusqlite::Err
 fn append_audit(
     tx: &rusqlite::Transaction<'_>,
     [actor, action, target, detail]: &[String; 4],
+    adapter_change: bool,
     now: i64,
     feed: &mut feed::Batch,
 ) -> Result<AuditRecord, rusqlite::Error> {
@@ -682,8 +691,11 @@ fn append_audit(
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         params![format!("{} {}", record.seq, record.hash)],
     )?;
-    // Every audited action is about an adapter: the cockpit shows it (who
-    // acted stays in the audit log).
+    // A change of an adapter is on the feed too: the cockpit shows it (who
+    // acted stays in the audit log). Operators' other actions are not.
+    if !adapter_change {
+        return Ok(record);
+    }
     let detail: serde_json::Value = serde_json::from_str(detail).unwrap_or_default();
     let data = serde_json::json!({
         "adapter": target,
@@ -894,6 +906,19 @@ fn record(
 
 /// A dead letter from the columns `d.id, d.target, e.id, e.source,
 /// e.type, e.caseid, d.attempts, d.last_error, d.updated_ms`.
+fn audit_row(r: &rusqlite::Row<'_>) -> Result<AuditRecord, rusqlite::Error> {
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        at_ms: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        detail: r.get(5)?,
+        prev_hash: r.get(6)?,
+        hash: r.get(7)?,
+    })
+}
+
 fn dead_letter_row(r: &rusqlite::Row<'_>) -> Result<DeadLetter, rusqlite::Error> {
     Ok(DeadLetter {
         id: r.get(0)?,
@@ -1104,19 +1129,36 @@ impl Journal for SqliteJournal {
 
     fn dead_letters(
         &self,
-        target: Option<&str>,
+        targets: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, JournalError> {
+        // `targets` as a JSON array: one statement whatever their number.
+        let targets = targets.map(|t| serde_json::to_string(t).unwrap_or_default());
         self.read(|c| {
-            let mut s = c.prepare(
+            let mut s = c.prepare_cached(
                 "SELECT d.id, d.target, e.id, e.source, e.type, e.caseid, d.attempts,
                         d.last_error, d.updated_ms
                  FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                 WHERE d.status = 'dead' AND (?1 IS NULL OR d.target = ?1)
+                 WHERE d.status = 'dead'
+                   AND (?1 IS NULL OR d.target IN (SELECT value FROM json_each(?1)))
                  ORDER BY d.updated_ms DESC, d.id DESC LIMIT ?2",
             )?;
-            let rows = s.query_map(params![target, limit as i64], dead_letter_row)?;
+            let rows = s.query_map(params![targets, limit as i64], dead_letter_row)?;
             rows.collect()
+        })
+    }
+
+    fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, JournalError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT d.id, d.target, e.id, e.source, e.type, e.caseid, d.attempts,
+                        d.last_error, d.updated_ms
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.status = 'dead' AND d.id = ?1",
+                params![id],
+                dead_letter_row,
+            )
+            .optional()
         })
     }
 
@@ -1294,7 +1336,39 @@ impl Journal for SqliteJournal {
             target.to_string(),
             detail.to_string(),
         ];
-        self.ask(|reply| Command::Audit(fields, reply))
+        self.ask(|reply| Command::Audit(fields, true, reply))
+    }
+
+    fn audit_action(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Pending<AuditRecord> {
+        let fields = [
+            actor.to_string(),
+            action.to_string(),
+            target.to_string(),
+            detail.to_string(),
+        ];
+        self.ask(|reply| Command::Audit(fields, false, reply))
+    }
+
+    fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, JournalError> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT seq, at_ms, actor, action, target, detail, prev_hash, hash
+                 FROM audit
+                 WHERE seq > ?1 AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR action = ?3)
+                 ORDER BY seq LIMIT ?4",
+            )?;
+            let rows = s.query_map(
+                params![q.after, q.actor, q.action, q.limit as i64],
+                audit_row,
+            )?;
+            rows.collect()
+        })
     }
 
     fn audit_log(&self) -> Result<Vec<AuditRecord>, JournalError> {
@@ -1303,18 +1377,7 @@ impl Journal for SqliteJournal {
                 "SELECT seq, at_ms, actor, action, target, detail, prev_hash, hash
                  FROM audit ORDER BY rowid",
             )?;
-            let rows = s.query_map([], |r| {
-                Ok(AuditRecord {
-                    seq: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    detail: r.get(5)?,
-                    prev_hash: r.get(6)?,
-                    hash: r.get(7)?,
-                })
-            })?;
+            let rows = s.query_map([], audit_row)?;
             rows.collect()
         })
     }
