@@ -655,8 +655,29 @@ fn a_sender_over_its_quota_waits_but_critical_events_pass_and_others_are_unaffec
         serde_json::Value::Array(batch).to_string().as_bytes(),
     )
     .unwrap();
-    assert_eq!(s, 429, "{body}");
+    assert_eq!(s, 413, "waiting would not help: {body}");
     assert!(body.contains("split the batch"), "{body}");
+    // A critical event does not carry ordinary ones past the quota: the
+    // mixed request is refused and says to send the critical one alone.
+    let mixed = serde_json::json!([
+        report("mixed-critical", source, "safety.water", "critical"),
+        report("mixed-minor", source, "traffic", "minor"),
+    ]);
+    let (s, _, body) = request(
+        "POST",
+        &p.hub.url("/v1/events"),
+        &[
+            ("content-type", "application/cloudevents-batch+json"),
+            ("authorization", &p.bearer("reporter")),
+        ],
+        mixed.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(s, 429, "{body}");
+    assert!(
+        body.contains("send them in a request of their own"),
+        "{body}"
+    );
     assert!(
         p.metric(
             "govhub_quota_refused_events_total",
@@ -714,7 +735,7 @@ fn open_stream(hub: &HubProcess, cookie: &str) -> std::net::TcpStream {
 
 #[test]
 fn the_cockpit_signs_in_follows_the_stream_with_its_cookie_and_signing_out_ends_it() {
-    let p = Principals::start("");
+    let p = Principals::start("signin_per_minute = 2");
     let cookie = p.sign_in("command-room");
     let (s, _, who) = request(
         "GET",
@@ -768,8 +789,15 @@ fn the_cockpit_signs_in_follows_the_stream_with_its_cookie_and_signing_out_ends_
     read_stream_until(&mut stream, "retry:", Duration::from_secs(10)).expect("the stream opens");
     let ended = read_stream_until(&mut stream, "never-sent", Duration::from_secs(10));
     assert!(ended.is_err(), "the stream outlived its session");
-    // Departments cannot sign in to the cockpit, nor can a wrong token.
-    for (token, want) in [(p.tokens["police"].as_str(), 403), ("govhub_wrong", 401)] {
+    // Departments cannot sign in to the cockpit, nor can a wrong token;
+    // past auth.signin_per_minute wrong tokens the hub stops answering
+    // them, and a right one still signs in.
+    for (token, want) in [
+        (p.tokens["police"].as_str(), 403),
+        ("govhub_wrong", 401),
+        ("govhub_wrong", 401),
+        ("govhub_wrong", 429),
+    ] {
         let (s, _, body) = request(
             "POST",
             &p.hub.url("/v1/session"),
@@ -779,6 +807,45 @@ fn the_cockpit_signs_in_follows_the_stream_with_its_cookie_and_signing_out_ends_
         .unwrap();
         assert_eq!(s, want, "{body}");
     }
+    let cookie = p.sign_in("duty-officer");
+    // A write with the cookie from another origin (another port of the
+    // same host counts as the same site for SameSite) is refused.
+    for cross in [
+        [
+            ("origin", "http://127.0.0.1:1"),
+            ("sec-fetch-site", "same-site"),
+        ],
+        [("origin", "http://127.0.0.1:1"), ("x-none", "")],
+    ] {
+        let mut headers = vec![
+            ("cookie", cookie.as_str()),
+            ("content-type", "application/json"),
+        ];
+        headers.extend(cross);
+        let (s, _, body) = request(
+            "POST",
+            &p.hub.url("/v1/dead-letters/1/replay"),
+            &headers,
+            b"",
+        )
+        .unwrap();
+        assert_eq!(s, 403, "{body}");
+        assert!(body.contains("cross-site"), "{body}");
+    }
+    // From the hub's own page it is answered (no such dead letter here).
+    let own = p.hub.base.clone();
+    let (s, _, body) = request(
+        "POST",
+        &p.hub.url("/v1/dead-letters/1/replay"),
+        &[
+            ("cookie", &cookie),
+            ("origin", &own),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(s, 404, "{body}");
 }
 
 #[test]
@@ -793,6 +860,16 @@ fn operator_and_admin_actions_are_in_the_audit_chain_by_principal_and_it_verifie
     )
     .unwrap();
     assert_eq!(s, 401);
+    let (s, _, _) = request(
+        "POST",
+        &p.hub.url("/v1/session"),
+        &[("content-type", "application/json")],
+        serde_json::json!({ "token": p.tokens["police"] })
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(s, 403, "a department cannot sign in to the cockpit");
     let cookie = p.sign_in("duty-officer");
     // The duty officer moves the drill clock and replays a dead letter
     // (from the cockpit: with the cookie).
@@ -879,13 +956,18 @@ fn operator_and_admin_actions_are_in_the_audit_chain_by_principal_and_it_verifie
         .as_str()
         .unwrap()
         .contains(&dead.to_string()));
-    // The refused sign-in names no token, only a prefix of its hash.
+    // The refused sign-ins are there, a department's by its name, and no
+    // token, nor anything of one, is.
     let text = log.to_string();
     assert!(
         !text.contains("govhub_guessed"),
         "a token is in the audit chain"
     );
-    assert!(text.contains(&sha256_hex("govhub_guessed")[..12]), "{text}");
+    assert!(!text.contains(&sha256_hex("govhub_guessed")[..8]), "{text}");
+    assert!(
+        seen.contains(&("police".to_string(), "sign-in-refused".to_string())),
+        "{seen:?}"
+    );
     // No token of anyone's anywhere in it.
     for t in p.tokens.values() {
         assert!(!text.contains(t.as_str()));

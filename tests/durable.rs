@@ -335,10 +335,11 @@ fn each_cloudevents_mode_round_trips_every_attribute_and_binary_data() {
 fn invalid_inputs_get_a_status_and_a_message_naming_the_cause() {
     let dir = HubDir::new(
         &[],
-        "[auth]\ningest_token_env = \"GOVHUB_TEST_INGEST_TOKEN\"\n",
+        "[auth]\ningest_token_env = \"GOVHUB_TEST_INGEST_TOKEN\"\nadmin_token_env = \"GOVHUB_TEST_ADMIN\"\n",
     );
     let hub = dir.start_with_env(&[
         ("GOVHUB_TEST_INGEST_TOKEN", "s3cret"),
+        ("GOVHUB_TEST_ADMIN", "adm1n"),
         ("GOVHUB__SERVER__MAX_BODY_BYTES", "4096"),
     ]);
     let auth = ("authorization", "Bearer s3cret");
@@ -463,15 +464,18 @@ fn invalid_inputs_get_a_status_and_a_message_naming_the_cause() {
         ok.to_string().as_bytes(),
     );
     assert_eq!(status, 202);
-    // The sender (the ingest shorthand: a department of every source)
-    // reads what it sent, and the invalid one is not there.
-    assert_eq!(get_with(&hub.url("/v1/events/b"), &[auth]).0, 404);
-    assert_eq!(get_with(&hub.url("/v1/events/fine"), &[auth]).0, 200);
+    // The sender (the ingest shorthand) only sends: it reads nothing, and
+    // reading needs a principal. The admin sees the valid event stored and
+    // nothing of the invalid ones.
+    assert_eq!(get_with(&hub.url("/v1/events/fine"), &[auth]).0, 404);
     assert_eq!(
         get(&hub.url("/v1/events/fine")).0,
         401,
         "reading needs a principal"
     );
+    let admin = ("authorization", "Bearer adm1n");
+    assert_eq!(get_with(&hub.url("/v1/events/fine"), &[admin]).0, 200);
+    assert_eq!(get_with(&hub.url("/v1/events/b"), &[admin]).0, 404);
 }
 
 #[test]

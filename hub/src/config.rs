@@ -97,12 +97,17 @@ pub struct AuthConfig {
     /// Cockpit sessions alive at once; a sign-in past it is refused
     /// (`503`) until one ends. A command room has a handful of screens.
     pub max_sessions: usize,
+    /// Cockpit sessions one principal holds at once; its oldest ends for
+    /// a new one past it. Twenty screens share a command room's token at
+    /// most, and one token cannot take every slot of `max_sessions`.
+    pub sessions_per_principal: usize,
     /// Mark the session cookie `Secure` (the cockpit is served over HTTPS,
     /// by a proxy in front of the hub, say).
     pub cookie_secure: bool,
-    /// Sign-in attempts the hub takes per minute, all callers together;
-    /// more get `429`. Each refused attempt is an audit record, so this
-    /// also bounds what a guesser can write to the chain.
+    /// Refused sign-ins (unknown tokens) the hub answers per minute, all
+    /// callers together; more get `429`, unrecorded. Each refused attempt
+    /// is an audit record, so this bounds what a guesser can write to the
+    /// chain; a valid token always signs in.
     pub signin_per_minute: u32,
     /// Each principal's event quota, events per second (a principal may
     /// set its own `events_per_s`). 200 a second is far above a
@@ -125,6 +130,7 @@ impl Default for AuthConfig {
             metrics_open: false,
             session_ttl_s: 8 * 3600,
             max_sessions: 1000,
+            sessions_per_principal: 20,
             cookie_secure: false,
             signin_per_minute: 30,
             events_per_s: 200.0,

@@ -50,10 +50,10 @@ fn credentials() -> &'static Mutex<Vec<(String, Credentials)>> {
 /// has credentials.
 fn default_token(method: &str, url: &str) -> Option<String> {
     let hubs = credentials().lock().unwrap();
-    let (base, c) = hubs
-        .iter()
-        .filter(|(base, _)| url.starts_with(base.as_str()))
-        .max_by_key(|(base, _)| base.len())?;
+    let (base, c) = hubs.iter().find(|(base, _)| {
+        url.strip_prefix(base.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })?;
     let path = &url[base.len()..];
     match method {
         "GET" | "HEAD" => c.reader.clone(),
@@ -632,6 +632,11 @@ impl Drop for HubProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A later hub on the same port is another hub.
+        credentials()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(base, _)| *base != self.base);
     }
 }
 

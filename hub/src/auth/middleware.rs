@@ -123,6 +123,37 @@ impl Authority {
     }
 }
 
+fn is_safe(method: &axum::http::Method) -> bool {
+    matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
+}
+
+/// A write made with the session cookie must come from the cockpit's own
+/// page: the browser says where a request comes from (`Sec-Fetch-Site`,
+/// `Origin`), and a page of another origin (another port or a sibling
+/// host, which SameSite counts as the same site) is refused.
+fn same_origin(headers: &axum::http::HeaderMap) -> Result<(), Problem> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let refused = |why: String| {
+        Err(Problem::new(StatusCode::FORBIDDEN, "cross-site request", why).with_kind("cross-site"))
+    };
+    if let Some(site) = header("sec-fetch-site") {
+        if site != "same-origin" {
+            return refused(format!(
+                "a write with the session cookie must come from the cockpit's own page, not a {site} one"
+            ));
+        }
+    }
+    if let (Some(origin), Some(host)) = (header("origin"), header("host")) {
+        let authority = origin.split_once("://").map(|(_, a)| a).unwrap_or(origin);
+        if !authority.eq_ignore_ascii_case(host) {
+            return refused(format!(
+                "a write with the session cookie came from {origin}, not from the hub's own page ({host})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn unauthenticated(detail: &str) -> Problem {
     Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail)
         .with_header("www-authenticate", "Bearer")
@@ -160,6 +191,14 @@ pub async fn authorize(
         .into_response();
     };
     match auth.decide(access, request.headers()) {
+        Ok(caller) if caller.session().is_some() && !is_safe(request.method()) => {
+            if let Err(p) = same_origin(request.headers()) {
+                auth.metrics.refuse("cross-site");
+                return p.into_response();
+            }
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await

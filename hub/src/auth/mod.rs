@@ -39,9 +39,13 @@ const RESERVED: &[&str] = &["anonymous", "dir", "hub"];
 /// Checks `[auth]` for what it can without the environment: names,
 /// roles and bindings, token hashes, limits.
 pub fn check_config(auth: &AuthConfig) -> anyhow::Result<()> {
-    if auth.session_ttl_s == 0 || auth.max_sessions == 0 || auth.signin_per_minute == 0 {
+    if auth.session_ttl_s == 0
+        || auth.max_sessions == 0
+        || auth.sessions_per_principal == 0
+        || auth.signin_per_minute == 0
+    {
         anyhow::bail!(
-            "auth.session_ttl_s, auth.max_sessions and auth.signin_per_minute must be positive"
+            "auth.session_ttl_s, auth.max_sessions, auth.sessions_per_principal and auth.signin_per_minute must be positive"
         );
     }
     if !(auth.events_per_s.is_finite() && auth.events_per_s > 0.0) || auth.burst == 0 {
@@ -120,19 +124,16 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
 pub fn load_principals(config: &AuthConfig) -> anyhow::Result<Vec<Arc<Principal>>> {
     check_config(config)?;
     let mut principals: Vec<Arc<Principal>> = Vec::new();
-    let mut add = |p: &PrincipalConfig, hash: [u8; 32]| -> anyhow::Result<()> {
+    let mut add = |p: &PrincipalConfig, hash: [u8; 32], reads: bool| -> anyhow::Result<()> {
         if principals.iter().any(|q| q.name == p.name) {
             anyhow::bail!(
                 "auth: a principal called `{}` is configured twice (a shorthand's and an [[auth.principals]] entry)",
                 p.name
             );
         }
-        principals.push(Arc::new(Principal::new(
-            p,
-            hash,
-            config.events_per_s,
-            config.burst,
-        )));
+        let mut principal = Principal::new(p, hash, config.events_per_s, config.burst);
+        principal.reads = reads;
+        principals.push(Arc::new(principal));
         Ok(())
     };
     for p in &config.principals {
@@ -147,7 +148,7 @@ pub fn load_principals(config: &AuthConfig) -> anyhow::Result<Vec<Arc<Principal>
             },
             (None, None) => anyhow::bail!("auth: principal `{}` has no token", p.name),
         };
-        add(p, hash)?;
+        add(p, hash, true)?;
     }
     let shorthand = |name: &str, role: Role, var: &str, everything: bool| PrincipalConfig {
         name: name.into(),
@@ -163,6 +164,7 @@ pub fn load_principals(config: &AuthConfig) -> anyhow::Result<Vec<Arc<Principal>
         add(
             &shorthand("admin", Role::Admin, &config.admin_token_env, false),
             principal::token_hash(&token),
+            true,
         )?;
     }
     if let Some(var) = &config.ingest_token_env {
@@ -170,6 +172,8 @@ pub fn load_principals(config: &AuthConfig) -> anyhow::Result<Vec<Arc<Principal>
             add(
                 &shorthand("ingest", Role::Department, var, true),
                 principal::token_hash(&token),
+                // A sender only, as that token always was.
+                false,
             )?;
         }
     }
@@ -287,6 +291,7 @@ impl Authority {
             sessions: session::Sessions::new(
                 Duration::from_secs(config.session_ttl_s),
                 config.max_sessions,
+                config.sessions_per_principal,
             ),
             config: config.clone(),
             principals,
@@ -436,6 +441,10 @@ mod tests {
             ),
             ("session_ttl_s = 0".to_string(), "auth.session_ttl_s"),
             ("max_sessions = 0".to_string(), "auth.max_sessions"),
+            (
+                "sessions_per_principal = 0".to_string(),
+                "auth.sessions_per_principal",
+            ),
             (
                 "signin_per_minute = 0".to_string(),
                 "auth.signin_per_minute",

@@ -128,6 +128,9 @@ pub struct Principal {
     pub sources: Names,
     /// `department`: the adapters it is bound to.
     pub adapters: Names,
+    /// Whether it reads what concerns it; the `ingest` shorthand is a
+    /// sender only, as that token always was.
+    pub reads: bool,
     quota: Mutex<Bucket>,
     rate: f64,
     burst: f64,
@@ -168,6 +171,7 @@ impl Principal {
             token_sha256,
             sources: Names::from(&config.sources),
             adapters: Names::from(&config.adapters),
+            reads: true,
             quota: Mutex::new(Bucket {
                 tokens: burst,
                 at: Instant::now(),
@@ -191,15 +195,21 @@ impl Principal {
         }
     }
 
-    /// Whether `source` is one of its own (it sent the event).
-    pub fn owns_source(&self, source: &str) -> bool {
-        self.may_send(source)
+    /// Whether an event of `source` is one it sent, for reading: under one
+    /// of its named prefixes. `*` lets a principal send anything, not
+    /// read everything.
+    pub fn sent(&self, source: &str) -> bool {
+        match &self.sources {
+            Names::All => false,
+            Names::Some(list) => list.iter().any(|p| p != "*" && source_under(source, p)),
+        }
     }
 
-    /// Takes `normal` events from its quota, and `critical` ones, which are
-    /// never refused but count: a request holding a critical event always
-    /// passes and may leave the bucket owing (down to one burst), so the
-    /// sender's next ordinary events wait.
+    /// Takes a request's events from its quota. Critical events are never
+    /// refused, but count: they are taken whatever is left, and may leave
+    /// the bucket owing (down to one burst), so the sender's next ordinary
+    /// events wait. The ordinary ones must fit what is left; when they do
+    /// not, the request is refused, and nothing of it is taken.
     pub fn take_quota(&self, normal: u32, critical: u32, now: Instant) -> Result<(), OverQuota> {
         let Ok(mut b) = self.quota.lock() else {
             return Ok(());
@@ -208,21 +218,18 @@ impl Principal {
         b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
         b.at = now;
         let n = f64::from(normal);
-        if critical > 0 {
-            b.tokens = (b.tokens - n - f64::from(critical)).max(-self.burst);
-            return Ok(());
-        }
         if n > self.burst {
             return Err(OverQuota::TooMany {
                 events: normal,
                 burst: self.burst as u32,
             });
         }
-        if b.tokens >= n {
-            b.tokens -= n;
+        let after_critical = (b.tokens - f64::from(critical)).max(-self.burst);
+        if normal == 0 || after_critical >= n {
+            b.tokens = after_critical - n;
             return Ok(());
         }
-        let missing = n - b.tokens;
+        let missing = n - after_critical;
         Err(OverQuota::Wait(Duration::from_secs_f64(
             (missing / self.rate).max(0.001),
         )))
@@ -240,16 +247,18 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
-/// A fresh token: `govhub_` and 32 random bytes, base64url. The prefix
-/// lets secret scanners find one pasted where it should not be.
-pub fn new_token() -> anyhow::Result<String> {
+/// 32 random bytes, base64url: a token's or a session cookie's secret.
+pub fn random_secret() -> anyhow::Result<String> {
     use base64::Engine as _;
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    Ok(format!(
-        "govhub_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A fresh token: `govhub_` and 32 random bytes, base64url. The prefix
+/// lets secret scanners find one pasted where it should not be.
+pub fn new_token() -> anyhow::Result<String> {
+    Ok(format!("govhub_{}", random_secret()?))
 }
 
 #[cfg(test)]
@@ -289,6 +298,14 @@ mod tests {
         let p = principal(1.0, 1);
         assert!(p.may_send("urn:govhub:police:cad"));
         assert!(!p.may_send("urn:govhub:fire"));
+        assert!(p.sent("urn:govhub:police:cad") && !p.sent("urn:govhub:fire"));
+        let mut anything = principal(1.0, 1);
+        anything.sources = Names::All;
+        assert!(anything.may_send("urn:govhub:fire"));
+        assert!(
+            !anything.sent("urn:govhub:fire"),
+            "`*` sends anything, reads nothing by it"
+        );
     }
 
     #[test]
@@ -326,6 +343,12 @@ mod tests {
                 burst: 5
             })
         );
+        // A critical event does not carry ordinary ones past the quota:
+        // a mixed request that does not fit is refused, nothing taken.
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(p.take_quota(5, 0, t1), Ok(()));
+        assert!(matches!(p.take_quota(1, 1, t1), Err(OverQuota::Wait(_))));
+        assert_eq!(p.take_quota(0, 1, t1), Ok(()), "alone it passes");
         // Owing is bounded by one burst: a storm of critical events does
         // not lock the sender out for ever.
         for _ in 0..100 {

@@ -59,18 +59,6 @@ async fn sign_in(
             "the hub has no principals: there is nothing to sign in to, every page is open",
         ));
     }
-    if let Err(wait) = auth.signin_allowed() {
-        auth.metrics.refuse("signin");
-        return Err(Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many sign-ins",
-            format!(
-                "more than {} sign-in attempts this minute (auth.signin_per_minute); try again later",
-                auth.config.signin_per_minute
-            ),
-        )
-        .with_retry_after(wait.as_secs().max(1)));
-    }
     let body = read_body(request.into_body(), MAX_SIGNIN_BYTES, "the sign-in limit").await?;
     #[derive(serde::Deserialize)]
     struct SignIn {
@@ -84,65 +72,80 @@ async fn sign_in(
         )
         .with_field("token")
     })?;
-    let refused = |reason: &str, hint: serde_json::Value| {
+    // A refusal is on the record, by the principal when the token is one
+    // (a department's), else by `anonymous`; never with the token.
+    let refuse = |caller: Caller, reason: &str, problem: Problem| {
         let auth = auth.clone();
-        let reason = reason.to_string();
+        let detail = serde_json::json!({ "reason": reason });
         async move {
             auth.metrics.refuse("signin");
-            let mut detail = serde_json::json!({ "reason": reason });
-            if let (Some(d), Some(h)) = (detail.as_object_mut(), hint.as_object()) {
-                d.extend(h.clone());
-            }
             if let Err(e) = auth
-                .audit(&Caller::Anonymous, "sign-in-refused", "cockpit", detail)
+                .audit(&caller, "sign-in-refused", "cockpit", detail)
                 .await
             {
                 tracing::error!("cannot audit a refused sign-in: {e}");
             }
+            Err(problem)
         }
     };
     let Some(who) = auth.identify(given.token.trim()) else {
-        // Which wrong token, without the token: its hash's first digits
-        // tell repeated attempts apart.
-        let hash = hex::encode(super::principal::token_hash(given.token.trim()));
-        refused(
+        // Only wrong tokens count against the minute's allowance: a
+        // guesser cannot lock the duty officer out, and past it the
+        // guesses are not written to the chain one by one.
+        if let Err(wait) = auth.signin_allowed() {
+            auth.metrics.refuse("signin");
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many sign-ins",
+                format!(
+                    "more than {} refused sign-ins this minute (auth.signin_per_minute); try again later",
+                    auth.config.signin_per_minute
+                ),
+            )
+            .with_retry_after(wait.as_secs().max(1)));
+        }
+        return refuse(
+            Caller::Anonymous,
             "unknown token",
-            serde_json::json!({ "token_sha256_prefix": &hash[..12] }),
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "sign-in refused",
+                "the token is not one of a principal the hub knows",
+            )
+            .with_field("token"),
         )
         .await;
-        return Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "sign-in refused",
-            "the token is not one of a principal the hub knows",
-        )
-        .with_field("token"));
+    };
+    let caller = Caller::Principal {
+        who: who.clone(),
+        session: None,
     };
     if who.role == Role::Department {
-        refused(
+        let why = format!(
+            "principal `{}` is a department: the cockpit needs the role viewer, operator or admin",
+            who.name
+        );
+        return refuse(
+            caller,
             "a department cannot sign in to the cockpit",
-            serde_json::json!({ "principal": who.name }),
+            Problem::new(StatusCode::FORBIDDEN, "sign-in refused", why).with_kind("role"),
         )
         .await;
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "sign-in refused",
-            format!(
-                "principal `{}` is a department: the cockpit needs the role viewer, operator or admin",
-                who.name
-            ),
-        )
-        .with_kind("role"));
     }
     let (value, session) = match auth.sessions.start(who.clone()) {
         Ok(Ok(started)) => started,
         Ok(Err(super::session::Full(max))) => {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+            let why = format!(
+                "{max} cockpit sessions are open (auth.max_sessions); sign one out or wait for one to expire"
+            );
+            return refuse(
+                caller,
                 "too many sessions",
-                format!("{max} cockpit sessions are open (auth.max_sessions); sign one out or wait for one to expire"),
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "too many sessions", why)
+                    .with_kind("session-limit")
+                    .with_retry_after(60),
             )
-            .with_kind("session-limit")
-            .with_retry_after(60))
+            .await;
         }
         Err(e) => {
             return Err(Problem::new(
@@ -156,18 +159,7 @@ async fn sign_in(
         "role": who.role.as_str(),
         "expires_at": crate::journal::rfc3339_ms(session.expires_ms),
     });
-    if let Err(e) = auth
-        .audit(
-            &Caller::Principal {
-                who: who.clone(),
-                session: None,
-            },
-            "sign-in",
-            "cockpit",
-            detail,
-        )
-        .await
-    {
+    if let Err(e) = auth.audit(&caller, "sign-in", "cockpit", detail).await {
         // No record, no session: an operator's hand on the system is
         // always on the record.
         auth.sessions.end(&value);

@@ -56,15 +56,18 @@ pub struct Sessions {
     live: Mutex<HashMap<[u8; 32], Session>>,
     ttl: Duration,
     max: usize,
+    per_principal: usize,
 }
 
 impl Sessions {
-    /// No sessions yet; each will last `ttl`, at most `max` at once.
-    pub fn new(ttl: Duration, max: usize) -> Sessions {
+    /// No sessions yet; each will last `ttl`, at most `max` at once and
+    /// `per_principal` of one principal (its oldest ends for a new one).
+    pub fn new(ttl: Duration, max: usize, per_principal: usize) -> Sessions {
         Sessions {
             live: Mutex::new(HashMap::new()),
             ttl,
             max,
+            per_principal,
         }
     }
 
@@ -78,15 +81,28 @@ impl Sessions {
         &self,
         principal: Arc<Principal>,
     ) -> anyhow::Result<Result<(String, SessionRef), Full>> {
-        use base64::Engine as _;
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let value = super::principal::random_secret()?;
         let now = Instant::now();
         let mut live = self
             .live
             .lock()
             .map_err(|_| anyhow::anyhow!("sessions poisoned"))?;
+        // One principal's screens: past its share, its oldest session ends
+        // (whoever holds its token signs in anew), so one token cannot
+        // take every slot.
+        let mut mine: Vec<([u8; 32], Instant)> = live
+            .iter()
+            .filter(|(_, s)| s.principal.name == principal.name && s.expires > now)
+            .map(|(k, s)| (*k, s.expires))
+            .collect();
+        if mine.len() >= self.per_principal {
+            mine.sort_by_key(|(_, expires)| *expires);
+            for (key, _) in &mine[..=mine.len() - self.per_principal] {
+                if let Some(old) = live.remove(key) {
+                    old.ended.send_replace(true);
+                }
+            }
+        }
         if live.len() >= self.max {
             live.retain(|_, s| s.expires > now);
             if live.len() >= self.max {
@@ -185,7 +201,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_is_found_until_it_ends_and_its_end_is_heard() {
-        let s = Sessions::new(Duration::from_secs(60), 2);
+        let s = Sessions::new(Duration::from_secs(60), 2, 2);
         let (cookie, r) = s.start(viewer()).unwrap().unwrap();
         assert_eq!(s.find(&cookie).unwrap().principal.name, "command-room");
         assert!(s.find("forged").is_none());
@@ -198,7 +214,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_expire_and_are_bounded() {
-        let s = Sessions::new(Duration::from_millis(50), 2);
+        let s = Sessions::new(Duration::from_millis(50), 2, 5);
         let (a, ra) = s.start(viewer()).unwrap().unwrap();
         s.start(viewer()).unwrap().unwrap();
         assert_eq!(s.start(viewer()).unwrap().err(), Some(Full(2)));
@@ -208,6 +224,22 @@ mod tests {
         assert!(s.find(&a).is_none(), "an expired session is not found");
         // Expired sessions make room.
         assert!(s.start(viewer()).unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn one_principal_cannot_take_every_slot_its_oldest_session_ends() {
+        let s = Sessions::new(Duration::from_secs(60), 100, 2);
+        let (first, r1) = s.start(viewer()).unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let (second, _) = s.start(viewer()).unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let (third, _) = s.start(viewer()).unwrap().unwrap();
+        assert!(s.find(&first).is_none(), "the oldest session ended");
+        assert!(s.find(&second).is_some() && s.find(&third).is_some());
+        assert_eq!(s.count(), 2);
+        tokio::time::timeout(Duration::from_secs(1), r1.ended())
+            .await
+            .expect("its stream hears it");
     }
 
     #[test]

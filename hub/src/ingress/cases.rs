@@ -46,32 +46,46 @@ pub(super) async fn list(
     };
     let now = app.hub.clock.now_ms();
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let department = caller.department();
-    let filter = CaseFilter {
+    let department = caller
+        .principal()
+        .filter(|p| p.role == crate::auth::Role::Department)
+        .cloned();
+    let mut filter = CaseFilter {
         status,
         grid: q.grid.filter(|g| !g.is_empty()),
         category: q.category.filter(|c| !c.is_empty()),
         overdue_at: q.overdue.unwrap_or(false).then_some(now),
-        // A department's cases are found among all of them: the limit
-        // applies to what it may see.
-        limit: if department.is_some() {
-            usize::MAX >> 1
-        } else {
-            limit
-        },
+        limit,
+        offset: 0,
     };
     let journal = app.hub.journal.clone();
-    let docs = tokio::task::spawn_blocking(move || journal.cases(&filter))
-        .await
-        .map_err(journal_problem)?
-        .map_err(journal_problem)?;
-    let cases: Vec<serde_json::Value> = docs
+    let cases = tokio::task::spawn_blocking(move || {
+        // A department's cases are found among all of them, newest first,
+        // a page at a time until `limit` of its own are there.
+        let mut found = Vec::new();
+        loop {
+            let page = journal.cases(&filter)?;
+            let last = page.len() < filter.limit;
+            found.extend(page.iter().filter_map(|d| from_doc(d)).filter(|c| {
+                department
+                    .as_ref()
+                    .is_none_or(|who| scope::sees_case(who, c))
+            }));
+            if department.is_none() || last || found.len() >= limit {
+                break;
+            }
+            filter.offset += filter.limit;
+        }
+        found.truncate(limit);
+        Ok::<_, crate::journal::JournalError>(found)
+    })
+    .await
+    .map_err(journal_problem)?
+    .map_err(journal_problem)?;
+    let cases: Vec<serde_json::Value> = cases
         .iter()
-        .filter_map(|d| from_doc(d))
-        .filter(|c| department.is_none_or(|who| scope::sees_case(who, c)))
-        .take(limit)
         .map(|c| {
-            let mut v = view(&c, now);
+            let mut v = view(c, now);
             // The list is a summary; the timeline is on the case itself.
             if let Some(o) = v.as_object_mut() {
                 o.remove("timeline");

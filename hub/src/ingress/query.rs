@@ -80,6 +80,7 @@ pub(super) async fn dead_letters(
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     // A department reads its own adapters' only.
     let targets: Option<Vec<String>> = match (caller.department(), q.target) {
+        (Some(who), _) if !who.reads => Some(Vec::new()),
         (Some(who), Some(t)) => Some(if who.adapters.contains(&t) {
             vec![t]
         } else {
@@ -146,25 +147,32 @@ pub(super) async fn replay(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let id = dead_letter_id(&id)?;
-    let Some(delivery) = app.hub.journal.replay(id).await.map_err(journal_problem)? else {
+    let journal = app.hub.journal.clone();
+    let Some(dead) = tokio::task::spawn_blocking(move || journal.dead_letter(id))
+        .await
+        .map_err(journal_problem)?
+        .map_err(journal_problem)?
+    else {
         return Err(no_dead_letter(id));
     };
-    let target = delivery.target.clone();
-    app.hub.deliveries.enqueue(&app.hub, vec![delivery], None);
+    // On the record before it happens: a replay nobody could account for
+    // is not made.
     app.hub
         .auth
         .audit(
             &caller,
             "replay",
-            &target,
-            serde_json::json!({ "dead_letter": id }),
+            &dead.target,
+            serde_json::json!({ "dead_letter": id, "event_id": dead.event_id }),
         )
         .await
-        .map_err(|e| {
-            journal_problem(format!(
-                "dead letter {id} went back to its queue, but its audit record could not be written: {e}"
-            ))
-        })?;
+        .map_err(journal_problem)?;
+    let Some(delivery) = app.hub.journal.replay(id).await.map_err(journal_problem)? else {
+        // Replayed by someone else in between.
+        return Err(no_dead_letter(id));
+    };
+    let target = delivery.target.clone();
+    app.hub.deliveries.enqueue(&app.hub, vec![delivery], None);
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "replayed": id, "target": target })),

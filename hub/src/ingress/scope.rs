@@ -3,7 +3,8 @@
 //! party to, the dead letters of its adapters. Everything else answers
 //! `404`, as if it did not exist: a department cannot learn that another
 //! department's event, case or dead letter is there. Viewers, operators
-//! and admins read everything.
+//! and admins read everything; the `ingest` shorthand, a sender only,
+//! reads nothing.
 
 use crate::auth::Principal;
 use crate::cases::model::Case;
@@ -13,13 +14,14 @@ use crate::journal::{DeadLetter, StoredEvent};
 /// sources, or through one of its adapters), or it was routed to one of
 /// its adapters.
 pub fn sees_event(who: &Principal, e: &StoredEvent) -> bool {
-    who.owns_source(&e.event.source)
-        || e.origin
-            .as_deref()
-            .is_some_and(|o| who.adapters.contains(o))
-        || e.deliveries
-            .iter()
-            .any(|d| who.adapters.contains(&d.target))
+    who.reads
+        && (who.sent(&e.event.source)
+            || e.origin
+                .as_deref()
+                .is_some_and(|o| who.adapters.contains(o))
+            || e.deliveries
+                .iter()
+                .any(|d| who.adapters.contains(&d.target)))
 }
 
 /// Keeps the department's own deliveries of an event it sees.
@@ -30,18 +32,20 @@ pub fn own_deliveries(who: &Principal, e: &mut StoredEvent) {
 /// Whether the department is a party to the case: one of its adapters
 /// must act on it, or it reported or acted on it.
 pub fn sees_case(who: &Principal, case: &Case) -> bool {
-    case.departments
-        .iter()
-        .any(|d| who.adapters.contains(&d.name))
-        || case.timeline.iter().any(|t| {
-            who.owns_source(&t.source)
-                || t.department
-                    .as_deref()
-                    .is_some_and(|d| who.adapters.contains(d))
-        })
+    who.reads
+        && (case
+            .departments
+            .iter()
+            .any(|d| who.adapters.contains(&d.name))
+            || case.timeline.iter().any(|t| {
+                who.sent(&t.source)
+                    || t.department
+                        .as_deref()
+                        .is_some_and(|d| who.adapters.contains(d))
+            }))
 }
 
 /// Whether the dead letter is one of the department's adapters'.
 pub fn sees_dead_letter(who: &Principal, d: &DeadLetter) -> bool {
-    who.adapters.contains(&d.target)
+    who.reads && who.adapters.contains(&d.target)
 }

@@ -90,27 +90,34 @@ pub fn take_quota(metrics: &AuthMetrics, caller: &Caller, events: &[Event]) -> R
         .get_or_create(&vec![("principal".to_string(), who.name.clone())])
         .inc_by(events.len() as u64);
     let (rate, burst) = who.quota();
-    let (detail, wait) = match refused {
-        OverQuota::Wait(wait) => (
+    match refused {
+        OverQuota::Wait(wait) => Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "over quota",
             format!(
                 "principal `{}` is over its quota ({rate} events a second, bursts of {burst}: \
-                 auth.events_per_s and auth.burst, or the principal's own); critical events are never \
-                 refused; nothing of this request was stored",
-                who.name
+                 auth.events_per_s and auth.burst, or the principal's own); nothing of this request \
+                 was stored{}",
+                who.name,
+                if critical > 0 {
+                    "; its critical events pass alone: send them in a request of their own"
+                } else {
+                    "; critical events are never refused"
+                }
             ),
-            wait,
-        ),
-        OverQuota::TooMany { events, burst } => (
+        )
+        .with_kind("quota")
+        .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)),
+        // Waiting would not help: it can never fit.
+        OverQuota::TooMany { events, burst } => Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch over the burst",
             format!(
-                "{events} events in one request is more than principal `{}`'s burst ({burst}): split the batch",
+                "{events} events in one request is more than principal `{}`'s burst ({burst}, \
+                 auth.burst or the principal's own): split the batch",
                 who.name
             ),
-            std::time::Duration::from_secs(1),
-        ),
-    };
-    Err(
-        Problem::new(StatusCode::TOO_MANY_REQUESTS, "over quota", detail)
-            .with_kind("quota")
-            .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64),
-    )
+        )
+        .with_kind("quota")),
+    }
 }

@@ -199,6 +199,8 @@ pub struct CaseFilter {
     pub overdue_at: Option<i64>,
     /// At most this many, newest first.
     pub limit: usize,
+    /// After skipping this many (a page further down).
+    pub offset: usize,
 }
 
 /// A status filter.

@@ -212,9 +212,10 @@ function setConn(conn) {
   state.conn = conn;
   const c = $("#conn");
   c.className = `conn conn-${conn}`;
-  c.querySelector(".icon").textContent = { live: "●", connecting: "◌", reconnecting: "◌", down: "✕" }[conn];
-  c.querySelector(".text").textContent = tr(conn);
-  const stale = conn !== "live" && conn !== "connecting";
+  c.querySelector(".icon").textContent = { live: "●", connecting: "◌", reconnecting: "◌", down: "✕", signedout: "○" }[conn];
+  c.querySelector(".text").textContent = tr(`conn.${conn}`);
+  // Signed out, nothing is shown to be stale.
+  const stale = conn === "reconnecting" || conn === "down";
   body.classList.toggle("stale", stale);
   $("#stale").hidden = !stale;
   c.title = conn === "live" ? "" : tr("stale");
@@ -711,6 +712,7 @@ function showWho() {
 
 function showSignIn(reason) {
   state.who = null;
+  setConn("signedout");
   body.classList.add("signed-out");
   $("#signin").hidden = false;
   showWho();

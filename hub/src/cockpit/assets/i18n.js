@@ -5,6 +5,8 @@ export const STRINGS = {
   zh: {
     subtitle: "综合信息指挥室 · 小事不出格、大事不出网",
     connecting: "连接中", live: "实时", reconnecting: "重连中", down: "已断开",
+    "conn.connecting": "连接中", "conn.live": "实时", "conn.reconnecting": "重连中", "conn.down": "已断开",
+    "conn.signedout": "未登录",
     stale: "连接中断：以下数据可能已过时",
     hub_time: "枢纽时间", kiosk: "大屏模式", exit_kiosk: "退出大屏",
     filtered_by: "筛选", clear_filter: "清除",
@@ -50,6 +52,8 @@ export const STRINGS = {
   en: {
     subtitle: "Comprehensive information command room · small matters stay in the grid",
     connecting: "connecting", live: "live", reconnecting: "reconnecting", down: "disconnected",
+    "conn.connecting": "connecting", "conn.live": "live", "conn.reconnecting": "reconnecting", "conn.down": "disconnected",
+    "conn.signedout": "signed out",
     stale: "Connection lost: what you see may be out of date",
     hub_time: "Hub time", kiosk: "Kiosk", exit_kiosk: "Leave kiosk",
     filtered_by: "Filter", clear_filter: "Clear",

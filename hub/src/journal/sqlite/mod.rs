@@ -904,8 +904,8 @@ fn record(
     Ok(())
 }
 
-/// A dead letter from the columns `d.id, d.target, e.id, e.source,
-/// e.type, e.caseid, d.attempts, d.last_error, d.updated_ms`.
+/// An audit record from the columns `seq, at_ms, actor, action, target,
+/// detail, prev_hash, hash`.
 fn audit_row(r: &rusqlite::Row<'_>) -> Result<AuditRecord, rusqlite::Error> {
     Ok(AuditRecord {
         seq: r.get(0)?,
@@ -919,6 +919,8 @@ fn audit_row(r: &rusqlite::Row<'_>) -> Result<AuditRecord, rusqlite::Error> {
     })
 }
 
+/// A dead letter from the columns `d.id, d.target, e.id, e.source,
+/// e.type, e.caseid, d.attempts, d.last_error, d.updated_ms`.
 fn dead_letter_row(r: &rusqlite::Row<'_>) -> Result<DeadLetter, rusqlite::Error> {
     Ok(DeadLetter {
         id: r.get(0)?,
@@ -1262,7 +1264,7 @@ impl Journal for SqliteJournal {
                         OR substr(category, 1, length(?5) + 1) = ?5 || '.')
                    AND (?6 IS NULL OR (closed_ms IS NULL
                         AND (resolve_due_ms <= ?6 OR (stage < 2 AND accept_due_ms <= ?6))))
-                 ORDER BY opened_ms DESC, id LIMIT ?7",
+                 ORDER BY opened_ms DESC, id LIMIT ?7 OFFSET ?8",
             )?;
             let rows = s.query_map(
                 params![
@@ -1272,7 +1274,8 @@ impl Journal for SqliteJournal {
                     f.grid,
                     f.category,
                     f.overdue_at,
-                    f.limit as i64
+                    f.limit as i64,
+                    f.offset as i64
                 ],
                 |r| r.get(0),
             )?;
