@@ -54,9 +54,12 @@ fn http_phase_measures_the_hub_beside_bare_hyper() {
     ]);
     let row = line_with(&out, "| 1 |");
     let n = numbers(row);
-    // run, bare, full, ratio, normal, ratio
-    assert_eq!(n.len(), 6, "{row}");
-    assert!(n[1] > 0.0 && n[2] > 0.0 && n[4] > 0.0, "{row}");
+    // run, bare, full, ratio, normal, ratio, with a principal, ratio
+    assert_eq!(n.len(), 8, "{row}");
+    assert!(
+        n[1] > 0.0 && n[2] > 0.0 && n[4] > 0.0 && n[6] > 0.0,
+        "{row}"
+    );
 }
 
 #[test]

@@ -263,7 +263,29 @@ async fn closed_loop(
     requests: Arc<Vec<bytes::Bytes>>,
     concurrency: usize,
 ) -> Duration {
-    windowed_loop(client, url, content_type, requests, concurrency, None).await
+    windowed_loop(client, url, content_type, requests, concurrency, None, None).await
+}
+
+/// [`closed_loop`] presenting a principal's bearer token.
+async fn closed_loop_as(
+    client: &HttpClient,
+    url: &str,
+    content_type: &'static str,
+    requests: Arc<Vec<bytes::Bytes>>,
+    concurrency: usize,
+    token: &str,
+) -> Duration {
+    let token: Arc<str> = token.into();
+    windowed_loop(
+        client,
+        url,
+        content_type,
+        requests,
+        concurrency,
+        None,
+        Some(token),
+    )
+    .await
 }
 
 /// [`closed_loop`], each request first taking a permit from `window`
@@ -275,17 +297,19 @@ async fn windowed_loop(
     requests: Arc<Vec<bytes::Bytes>>,
     concurrency: usize,
     window: Option<Arc<tokio::sync::Semaphore>>,
+    token: Option<Arc<str>>,
 ) -> Duration {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, requests, next, window) = (
+        let (client, url, requests, next, window, token) = (
             client.clone(),
             url.to_string(),
             requests.clone(),
             next.clone(),
             window.clone(),
+            token.clone(),
         );
         tasks.push(tokio::spawn(async move {
             loop {
@@ -294,7 +318,8 @@ async fn windowed_loop(
                 if let Some(w) = &window {
                     w.acquire().await.unwrap().forget();
                 }
-                let status = post(&client, &url, content_type, body.clone()).await;
+                let status =
+                    post_as(&client, &url, content_type, body.clone(), token.as_deref()).await;
                 assert_eq!(status, 202, "request {i} answered {status}");
             }
         }));

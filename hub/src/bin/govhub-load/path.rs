@@ -110,9 +110,9 @@ pub async fn http(dir: &Path, opts: HttpOpts) {
     let bare = bare_server();
     let bare_url = format!("http://{}/v1/events", bare.addr);
     println!(
-        "| run | bare hyper 202 | govhub, journal full | ratio | govhub, journal normal | ratio |"
+        "| run | bare hyper 202 | govhub, journal full | ratio | govhub, journal normal | ratio | govhub, normal, a principal's token | ratio to no principal |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for run in 1..=runs {
         let rate = |took: Duration| events as f64 / took.as_secs_f64();
         // Warm the connections, then measure.
@@ -145,14 +145,67 @@ pub async fn http(dir: &Path, opts: HttpOpts) {
                 .await,
             ));
         }
+        // The same with principals: every request is identified (a token's
+        // SHA-256 against each principal's), its source checked against the
+        // sender's and its quota taken. Beside the `normal` journal, whose
+        // figures the disk's fsync does not blur.
+        let principals = auth_config(&[("load", LOAD_TOKEN)]);
+        let hub = start_hub_with(
+            govhub,
+            dir,
+            &principals,
+            &[("GOVHUB__STORAGE__SYNCHRONOUS", "normal")],
+        );
+        let url = format!("{}/v1/events", hub.base);
+        let warm = bodies(&format!("warm-auth-{run}"), concurrency * 4);
+        closed_loop_as(&client, &url, CE_JSON, warm, concurrency, LOAD_TOKEN).await;
+        let auth_rate = rate(
+            closed_loop_as(
+                &client,
+                &url,
+                CE_JSON,
+                bodies(&format!("auth-{run}"), events),
+                concurrency,
+                LOAD_TOKEN,
+            )
+            .await,
+        );
+        drop(hub);
         println!(
-            "| {run} | {bare_rate:.0} req/s | {:.0} events/s | {:.0}% | {:.0} events/s | {:.0}% |",
+            "| {run} | {bare_rate:.0} req/s | {:.0} events/s | {:.0}% | {:.0} events/s | {:.0}% | {auth_rate:.0} events/s | {:.0}% |",
             hub_rates[0],
             100.0 * hub_rates[0] / bare_rate,
             hub_rates[1],
-            100.0 * hub_rates[1] / bare_rate
+            100.0 * hub_rates[1] / bare_rate,
+            100.0 * auth_rate / hub_rates[1]
         );
     }
+}
+
+/// The load sender's token.
+const LOAD_TOKEN: &str = "govhub_load-sender-token";
+
+/// `[[auth.principals]]` for departments sending the load's source, each
+/// with its token, a quota the load never reaches, and nine more
+/// principals besides (a street's worth), so identifying a caller
+/// compares against every one of them.
+fn auth_config(senders: &[(&str, &str)]) -> String {
+    use sha2::Digest;
+    let mut out = String::from("[auth]\nevents_per_s = 1000000\nburst = 1000000\n");
+    let others: Vec<(String, String)> = (0..9)
+        .map(|i| (format!("department-{i}"), format!("govhub_other-{i}")))
+        .collect();
+    for (name, token) in senders
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .chain(others)
+    {
+        out.push_str(&format!(
+            "[[auth.principals]]\nname = \"{name}\"\nrole = \"department\"\ntoken_sha256 = \"{}\"\nsources = [\"urn:govhub:load\"]\n",
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        ));
+    }
+    out
 }
 
 #[derive(clap::Args)]
@@ -427,6 +480,7 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
             requests,
             concurrency,
             Some(permits.clone()),
+            None,
         )
     };
     windowed(bodies("warm", warm)).await;
