@@ -342,6 +342,25 @@ async fn check_config(config_path: &Path) -> anyhow::Result<()> {
         crate::router::grids::GridMap::load(path, config.grids.street.as_deref())?;
     }
     let principals = crate::auth::load_principals(&config.auth)?;
+    // A grant that does not load stops deliveries to its recipient at
+    // run time; here it is an error.
+    let broken: Vec<String> = config
+        .governance
+        .grants
+        .iter()
+        .filter_map(|(name, pairs)| {
+            crate::governance::policy::parse_grant(pairs)
+                .err()
+                .map(|e| format!("governance.grants.{name}: {e}"))
+        })
+        .collect();
+    if !broken.is_empty() {
+        anyhow::bail!(
+            "{} grant(s) do not load (their recipients would get nothing): {}",
+            broken.len(),
+            broken.join("; ")
+        );
+    }
     let keys = crate::admin::signing::parse_keys(&config.signing.trusted_keys)?;
     let runtime = Runtime::new(config.runtime_config(None))?;
     let router = crate::router::Router::new(&config.routes).map_err(anyhow::Error::msg)?;
@@ -382,6 +401,21 @@ async fn check_config(config_path: &Path) -> anyhow::Result<()> {
         println!("{line}");
     }
     println!("  routes: {}", config.routes.len());
+    if config.classification.is_empty() {
+        println!("  data governance: off (no [[classification]])");
+    } else {
+        println!(
+            "  data governance: {} classification rule(s), grants for {}",
+            config.classification.len(),
+            config
+                .governance
+                .grants
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if principals.is_empty() {
         println!("  principals: none (every route but the admin API is open; loopback only unless auth.open)");
     } else {

@@ -491,6 +491,12 @@ pub struct Config {
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// `[[classification]]`: which fields are personal information.
+    #[serde(default)]
+    pub classification: Vec<crate::governance::ClassificationRule>,
+    /// `[governance]`: what each recipient may see of it.
+    #[serde(default)]
+    pub governance: crate::governance::GovernanceConfig,
 }
 
 impl Config {
@@ -535,6 +541,9 @@ impl Config {
         resolve(&mut self.adapters.dir);
         for file in &mut self.tls.ca_files {
             resolve(file);
+        }
+        if let Some(key) = &mut self.governance.key_file {
+            resolve(key);
         }
         if let Some(map) = &mut self.grids.map {
             resolve(map);
@@ -607,6 +616,12 @@ impl Config {
             );
         }
         crate::auth::check_config(&self.auth)?;
+        crate::governance::policy::compile_rules(&self.classification)?;
+        crate::governance::policy::parse_grant(&self.governance.viewers)
+            .map_err(|e| anyhow::anyhow!("governance.viewers: {e}"))?;
+        if self.governance.key_version == 0 {
+            anyhow::bail!("governance.key_version must be at least 1");
+        }
         crate::admin::signing::parse_keys(&self.signing.trusted_keys)?;
         if self.signing.require_signatures && self.signing.trusted_keys.is_empty() {
             anyhow::bail!("signing.require_signatures is on but signing.trusted_keys is empty");

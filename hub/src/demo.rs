@@ -380,6 +380,62 @@ impl Demo {
             .with_context(|| format!("the report opened no case: {v}"))
     }
 
+    /// Prints what of one report each of `departments` received: the
+    /// hub's flow records (each labelled field and what was done to it),
+    /// and the grid worker's name as the department's system got it.
+    async fn views(&self, case: &str, report: &str, departments: &[&str]) -> anyhow::Result<()> {
+        let flows = self
+            .http
+            .get(&format!("{}/v1/cases/{case}/flows", self.hub))
+            .await?;
+        let records = self
+            .mock_http
+            .get(&format!("{}/_records", self.mock))
+            .await?;
+        let empty = Vec::new();
+        println!("  the report as two departments received it (data governance):");
+        for d in departments {
+            let Some(flow) = flows["flows"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .find(|f| f["target"] == *d && f["event"] == report)
+            else {
+                continue;
+            };
+            let fields: Vec<String> = flow["fields"]
+                .as_object()
+                .map(|f| {
+                    f.iter()
+                        .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            // The name as it reached the department, where its protocol
+            // carries it.
+            let name = records
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .rev()
+                .find_map(|r| {
+                    (r["department"] == *d)
+                        .then(|| r["body"].as_str())
+                        .flatten()
+                        .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+                        .and_then(|b| b["worker"]["name"].as_str().map(str::to_string))
+                });
+            println!(
+                "    {d:<8} {}{}",
+                fields.join(", "),
+                name.map(|n| format!("; the grid worker reached it as 「{n}」"))
+                    .unwrap_or_default()
+            );
+        }
+        self.pause().await;
+        Ok(())
+    }
+
     /// Prints a case: who got it, and its timeline on the hub's clock.
     async fn print_case(
         &self,
@@ -543,6 +599,8 @@ async fn etrike_congestion(demo: &Demo) -> anyhow::Result<String> {
         "  {}  dispatched jointly: traffic squad, police station, village committee",
         local(demo.core.clock.now_ms())
     );
+    demo.views(&case, "GW-20250801-1740-07", &["police", "village"])
+        .await?;
     demo.advance(300).await?;
     demo.report("traffic", &case, "accepted", "").await?;
     demo.report("police", &case, "accepted", "").await?;

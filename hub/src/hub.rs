@@ -154,13 +154,15 @@ pub struct Hub {
     pub metrics: crate::metrics::Metrics,
     /// Who may call the hub.
     pub auth: Arc<crate::auth::Authority>,
+    /// What each recipient and reader may see of the events.
+    pub governance: Arc<crate::governance::Governance>,
     /// The open `/v1/stream` subscriptions.
     pub streams: Arc<crate::stream::Streams>,
     /// One version change (load, rollback, unload) at a time, so the
     /// journal's active version is always the one serving.
     pub(crate) versions_lock: tokio::sync::Mutex<()>,
     router: Router,
-    grids: Option<crate::router::grids::GridMap>,
+    grids: Option<Arc<crate::router::grids::GridMap>>,
 }
 
 /// Adapter state kept in the journal.
@@ -241,10 +243,24 @@ impl Hub {
                 let map =
                     crate::router::grids::GridMap::load(path, config.grids.street.as_deref())?;
                 tracing::info!(grids = map.len(), map = %path.display(), "grid map loaded");
-                Some(map)
+                Some(Arc::new(map))
             }
             None => None,
         };
+        let governance = Arc::new(
+            crate::governance::Governance::load(
+                &config.classification,
+                &config.governance,
+                config
+                    .storage
+                    .path
+                    .parent()
+                    .unwrap_or_else(|| Path::new(".")),
+                grids.clone(),
+            )
+            .context("data governance")?,
+        );
+        record_policy(&*journal, &governance).await?;
         let hub = Arc::new(Hub {
             deliveries: Deliveries::new(config.delivery.clone()),
             cases,
@@ -258,7 +274,11 @@ impl Hub {
             versions_lock: Default::default(),
             metrics,
             auth,
-            streams: Arc::new(crate::stream::Streams::new(config.stream.clone())),
+            governance: governance.clone(),
+            streams: Arc::new(crate::stream::Streams::new(
+                config.stream.clone(),
+                governance.clone(),
+            )),
             router,
             grids,
             config,
@@ -386,6 +406,12 @@ impl Hub {
     /// Whether `name`'s deliveries may go: in rotation, a probe of a
     /// quarantined adapter now due (taken by this call), or not yet.
     pub fn gate(&self, name: &str) -> Gate {
+        // A recipient whose grant does not load gets nothing rather than
+        // raw data: its deliveries wait in the journal.
+        if let Some(why) = self.governance.broken(name) {
+            self.deliveries.note_error(name, &why);
+            return Gate::Closed(std::time::Duration::from_secs(1));
+        }
         let Some(mut slot) = self.adapters.get_mut(name) else {
             return Gate::Closed(std::time::Duration::from_secs(1));
         };
@@ -410,7 +436,7 @@ impl Hub {
 
     /// The grid map, if the deployment has one.
     pub fn grid_map(&self) -> Option<&crate::router::grids::GridMap> {
-        self.grids.as_ref()
+        self.grids.as_deref()
     }
 
     /// Names of the loaded adapters, sorted.
@@ -445,6 +471,8 @@ impl Hub {
             let mut event = normalize(event, origin, received_ms)
                 .map_err(|error| AcceptError::Invalid { index, error })?;
             self.assign_grid(&mut event);
+            // The labels are the hub's: what a producer set is overwritten.
+            self.governance.label(&mut event);
             let targets = self.route(&event, origin);
             tracing::debug!(
                 event = %event.id,
@@ -555,6 +583,32 @@ impl Hub {
             tracing::error!("final journal flush failed: {e}");
         }
     }
+}
+
+/// Records a change of the governance policy in the audit chain (its
+/// hash against the one the journal last knew), so who may see what is
+/// accountable like any other operator's act.
+async fn record_policy(
+    journal: &dyn Journal,
+    governance: &crate::governance::Governance,
+) -> anyhow::Result<()> {
+    let now = governance.hash().to_string();
+    let before = journal.meta("governance_policy")?;
+    if before.as_deref() == Some(now.as_str()) {
+        return Ok(());
+    }
+    if governance.enabled() || before.is_some() {
+        journal
+            .audit_action(
+                "hub",
+                "policy",
+                "governance",
+                &serde_json::json!({ "from": before, "to": now }).to_string(),
+            )
+            .await?;
+    }
+    journal.set_meta("governance_policy", &now).await?;
+    Ok(())
 }
 
 /// Fills what the hub assigns (a random `id`, the adapter's `source`, the

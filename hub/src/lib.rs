@@ -12,7 +12,9 @@
 //! (the wasmtime host) underneath and [`config`] and [`cli`] on top. What
 //! people watch comes out of the journal's change feed: [`stream`] (the
 //! live SSE stream) and [`cockpit`] (the command room's console). In front
-//! of every route, [`auth`] decides who may call it.
+//! of every route, [`auth`] decides who may call it; [`governance`]
+//! decides what of each event's personal information each recipient and
+//! reader sees.
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -24,6 +26,7 @@ pub mod cockpit;
 pub mod config;
 pub mod delivery;
 pub mod demo;
+pub mod governance;
 pub mod hub;
 pub mod ingress;
 pub mod journal;

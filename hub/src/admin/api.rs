@@ -68,7 +68,15 @@ async fn list(State(a): State<Arc<Admin>>) -> Result<Response, Problem> {
                 "id": v.id, "sha256": v.sha256, "origin": v.origin,
                 "loaded_at": crate::journal::rfc3339_ms(v.loaded_ms), "active": v.active,
             })).collect::<Vec<_>>(),
-            "queue_depth": hub.deliveries.depth(&name),
+                        "queue_depth": hub.deliveries.depth(&name),
+            // What its manifest asks to see, and what the hub grants.
+            "clearance": {
+                "requested": l.adapter.manifest.clearance,
+                "granted": hub.governance.grant(&name).0.iter()
+                    .map(|(c, a)| (c.as_str().to_string(), serde_json::Value::from(a.as_str())))
+                    .collect::<serde_json::Map<_, _>>(),
+                "broken": hub.governance.broken(&name),
+            },
             "stats": {
                 "calls": s.calls.load(Relaxed),
                 "traps": s.traps.load(Relaxed),
@@ -176,12 +184,14 @@ async fn rollback(
 struct AuditParams {
     principal: Option<String>,
     action: Option<String>,
+    case: Option<String>,
     after: Option<i64>,
     limit: Option<usize>,
 }
 
-/// `GET /v1/audit[?principal=&action=&after=&limit=]`: the chain in order,
-/// a page at a time (`next_after` continues it).
+/// `GET /v1/audit[?principal=&action=&case=&after=&limit=]`: the chain in
+/// order, a page at a time (`next_after` continues it); `case` gives a
+/// case's flow records.
 async fn audit(
     State(a): State<Arc<Admin>>,
     Query(p): Query<AuditParams>,
@@ -190,6 +200,7 @@ async fn audit(
     let query = AuditQuery {
         actor: p.principal.filter(|s| !s.is_empty()),
         action: p.action.filter(|s| !s.is_empty()),
+        caseid: p.case.filter(|s| !s.is_empty()),
         after: p.after.unwrap_or(0).max(0),
         limit,
     };

@@ -120,12 +120,21 @@ impl Hub {
         let result = self.install_inner(&c, origin).await;
         match result {
             Ok((loaded, cached)) => {
+                // A manifest may ask to see more than the hub grants: said,
+                // and kept in the load's record; the grant stands.
+                let beyond = self
+                    .governance
+                    .requests_beyond(&name, &c.manifest.clearance);
+                for r in &beyond {
+                    tracing::info!(adapter = %name, "clearance requested beyond the grant: {r}");
+                }
                 let detail = serde_json::json!({
                     "sha256": loaded.adapter.sha256,
                     "version_id": loaded.version_id,
                     "adapter_version": loaded.adapter.description.version,
                     "origin": origin.as_str(),
                     "signed": loaded.signed,
+                    "clearance_requested_beyond_grant": beyond,
                 });
                 self.journal
                     .audit(actor, "load", &name, &detail.to_string())

@@ -55,6 +55,7 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("POST", "/v1/events", Access::Roles(SEND)),
     ("POST", "/v1/ingest/{adapter}", Access::Roles(SEND)),
     ("GET", "/v1/events/{id}", Access::Roles(READ)),
+    ("POST", "/v1/events/{id}/reveal", Access::Roles(ADMIN)),
     ("GET", "/v1/dead-letters", Access::Roles(READ)),
     ("GET", "/v1/dead-letters/{id}", Access::Roles(READ)),
     (
@@ -64,6 +65,7 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ),
     ("GET", "/v1/cases", Access::Roles(READ)),
     ("GET", "/v1/cases/{id}", Access::Roles(READ)),
+    ("GET", "/v1/cases/{id}/flows", Access::Roles(READ)),
     ("GET", "/v1/stats", Access::Roles(VIEW)),
     ("POST", "/v1/clock", Access::Roles(OPERATE)),
     ("GET", "/v1/stream", Access::Roles(VIEW)),

@@ -86,6 +86,34 @@ pub enum AuditCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print a case's flow records: what of its events went to each
+    /// department, what each was withheld, under which policy.
+    Flows {
+        /// The hub's config file (its journal holds the log).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The case.
+        #[arg(long = "case")]
+        caseid: String,
+        /// Print the records as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Opens the journal of `config` for reading the audit chain.
+fn open_journal(config: &Path) -> anyhow::Result<(SqliteJournal, PathBuf)> {
+    let config = Config::load(config)?;
+    let path = config.storage.path.clone();
+    if !path.exists() {
+        anyhow::bail!("no journal at {} (storage.path)", path.display());
+    }
+    let journal = SqliteJournal::open(&SqliteConfig {
+        max_group: 1,
+        ..SqliteConfig::at(&path)
+    })
+    .with_context(|| format!("journal {}", path.display()))?;
+    Ok((journal, path))
 }
 
 /// `govhub auth …`.
@@ -289,16 +317,8 @@ pub fn sign(module: &Path, key: &Path) -> anyhow::Result<()> {
 pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify { config } => {
-            let config = Config::load(&config)?;
-            let path = &config.storage.path;
-            if !path.exists() {
-                anyhow::bail!("no journal at {} (storage.path)", path.display());
-            }
-            let journal = SqliteJournal::open(&SqliteConfig {
-                max_group: 1,
-                ..SqliteConfig::at(path)
-            })
-            .with_context(|| format!("journal {}", path.display()))?;
+            let (journal, path) = open_journal(&config)?;
+            let path = &path;
             let log = journal.audit_log()?;
             let head = journal.meta("audit_head")?;
             journal.close();
@@ -309,6 +329,59 @@ pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 }
                 Err(e) => anyhow::bail!("audit log of {} is NOT intact: {e}", path.display()),
             }
+        }
+        AuditCommand::Flows {
+            config,
+            caseid,
+            json,
+        } => {
+            let (journal, _) = open_journal(&config)?;
+            let records = journal.audit_query(&crate::journal::AuditQuery {
+                action: Some("flow".into()),
+                caseid: Some(caseid.clone()),
+                limit: usize::MAX >> 1,
+                ..Default::default()
+            })?;
+            journal.close();
+            if records.is_empty() {
+                println!("no flows recorded for case {caseid}");
+            }
+            for r in records {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                    continue;
+                }
+                let d: serde_json::Value = serde_json::from_str(&r.detail).unwrap_or_default();
+                let fields: Vec<String> = d["fields"]
+                    .as_object()
+                    .map(|f| {
+                        f.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "#{} {} {} → {:<16} {:<9} {} ({}) route `{}`; {}; payload sha256 {}",
+                    r.seq,
+                    crate::journal::rfc3339_ms(r.at_ms),
+                    d["event"].as_str().unwrap_or("?"),
+                    r.target,
+                    d["outcome"].as_str().unwrap_or("?"),
+                    d["type"].as_str().unwrap_or("?"),
+                    d["grade"].as_str().unwrap_or("?"),
+                    d["route"].as_str().unwrap_or("?"),
+                    if fields.is_empty() {
+                        "no labelled fields".to_string()
+                    } else {
+                        fields.join(" ")
+                    },
+                    d["payload_sha256"]
+                        .as_str()
+                        .map(|h| &h[..h.len().min(16)])
+                        .unwrap_or("none (withheld)"),
+                );
+            }
+            Ok(())
         }
     }
 }

@@ -8,6 +8,7 @@
 //! it holds by id, so seeing a change twice is harmless.
 
 use crate::cases::{from_doc, stats, summary};
+use crate::governance::Audience;
 use crate::hub::Hub;
 use crate::journal::{CaseFilter, CaseStatus, FeedKind, Journal, JournalError};
 use serde_json::{json, Value};
@@ -30,9 +31,11 @@ pub fn read(hub: &Arc<Hub>) -> Result<Value, JournalError> {
         .feed_latest(FeedKind::Event, cursor, EVENTS)?
         .into_iter()
         .map(|i| {
+            // As viewers may see it.
+            let event = hub.governance.read_json(&i.data, Audience::Viewers);
             json!({
                 "cursor": i.cursor,
-                "event": serde_json::from_str::<Value>(&i.data).unwrap_or(Value::Null),
+                "event": serde_json::from_str::<Value>(&event).unwrap_or(Value::Null),
             })
         })
         .collect();

@@ -22,6 +22,7 @@ mod queue;
 pub use queue::{backoff, Job, TargetQueue, LANES};
 
 use crate::config::DeliveryConfig;
+use crate::governance::{Applied, Outgoing};
 use crate::hub::Hub;
 use crate::journal::{now_ms, DeliveryRef, DeliveryUpdate};
 use crate::runtime::Disposition;
@@ -86,6 +87,16 @@ impl Deliveries {
     /// `target`'s last failed attempt: when (unix ms) and why.
     pub fn last_error(&self, target: &str) -> Option<(i64, String)> {
         self.last_error.get(target).map(|e| e.clone())
+    }
+
+    /// Notes why `target` gets nothing now (shown as its last error).
+    pub fn note_error(&self, target: &str, why: &str) {
+        let same = self.last_error.get(target).is_some_and(|e| e.1 == why);
+        if !same {
+            tracing::warn!(adapter = %target, "deliveries wait: {why}");
+            self.last_error
+                .insert(target.to_string(), (now_ms(), why.to_string()));
+        }
     }
 
     /// Deliveries waiting for `target` per priority (`info` first).
@@ -195,12 +206,14 @@ async fn call(
     event: &govhub_sdk::Event,
     adapter: &crate::runtime::Adapter,
     attempts: u32,
+    scrub: Option<crate::runtime::Scrub>,
 ) -> Result<govhub_sdk::Outcome, crate::runtime::CallError> {
     let config = &hub.deliveries.config;
     let span =
         tracing::info_span!("deliver", adapter = %d.target, event = %event.id, attempt = attempts);
     let started = std::time::Instant::now();
-    let result = tracing::Instrument::instrument(adapter.deliver(event), span).await;
+    let result =
+        tracing::Instrument::instrument(adapter.deliver_scrubbed(event, scrub), span).await;
     let health = match &result {
         Err(crate::runtime::CallError::Adapter(govhub_sdk::AdapterError::Unavailable(_))) => {
             crate::hub::Health::Unavailable
@@ -217,6 +230,49 @@ async fn call(
     hub.metrics
         .delivery(&d.target, outcome, started.elapsed().as_secs_f64());
     result
+}
+
+/// A flow record: what of `event` went to (or was kept from) the
+/// delivery's target, under which policy, the hash of the exact payload;
+/// names of fields and actions only, never a value. The journal adds the
+/// route and appends it to the audit chain with the outcome.
+fn flow(
+    hub: &Hub,
+    event: &Event,
+    view: Option<&Event>,
+    applied: &Applied,
+    outcome: &str,
+    attempts: u32,
+) -> Option<String> {
+    let governance = &hub.governance;
+    if !governance.enabled() {
+        return None;
+    }
+    use sha2::Digest;
+    let fields: serde_json::Map<String, serde_json::Value> = applied
+        .fields
+        .iter()
+        .map(|(f, _, a)| (f.name(), a.as_str().into()))
+        .collect();
+    let mut record = serde_json::json!({
+        "event": event.id,
+        "source": event.source,
+        "type": event.type_,
+        "caseid": event.caseid,
+        "grade": applied.grade.as_str(),
+        "policy": governance.hash(),
+        "fields": fields,
+        "outcome": outcome,
+        "attempts": attempts,
+    });
+    if applied.data_dropped {
+        record["data"] = "drop".into();
+    }
+    if let Some(v) = view {
+        record["payload_sha256"] =
+            hex::encode(sha2::Sha256::digest(govhub_sdk::cloudevents::to_vec(v))).into();
+    }
+    Some(record.to_string())
 }
 
 /// One delivery attempt, its outcome recorded before the lane moves on.
@@ -242,6 +298,7 @@ async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
             id: d.id,
             attempts,
             error: format!("event #{} is missing from the journal", d.event_seq),
+            flow: None,
         },
         (Some(_), None) => DeliveryUpdate::Retry {
             id: d.id,
@@ -249,42 +306,17 @@ async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
             error: format!("adapter `{}` is not loaded", d.target),
             next_attempt_ms: now_ms() + config.backoff_cap_ms as i64,
         },
-        (Some(event), Some(adapter)) => match call(&hub, d, &event, &adapter, attempts).await {
-            Ok(outcome) => {
-                tracing::debug!(adapter = %d.target, event = %event.id, attempts, "delivered");
-                if !outcome.events.is_empty() {
-                    let follow_ups = outcome.events;
-                    let h = hub.clone();
-                    let origin = d.target.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = h.accept(follow_ups, Some(&origin)).await {
-                            tracing::warn!(adapter = %origin, "events answered by deliver were not accepted: {e}");
-                        }
-                    });
-                }
-                DeliveryUpdate::Delivered {
+        (Some(event), Some(adapter)) => match hub.governance.outgoing(&event, &d.target) {
+            Outgoing::Withhold(reason) => {
+                tracing::info!(adapter = %d.target, event = %event.id, "delivery withheld: {reason}");
+                DeliveryUpdate::Withheld {
                     id: d.id,
-                    attempts,
-                    reference: outcome.reference,
+                    flow: flow(&hub, &event, None, &Applied::default(), "withheld", 0),
+                    reason,
                 }
             }
-            Err(e) if e.disposition() == Disposition::Fail || attempts >= config.max_attempts => {
-                tracing::warn!(adapter = %d.target, event = %event.id, attempts, error = %e, "delivery failed for good: dead letter");
-                DeliveryUpdate::Dead {
-                    id: d.id,
-                    attempts,
-                    error: e.to_string(),
-                }
-            }
-            Err(e) => {
-                let wait = backoff(config, attempts);
-                tracing::info!(adapter = %d.target, event = %event.id, attempts, error = %e, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
-                DeliveryUpdate::Retry {
-                    id: d.id,
-                    attempts,
-                    error: e.to_string(),
-                    next_attempt_ms: now_ms() + wait.as_millis() as i64,
-                }
+            Outgoing::Send(view, applied) => {
+                send(&hub, d, &event, &view, &applied, &adapter, attempts).await
             }
         },
     };
@@ -301,5 +333,69 @@ async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
     queue.finish(job, &update);
     if hub.deliveries.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
         hub.deliveries.idle.notify_waiters();
+    }
+}
+
+/// Hands `view` (the event as its target may see it) to the adapter; the
+/// outcome, with any error quoting what the adapter saw scrubbed of the
+/// event's personal information.
+async fn send(
+    hub: &Arc<Hub>,
+    d: &DeliveryRef,
+    event: &Event,
+    view: &Event,
+    applied: &Applied,
+    adapter: &crate::runtime::Adapter,
+    attempts: u32,
+) -> DeliveryUpdate {
+    let config = &hub.deliveries.config;
+    let governance = hub.governance.clone();
+    let values = Arc::new(governance.clear_values(event));
+    let scrub: Option<crate::runtime::Scrub> = (!values.is_empty()).then(|| {
+        let (g, v) = (governance.clone(), values.clone());
+        Arc::new(move |text: &str| g.scrub(text, &v)) as crate::runtime::Scrub
+    });
+    let scrubbed = |e: &dyn std::fmt::Display| governance.scrub(&e.to_string(), &values);
+    match call(hub, d, view, adapter, attempts, scrub).await {
+        Ok(outcome) => {
+            tracing::debug!(adapter = %d.target, event = %event.id, attempts, "delivered");
+            if !outcome.events.is_empty() {
+                let follow_ups = outcome.events;
+                let h = hub.clone();
+                let origin = d.target.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = h.accept(follow_ups, Some(&origin)).await {
+                        tracing::warn!(adapter = %origin, "events answered by deliver were not accepted: {e}");
+                    }
+                });
+            }
+            DeliveryUpdate::Delivered {
+                id: d.id,
+                attempts,
+                reference: outcome.reference,
+                flow: flow(hub, event, Some(view), applied, "delivered", attempts),
+            }
+        }
+        Err(e) if e.disposition() == Disposition::Fail || attempts >= config.max_attempts => {
+            let error = scrubbed(&e);
+            tracing::warn!(adapter = %d.target, event = %event.id, attempts, error = %error, "delivery failed for good: dead letter");
+            DeliveryUpdate::Dead {
+                id: d.id,
+                attempts,
+                flow: flow(hub, event, Some(view), applied, "dead", attempts),
+                error,
+            }
+        }
+        Err(e) => {
+            let wait = backoff(config, attempts);
+            let error = scrubbed(&e);
+            tracing::info!(adapter = %d.target, event = %event.id, attempts, error = %error, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
+            DeliveryUpdate::Retry {
+                id: d.id,
+                attempts,
+                error,
+                next_attempt_ms: now_ms() + wait.as_millis() as i64,
+            }
+        }
     }
 }

@@ -274,7 +274,9 @@ impl TargetQueue {
                 }
                 s.waiting.push(Reverse((*next_attempt_ms, key)));
             }
-            DeliveryUpdate::Delivered { .. } | DeliveryUpdate::Dead { .. } => {
+            DeliveryUpdate::Delivered { .. }
+            | DeliveryUpdate::Dead { .. }
+            | DeliveryUpdate::Withheld { .. } => {
                 let mut now_empty = false;
                 if let Some(lane) = s.lanes.get_mut(&key) {
                     if let Some(head) = lane.jobs.pop_front() {
@@ -330,6 +332,7 @@ mod tests {
             id,
             attempts: 1,
             reference: None,
+            flow: None,
         }
     }
 

@@ -186,3 +186,63 @@ pub(super) async fn advance_clock(
         )),
     }
 }
+
+/// `GET /v1/cases/{caseid}/flows`: what of the case's events went to each
+/// department, what was withheld, under which policy (its flow records);
+/// a department sees its own.
+pub(super) async fn flows(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let journal = app.hub.journal.clone();
+    let department = caller
+        .principal()
+        .filter(|p| p.role == crate::auth::Role::Department)
+        .cloned();
+    let key = id.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let case = journal.case(&key)?;
+        let records = journal.audit_query(&crate::journal::AuditQuery {
+            action: Some("flow".into()),
+            caseid: Some(key),
+            limit: 10_000,
+            ..Default::default()
+        })?;
+        Ok::<_, crate::journal::JournalError>((case, records))
+    })
+    .await
+    .map_err(journal_problem)?
+    .map_err(journal_problem)?;
+    let (case, records) = found;
+    let visible = case.as_deref().and_then(from_doc).filter(|c| {
+        department
+            .as_ref()
+            .is_none_or(|who| scope::sees_case(who, c))
+    });
+    if visible.is_none() {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "no such case",
+            format!("no case `{id}`"),
+        ));
+    }
+    let flows: Vec<serde_json::Value> = records
+        .into_iter()
+        .filter(|r| {
+            department
+                .as_ref()
+                .is_none_or(|who| who.adapters.contains(&r.target))
+        })
+        .map(|r| {
+            let mut detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap_or_default();
+            if let Some(d) = detail.as_object_mut() {
+                d.insert("target".into(), r.target.into());
+                d.insert("at".into(), crate::journal::rfc3339_ms(r.at_ms).into());
+                d.insert("audit_seq".into(), r.seq.into());
+            }
+            detail
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "caseid": id, "flows": flows })).into_response())
+}

@@ -44,7 +44,9 @@ pub(super) async fn get_event(
             },
         )),
         [one] => Ok(Json(serde_json::json!({
-            "event": cloudevents::to_json(&one.event),
+            "event": cloudevents::to_json(
+                &app.hub.governance.read(&one.event, scope::audience(&caller, one))
+            ),
             "origin": one.origin,
             "received_at": one.received_at,
             "deliveries": one.deliveries,
@@ -178,4 +180,79 @@ pub(super) async fn replay(
         Json(serde_json::json!({ "replayed": id, "target": target })),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct Reveal {
+    purpose: Option<String>,
+}
+
+/// The longest purpose a reveal may state.
+const MAX_PURPOSE: usize = 500;
+
+/// `POST /v1/events/{id}/reveal[?source=]` `{"purpose"}`: an admin reads
+/// one event's personal information in the clear, for a stated purpose,
+/// on the record before it is shown.
+pub(super) async fn reveal(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<EventQuery>,
+    Json(body): Json<Reveal>,
+) -> Result<Response, Problem> {
+    let purpose = body.purpose.unwrap_or_default().trim().to_string();
+    if purpose.is_empty() || purpose.chars().count() > MAX_PURPOSE {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "purpose needed",
+            format!(
+                "a reveal states its purpose (`purpose`, 1 to {MAX_PURPOSE} characters): it is kept in the audit chain"
+            ),
+        )
+        .with_field("purpose"));
+    }
+    let journal = app.hub.journal.clone();
+    let (id2, source) = (id.clone(), q.source.clone());
+    let found = tokio::task::spawn_blocking(move || journal.events(&id2, source.as_deref()))
+        .await
+        .map_err(journal_problem)?
+        .map_err(journal_problem)?;
+    let one = match found.as_slice() {
+        [one] => one,
+        [] => {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "no such event",
+                format!("no event with id `{id}`"),
+            ))
+        }
+        _ => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "ambiguous id",
+                format!("several events have id `{id}`; add ?source="),
+            )
+            .with_field("source"))
+        }
+    };
+    app.hub
+        .auth
+        .audit(
+            &caller,
+            "reveal",
+            &one.event.source,
+            serde_json::json!({
+                "event": one.event.id,
+                "caseid": one.event.caseid,
+                "purpose": purpose,
+            }),
+        )
+        .await
+        .map_err(journal_problem)?;
+    Ok(Json(serde_json::json!({
+        "event": cloudevents::to_json(&one.event),
+        "revealed_to": caller.name(),
+        "purpose": purpose,
+    }))
+    .into_response())
 }

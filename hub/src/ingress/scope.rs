@@ -6,8 +6,9 @@
 //! and admins read everything; the `ingest` shorthand, a sender only,
 //! reads nothing.
 
-use crate::auth::Principal;
+use crate::auth::{Caller, Names, Principal};
 use crate::cases::model::Case;
+use crate::governance::Audience;
 use crate::journal::{DeadLetter, StoredEvent};
 
 /// Whether the event concerns the department: it sent it (one of its
@@ -48,4 +49,25 @@ pub fn sees_case(who: &Principal, case: &Case) -> bool {
 /// Whether the dead letter is one of the department's adapters'.
 pub fn sees_dead_letter(who: &Principal, d: &DeadLetter) -> bool {
     who.reads && who.adapters.contains(&d.target)
+}
+
+/// How `caller` reads `e`'s personal information: a department in the
+/// clear what it sent itself, and what reached it as its adapters
+/// received it; everyone else as viewers do.
+pub fn audience<'a>(caller: &'a Caller, e: &StoredEvent) -> Audience<'a> {
+    match caller.department() {
+        None => Audience::Viewers,
+        Some(who)
+            if who.sent(&e.event.source)
+                || e.origin
+                    .as_deref()
+                    .is_some_and(|o| who.adapters.contains(o)) =>
+        {
+            Audience::Clear
+        }
+        Some(who) => match &who.adapters {
+            Names::Some(list) => Audience::Adapters(list),
+            Names::All => Audience::Viewers,
+        },
+    }
 }

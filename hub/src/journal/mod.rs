@@ -258,6 +258,9 @@ pub enum DeliveryUpdate {
         attempts: u32,
         /// The department's reference.
         reference: Option<String>,
+        /// Its flow record (what went, JSON), appended to the audit chain
+        /// in the same transaction.
+        flow: Option<String>,
     },
     /// Failed; will be tried again.
     Retry {
@@ -278,7 +281,25 @@ pub enum DeliveryUpdate {
         attempts: u32,
         /// The last error.
         error: String,
+        /// Its flow record, as for `Delivered`.
+        flow: Option<String>,
     },
+    /// Not sent, for good: the data may not leave the hub.
+    Withheld {
+        /// The delivery.
+        id: i64,
+        /// Why.
+        reason: String,
+        /// Its flow record.
+        flow: Option<String>,
+    },
+}
+
+impl DeliveryUpdate {
+    /// Whether it ends the delivery (no further attempt).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, DeliveryUpdate::Retry { .. })
+    }
 }
 
 /// A delivery's state, as `GET /v1/events/{id}` shows it.
@@ -290,7 +311,7 @@ pub struct DeliveryStatus {
     pub target: String,
     /// The rule that chose the target.
     pub rule: String,
-    /// `pending`, `delivered` or `dead`.
+    /// `pending`, `delivered`, `dead` or `withheld`.
     pub status: String,
     /// Attempts made.
     pub attempts: u32,
@@ -395,6 +416,8 @@ pub struct AuditQuery {
     pub actor: Option<String>,
     /// Only this action.
     pub action: Option<String>,
+    /// Only flow records of this case.
+    pub caseid: Option<String>,
     /// After this sequence number.
     pub after: i64,
     /// At most this many.

@@ -3,7 +3,7 @@
 
 use super::bindings::{self, AdapterPre};
 use super::error::{CallError, LoadError};
-use super::host::{CallState, HostState, Shared};
+use super::host::{CallState, HostState, Scrub, Shared};
 use super::manifest::Manifest;
 use super::outbound::gate::Policy;
 use super::{CacheUse, Checked, StateStore, EPOCH_TICK};
@@ -181,7 +181,19 @@ impl Adapter {
 
     /// Calls `deliver` with one event.
     pub async fn deliver(&self, event: &Event) -> Result<Outcome, CallError> {
-        match self.call(Request::Deliver(event), Some(&event.id)).await? {
+        self.deliver_scrubbed(event, None).await
+    }
+
+    /// Calls `deliver`, its log lines rewritten by `scrub`.
+    pub async fn deliver_scrubbed(
+        &self,
+        event: &Event,
+        scrub: Option<Scrub>,
+    ) -> Result<Outcome, CallError> {
+        match self
+            .call_with(Request::Deliver(event), Some(&event.id), scrub)
+            .await?
+        {
             Reply::Deliver(r) => r.map_err(CallError::Adapter),
             _ => unreachable!("deliver answers deliver"),
         }
@@ -232,6 +244,15 @@ impl Adapter {
     }
 
     async fn call(&self, request: Request<'_>, event_id: Option<&str>) -> Result<Reply, CallError> {
+        self.call_with(request, event_id, None).await
+    }
+
+    async fn call_with(
+        &self,
+        request: Request<'_>,
+        event_id: Option<&str>,
+        scrub: Option<Scrub>,
+    ) -> Result<Reply, CallError> {
         // The pool: at most `concurrency` calls at once, each on an idle
         // instance or a new one. The semaphore is never closed.
         let _permit = self
@@ -259,6 +280,7 @@ impl Adapter {
             data.call = CallState {
                 deadline: Some(started + limit),
                 event_id: event_id.map(str::to_string),
+                scrub,
                 ..CallState::default()
             };
             data.outbound.reset();

@@ -35,9 +35,17 @@ pub struct Shared {
     pub memory_bytes: AtomicU64,
 }
 
+/// Rewrites an adapter's log line before it is written: the hub's data
+/// governance takes out what the line quotes of an event's personal
+/// information.
+pub type Scrub = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
 /// Per-call bookkeeping, reset before each call.
 #[derive(Default)]
 pub struct CallState {
+    /// What rewrites this call's log lines, besides the phone numbers, ID
+    /// numbers and plates every line has masked.
+    pub scrub: Option<Scrub>,
     /// When the call must end.
     pub deadline: Option<Instant>,
     /// The event being handled, for log lines.
@@ -195,6 +203,21 @@ impl host::Host for HostState {
             .map(|f| format!("{}={:?}", f.name, f.value))
             .collect::<Vec<_>>()
             .join(" ");
+        // No personal data in the hub's log: what the call's event holds
+        // (when the hub knows it), and any phone, ID number or plate.
+        let clean = |text: String| -> String {
+            let text = match &self.call.scrub {
+                Some(scrub) => scrub(&text),
+                None => text,
+            };
+            if crate::governance::functions::has_patterns(&text) {
+                crate::governance::functions::mask_text(&text)
+            } else {
+                text
+            }
+        };
+        let message = clean(message);
+        let fields = clean(fields);
         match level {
             Level::Trace => tracing::trace!(target: "adapter", adapter, event, fields, "{message}"),
             Level::Debug => tracing::debug!(target: "adapter", adapter, event, fields, "{message}"),

@@ -186,6 +186,8 @@ struct RawManifest {
     tls: TlsIdentity,
     #[serde(default)]
     config: BTreeMap<String, ConfigValue>,
+    #[serde(default)]
+    clearance: BTreeMap<String, String>,
 }
 
 /// A parsed and checked manifest. Paths are resolved against the manifest's
@@ -214,6 +216,10 @@ pub struct Manifest {
     pub tls: TlsIdentity,
     /// Its `[config]` table, unresolved.
     pub config: BTreeMap<String, ConfigValue>,
+    /// What it asks to see of personal information (`[clearance]`:
+    /// category → action). A request only: the hub's
+    /// `[governance.grants]` decide.
+    pub clearance: BTreeMap<String, String>,
 }
 
 /// Checks an adapter name: `[a-z0-9-]`, 1 to 64 characters, used in URLs.
@@ -246,6 +252,7 @@ impl Manifest {
             capabilities: Capabilities::default(),
             tls: TlsIdentity::default(),
             config: BTreeMap::new(),
+            clearance: BTreeMap::new(),
         }
     }
 
@@ -349,6 +356,7 @@ impl Manifest {
             capabilities: raw.capabilities,
             tls: raw.tls,
             config: raw.config,
+            clearance: raw.clearance,
         })
     }
 

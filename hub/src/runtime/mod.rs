@@ -17,6 +17,7 @@ pub mod outbound;
 
 pub use adapter::{Adapter, AdapterStats};
 pub use error::{CallError, Disposition, LoadError};
+pub use host::Scrub;
 pub use manifest::{Limits, Manifest};
 
 use sha2::{Digest, Sha256};

@@ -10,8 +10,9 @@ use super::Filter;
 use crate::auth::policy::Routes;
 use crate::auth::Caller;
 use crate::config::StreamConfig;
+use crate::governance::{Audience, Governance};
 use crate::ingress::Problem;
-use crate::journal::{FeedItem, FeedSpan, Journal, JournalError};
+use crate::journal::{FeedItem, FeedKind, FeedSpan, Journal, JournalError};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -48,15 +49,23 @@ struct Frame {
 
 /// An item as an SSE frame: `id:` its cursor, `event:` its kind, its JSON
 /// as `data:` (a line each, should it hold a newline; carriage returns,
-/// which SSE would split on, dropped).
-fn render(item: &FeedItem) -> Bytes {
-    let mut out = BytesMut::with_capacity(item.data.len() + 48);
+/// which SSE would split on, dropped). An event is as viewers may see it
+/// (`[governance.viewers]`): the stream is theirs.
+fn render(item: &FeedItem, governance: &Governance) -> Bytes {
+    let viewed;
+    let data: &str = if item.kind == FeedKind::Event && governance.enabled() {
+        viewed = governance.read_json(&item.data, Audience::Viewers);
+        &viewed
+    } else {
+        &item.data
+    };
+    let mut out = BytesMut::with_capacity(data.len() + 48);
     out.extend_from_slice(b"id: ");
     out.extend_from_slice(item.cursor.to_string().as_bytes());
     out.extend_from_slice(b"\nevent: ");
     out.extend_from_slice(item.kind.as_str().as_bytes());
     out.extend_from_slice(b"\n");
-    for line in item.data.split('\n') {
+    for line in data.split('\n') {
         out.extend_from_slice(b"data: ");
         if line.contains('\r') {
             out.extend_from_slice(line.replace('\r', "").as_bytes());
@@ -73,16 +82,19 @@ fn render(item: &FeedItem) -> Bytes {
 /// that ends them all.
 pub struct Streams {
     config: StreamConfig,
+    governance: Arc<Governance>,
     open: AtomicUsize,
     stop: watch::Sender<bool>,
     live: OnceLock<broadcast::Sender<Arc<Frame>>>,
 }
 
 impl Streams {
-    /// No streams yet.
-    pub fn new(config: StreamConfig) -> Streams {
+    /// No streams yet; events on them are as `governance` lets viewers
+    /// see them.
+    pub fn new(config: StreamConfig, governance: Arc<Governance>) -> Streams {
         Streams {
             config,
+            governance,
             open: AtomicUsize::new(0),
             stop: watch::Sender::new(false),
             live: OnceLock::new(),
@@ -108,6 +120,7 @@ impl Streams {
                 let (tx, _) = broadcast::channel(self.config.buffer.max(1));
                 let out = tx.clone();
                 let mut stop = self.stop.subscribe();
+                let governance = self.governance.clone();
                 tokio::spawn(async move {
                     if *stop.borrow_and_update() {
                         return;
@@ -121,7 +134,7 @@ impl Streams {
                             // Nobody watching: nothing to render.
                             Ok(_) if out.receiver_count() == 0 => {}
                             Ok(item) => {
-                                let bytes = render(&item);
+                                let bytes = render(&item, &governance);
                                 let _ = out.send(Arc::new(Frame { item, bytes }));
                             }
                             // Subscribers see the gap in the cursors and
@@ -234,6 +247,7 @@ async fn stream(
     let (tx, rx) = mpsc::channel(QUEUE);
     let subscription = Subscription {
         journal: ctx.journal.clone(),
+        governance: streams.governance.clone(),
         filter,
         tx,
         live,
@@ -285,6 +299,7 @@ struct Gone;
 
 struct Subscription {
     journal: Arc<dyn Journal>,
+    governance: Arc<Governance>,
     filter: Filter,
     tx: mpsc::Sender<Bytes>,
     live: broadcast::Receiver<Arc<Frame>>,
@@ -476,7 +491,7 @@ impl Subscription {
             for item in &page {
                 self.last = item.cursor;
                 if self.filter.matches(item) {
-                    self.push(&render(item)).await?;
+                    self.push(&render(item, &self.governance)).await?;
                     self.told = item.cursor;
                 }
             }

@@ -476,7 +476,8 @@ async function renderDetail() {
   const depts = (c.departments || []).map((d) => el("tr", {},
     el("td", { text: d.name }), el("td", { class: `stage-${d.stage}`, text: tr(`stage.${d.stage}`) })));
   const report = (c.timeline || []).find((e) => e.what === "gov.incident.reported" || e.what === "gov.dispute.reported") || (c.timeline || [])[0];
-  const deliveries = el("table", { class: "deliveries" });
+    const deliveries = el("table", { class: "deliveries" });
+  const received = el("table", { class: "flows" });
   const dead = [...state.dead.values()].filter((d) => d.caseid === id);
   fill($("#detail"),
     el("p", { class: "detail-head" },
@@ -487,8 +488,23 @@ async function renderDetail() {
     el("ol", { class: "timeline" }, steps),
     el("h3", { text: tr("departments") }),
     el("table", { class: "departments" }, depts),
-    el("h3", { text: tr("deliveries") }),
-    deliveries);
+        el("h3", { text: tr("deliveries") }),
+    deliveries,
+    el("h3", { text: tr("received") }),
+    received);
+    // What each department received of the case's events, and what was
+  // withheld: the hub's flow records (field names and actions, no values).
+  const f = await fetch(`/v1/cases/${encodeURIComponent(id)}/flows`);
+  if (f.ok && state.filter.case === id) {
+    const flows = (await f.json()).flows || [];
+    received.replaceChildren(...flows.map((x) => el("tr", { class: `flow-${x.outcome}` },
+      el("td", { text: x.target }),
+      el("td", { class: "mono", text: x.event }),
+      el("td", { text: tr(`status.${x.outcome}`) }),
+      el("td", { class: "fields" }, Object.entries(x.fields || {}).map(([field, action]) =>
+        el("span", { class: `act act-${action}`, title: field, text: `${field.replace(/^@/, "")} ${tr(`act.${action}`)}` }))))));
+    if (!flows.length) received.replaceChildren(el("tr", {}, el("td", { class: "empty", text: tr("no_flows") })));
+  }
   if (report && report.event_id) {
     const r = await fetch(`/v1/events/${encodeURIComponent(report.event_id)}`);
     if (r.ok && state.filter.case === id) {

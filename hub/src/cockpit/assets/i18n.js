@@ -48,6 +48,9 @@ export const STRINGS = {
     signed_out: "已退出登录", session_ended: "会话已结束（到期或已退出），请重新登录。",
     "signin.401": "令牌无效。", "signin.403": "该令牌属于部门系统，不能登录驾驶舱。",
     "signin.429": "登录尝试过多，请稍后再试。", "signin.503": "会话已满或日志不可用，请稍后再试。",
+    received: "各部门所得（数据治理）", no_flows: "未启用数据分级策略",
+    "act.clear": "明文", "act.mask": "掩码", "act.pseudonymize": "假名", "act.generalize": "泛化", "act.drop": "未提供",
+    "status.withheld": "已扣留",
   },
   en: {
     subtitle: "Comprehensive information command room · small matters stay in the grid",
@@ -95,6 +98,9 @@ export const STRINGS = {
     signed_out: "Signed out", session_ended: "The session has ended (expired or signed out): sign in again.",
     "signin.401": "That token is not valid.", "signin.403": "That token is a department system's: it cannot sign in to the cockpit.",
     "signin.429": "Too many sign-ins: try again in a minute.", "signin.503": "No session could be opened now: try again shortly.",
+    received: "What each department received (data governance)", no_flows: "no data policy in force",
+    "act.clear": "clear", "act.mask": "masked", "act.pseudonymize": "pseudonym", "act.generalize": "generalized", "act.drop": "withheld",
+    "status.withheld": "withheld",
   },
 };
 

@@ -143,8 +143,37 @@ const MIGRATIONS: &[&str] = &[
     // 6: the audit chain read by principal and by action
     // (`GET /v1/audit?principal=&action=`).
     r#"
-    CREATE INDEX audit_by_actor ON audit (actor, seq);
+        CREATE INDEX audit_by_actor ON audit (actor, seq);
     CREATE INDEX audit_by_action ON audit (action, seq);
+    "#,
+    // 7: a delivery can be withheld (its data may not leave the hub): the
+    // status check is a table's own, so the table is made anew.
+    r#"
+    CREATE TABLE deliveries_7 (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_seq       INTEGER NOT NULL REFERENCES events (seq),
+        target          TEXT NOT NULL,
+        rule            TEXT NOT NULL,
+        order_key       TEXT NOT NULL,
+        status          TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead', 'withheld')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        reference       TEXT,
+        created_ms      INTEGER NOT NULL,
+        updated_ms      INTEGER NOT NULL,
+        delivered_ms    INTEGER,
+        next_attempt_ms INTEGER,
+        priority        INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (event_seq, target)
+    );
+    INSERT INTO deliveries_7 (id, event_seq, target, rule, order_key, status, attempts,
+        last_error, reference, created_ms, updated_ms, delivered_ms, next_attempt_ms, priority)
+    SELECT id, event_seq, target, rule, order_key, status, attempts,
+        last_error, reference, created_ms, updated_ms, delivered_ms, next_attempt_ms, priority
+    FROM deliveries;
+    DROP TABLE deliveries;
+    ALTER TABLE deliveries_7 RENAME TO deliveries;
+    CREATE INDEX deliveries_open ON deliveries (status, id);
     "#,
 ];
 
@@ -866,40 +895,80 @@ fn record(
     feed: &mut feed::Batch,
 ) -> Result<(), rusqlite::Error> {
     for u in updates {
-        match u {
+        let (flow, target_of) = match u {
             DeliveryUpdate::Delivered {
                 id,
                 attempts,
                 reference,
-            } => tx.execute(
-                "UPDATE deliveries SET status = 'delivered', attempts = ?2, reference = ?3,
-                 updated_ms = ?4, delivered_ms = ?4, next_attempt_ms = NULL WHERE id = ?1",
-                params![id, attempts, reference, now],
-            )?,
+                flow,
+            } => {
+                tx.execute(
+                    "UPDATE deliveries SET status = 'delivered', attempts = ?2, reference = ?3,
+                     updated_ms = ?4, delivered_ms = ?4, next_attempt_ms = NULL WHERE id = ?1",
+                    params![id, attempts, reference, now],
+                )?;
+                (flow, *id)
+            }
             DeliveryUpdate::Retry {
                 id,
                 attempts,
                 error,
                 next_attempt_ms,
-            } => tx.execute(
-                "UPDATE deliveries SET attempts = ?2, last_error = ?3, updated_ms = ?4,
-                 next_attempt_ms = ?5 WHERE id = ?1",
-                params![id, attempts, error, now, next_attempt_ms],
-            )?,
+            } => {
+                tx.execute(
+                    "UPDATE deliveries SET attempts = ?2, last_error = ?3, updated_ms = ?4,
+                     next_attempt_ms = ?5 WHERE id = ?1",
+                    params![id, attempts, error, now, next_attempt_ms],
+                )?;
+                continue;
+            }
             DeliveryUpdate::Dead {
                 id,
                 attempts,
                 error,
+                flow,
             } => {
-                let n = tx.execute(
+                tx.execute(
                     "UPDATE deliveries SET status = 'dead', attempts = ?2, last_error = ?3,
                      updated_ms = ?4, next_attempt_ms = NULL WHERE id = ?1",
                     params![id, attempts, error, now],
                 )?;
                 dead_letter_item(tx, *id, now, false, feed)?;
-                n
+                (flow, *id)
+            }
+            DeliveryUpdate::Withheld { id, reason, flow } => {
+                tx.execute(
+                    "UPDATE deliveries SET status = 'withheld', last_error = ?2, updated_ms = ?3,
+                     next_attempt_ms = NULL WHERE id = ?1",
+                    params![id, reason, now],
+                )?;
+                (flow, *id)
             }
         };
+        // The flow record: in the chain, in the same transaction as the
+        // outcome it records.
+        // The journal adds the route that chose the target, which it
+        // holds.
+        if let Some(detail) = flow {
+            let (target, rule): (String, String) = tx.query_row(
+                "SELECT target, rule FROM deliveries WHERE id = ?1",
+                params![target_of],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let mut detail: serde_json::Value =
+                serde_json::from_str(detail).unwrap_or_else(|_| serde_json::json!({}));
+            if let Some(d) = detail.as_object_mut() {
+                d.insert("delivery".into(), target_of.into());
+                d.insert("route".into(), rule.into());
+            }
+            let fields = [
+                "hub".to_string(),
+                "flow".to_string(),
+                target,
+                detail.to_string(),
+            ];
+            append_audit(tx, &fields, false, now, feed)?;
+        }
     }
     Ok(())
 }
@@ -1362,12 +1431,13 @@ impl Journal for SqliteJournal {
         self.read(|c| {
             let mut s = c.prepare_cached(
                 "SELECT seq, at_ms, actor, action, target, detail, prev_hash, hash
-                 FROM audit
+                                  FROM audit
                  WHERE seq > ?1 AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR action = ?3)
+                   AND (?5 IS NULL OR (action = 'flow' AND json_extract(detail, '$.caseid') = ?5))
                  ORDER BY seq LIMIT ?4",
             )?;
             let rows = s.query_map(
-                params![q.after, q.actor, q.action, q.limit as i64],
+                params![q.after, q.actor, q.action, q.limit as i64, q.caseid],
                 audit_row,
             )?;
             rows.collect()
@@ -1490,6 +1560,7 @@ mod tests {
             id,
             attempts: 2,
             error: "rejected: no".into(),
+            flow: None,
         }])
         .await
         .unwrap();
@@ -1504,6 +1575,7 @@ mod tests {
             id,
             attempts: 1,
             reference: Some("D-1".into()),
+            flow: None,
         }])
         .await
         .unwrap();
@@ -1559,6 +1631,7 @@ mod tests {
             id: a[0].deliveries[0].id,
             attempts: 8,
             error: "503".into(),
+            flow: None,
         }])
         .await
         .unwrap();
