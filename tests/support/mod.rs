@@ -826,6 +826,7 @@ pub struct Receiver {
     pub addr: std::net::SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
+    echo: Arc<std::sync::atomic::AtomicBool>,
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
     arrivals: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -833,8 +834,10 @@ pub struct Receiver {
 impl Receiver {
     /// Starts on a free loopback port, answering 200.
     pub fn start() -> Receiver {
-        let received = Arc::new(Mutex::new(Vec::new()));
+                let received = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
+        let echo = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let echoes = echo.clone();
         let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let arrivals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (delay, arrived) = (delay_ms.clone(), arrivals.clone());
@@ -849,9 +852,10 @@ impl Receiver {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+                                let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
                     let rec = rec.clone();
                     let st = st.clone();
+                    let echoes = echoes.clone();
                     let delay = delay.clone();
                     let arrived = arrived.clone();
                     async move {
@@ -879,19 +883,33 @@ impl Receiver {
                                 body: body.to_vec(),
                             });
                         }
-                        axum::http::StatusCode::from_u16(status).unwrap()
+                                                let code = axum::http::StatusCode::from_u16(status).unwrap();
+                        // A department that quotes the request in its answer.
+                        let quoted = if echoes.load(Ordering::SeqCst) {
+                            body.to_vec()
+                        } else {
+                            Vec::new()
+                        };
+                        (code, quoted)
                     }
                 });
                 axum::serve(listener, app).await.unwrap();
             });
         });
-        Receiver {
+                Receiver {
             addr,
             received,
             status,
+            echo,
             delay_ms,
             arrivals,
         }
+    }
+
+        /// Makes it answer with the body it got (a department quoting the
+    /// request in its error).
+    pub fn echo(&self, on: bool) {
+        self.echo.store(on, Ordering::SeqCst);
     }
 
     /// Makes it wait `ms` before answering each request.

@@ -247,10 +247,16 @@ impl Governance {
         if !self.enabled() {
             return event.clone();
         }
-        let core = view::grade_of(event) == Grade::Core;
+                let core = view::grade_of(event) == Grade::Core;
         let (grant, recipient) = match audience {
             Audience::Clear => return event.clone(),
-            _ if core => (Grant::default(), "viewers".to_string()),
+            // Core data is not shown at all: its labels and grade are.
+            _ if core => {
+                let (mut v, _) = self.apply(event, &Grant::default(), "viewers");
+                v.data = None;
+                v.datacontenttype = None;
+                return v;
+            }
             Audience::Viewers => (self.viewers.clone(), "viewers".to_string()),
             Audience::Adapters(names) => {
                 let grants: Vec<Grant> = names

@@ -409,6 +409,28 @@ pub fn scrub(text: &str, values: &[(String, String)]) -> String {
             out = out.replace(clear.as_str(), masked);
         }
     }
+    // A quote cut short (a department's answer, truncated by the SDK
+    // with `…`) may end in the first part of a value.
+    let body_end = out.trim_end().trim_end_matches('…').len();
+    let (body, tail) = out.split_at(body_end);
+    let mut cut = None;
+    for (clear, _) in values {
+        let chars: Vec<(usize, char)> = clear.char_indices().collect();
+        for k in (3..chars.len()).rev() {
+            let prefix = &clear[..chars[k].0];
+            if body.ends_with(prefix) {
+                cut = cut.max(Some(prefix.chars().count()));
+                break;
+            }
+        }
+    }
+    if let Some(n) = cut {
+        let keep: String = {
+            let chars: Vec<char> = body.chars().collect();
+            chars[..chars.len() - n].iter().collect()
+        };
+        out = format!("{keep}{}{tail}", "*".repeat(n));
+    }
     if functions::has_patterns(&out) {
         out = functions::mask_text(&out);
     }
@@ -583,6 +605,9 @@ mod tests {
         for clear in ["欧阳娜娜", "1234 1234", "D12345", "19900101"] {
             assert!(!s.contains(clear), "`{clear}` in {s}");
         }
-        assert!(s.starts_with("department said: 欧阳**"), "{s}");
+                assert!(s.starts_with("department said: 欧阳**"), "{s}");
+        // Quoted and cut short: the start of a value is not left.
+        let cut = scrub("department answered 422: {\"reporter\":{\"name\":\"欧阳娜…", &values);
+        assert!(!cut.contains("欧阳娜"), "{cut}");
     }
 }
