@@ -110,7 +110,7 @@ fn grants() -> HashMap<&'static str, HashMap<&'static str, &'static str>> {
         ),
         (
             "traffic",
-                        HashMap::from([
+            HashMap::from([
                 ("pi.plate", "clear"),
                 ("pi.location", "clear"),
                 ("pi.contact", "pseudonymize"),
@@ -197,10 +197,16 @@ impl Canary {
                 ))
             })
             .collect();
-        let tokens: HashMap<&str, String> = ["reporter", "village-dept", "traffic-dept", "command-room", "ops"]
-            .iter()
-            .map(|n| (*n, token()))
-            .collect();
+        let tokens: HashMap<&str, String> = [
+            "reporter",
+            "village-dept",
+            "traffic-dept",
+            "command-room",
+            "ops",
+        ]
+        .iter()
+        .map(|n| (*n, token()))
+        .collect();
         let g = grants();
         let mut config = String::from(CLASSIFICATION);
         config.push_str("\n[delivery]\nmax_attempts = 1\n");
@@ -211,7 +217,11 @@ impl Canary {
             "\n[[routes]]\nname = \"secrets: the police\"\nmatch = { type = \"gov.secret.*\" }\nto = [\"police\"]\n",
         );
         for (who, role, extra) in [
-            ("reporter", "department", "sources = [\"urn:test:reporter\"]"),
+            (
+                "reporter",
+                "department",
+                "sources = [\"urn:test:reporter\"]",
+            ),
             ("village-dept", "department", "adapters = [\"village\"]"),
             ("traffic-dept", "department", "adapters = [\"traffic\"]"),
             ("command-room", "viewer", ""),
@@ -257,14 +267,20 @@ impl Canary {
             &self.hub.url("/v1/events"),
             &[
                 ("content-type", "application/cloudevents+json"),
-                ("authorization", &format!("Bearer {}", self.tokens["reporter"])),
+                (
+                    "authorization",
+                    &format!("Bearer {}", self.tokens["reporter"]),
+                ),
             ],
             event.to_string().as_bytes(),
         )
         .unwrap();
         assert_eq!(s, 202, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["accepted"][0]["caseid"].as_str().unwrap_or_default().to_string()
+        v["accepted"][0]["caseid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     fn restart(&mut self) {
@@ -298,7 +314,8 @@ fn stream_text(hub: &HubProcess, token: &str) -> String {
         "GET /v1/stream?after=0 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut text = String::new();
     let mut buf = [0u8; 8192];
@@ -338,7 +355,11 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
     // What each department's system received (headers too: binary-mode
     // CloudEvents carry attributes as ce-* headers).
     for r in ["police", "village", "traffic"] {
-        check(format!("delivery to {r}"), &received_text(&c.receivers[r]), &allowed(&g[r]));
+        check(
+            format!("delivery to {r}"),
+            &received_text(&c.receivers[r]),
+            &allowed(&g[r]),
+        );
     }
     // The police got everything: the test would catch nothing otherwise.
     assert!(
@@ -346,8 +367,14 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
         "the police should see every canary"
     );
     let village = received_text(&c.receivers["village"]);
-    assert!(village.contains("欧阳**") && village.contains("139****7777"), "{village}");
-    assert!(village.contains("ps1:") && village.contains("yingfeng/yingyi/2"), "{village}");
+    assert!(
+        village.contains("欧阳**") && village.contains("139****7777"),
+        "{village}"
+    );
+    assert!(
+        village.contains("ps1:") && village.contains("yingfeng/yingyi/2"),
+        "{village}"
+    );
     assert!(village.contains("unlabelled, passes"));
 
     // Every read, as each reader.
@@ -395,7 +422,11 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
         .join("\n");
     assert!(audit.contains("\"outcome\":\"delivered\""), "{audit}");
     check("the audit chain".into(), &audit, &[]);
-    assert!(failures.is_empty(), "canaries where their grant forbids:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "canaries where their grant forbids:\n{}",
+        failures.join("\n")
+    );
 
     // The labels are the hub's: the producer's are gone.
     let (_, ev) = c.get("command-room", "/v1/events/canary-1");
@@ -417,7 +448,9 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
                 ("authorization", &format!("Bearer {}", c.tokens["ops"])),
                 ("content-type", "application/json"),
             ],
-            serde_json::json!({ "purpose": purpose }).to_string().as_bytes(),
+            serde_json::json!({ "purpose": purpose })
+                .to_string()
+                .as_bytes(),
         )
         .unwrap()
     };
@@ -428,7 +461,10 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
     assert_eq!(s, 200, "{body}");
     assert!(body.contains("鹂鸣") && body.contains("19491231"), "{body}");
     let (_, log) = c.get("ops", "/v1/audit?action=reveal");
-    assert!(log.contains("警情核查") && log.contains("\"actor\":\"ops\""), "{log}");
+    assert!(
+        log.contains("警情核查") && log.contains("\"actor\":\"ops\""),
+        "{log}"
+    );
     assert!(leaks(&log, &[]).is_empty(), "{log}");
 }
 
@@ -448,10 +484,37 @@ fn pseudonyms_hold_for_one_recipient_across_events_and_restarts_and_differ_betwe
     let first = pseudonym(&c.receivers["village"], 0);
     assert!(first.starts_with("ps1:"), "{first}");
     assert_eq!(pseudonym(&c.receivers["village"], 1), first);
+    // A change of the grants is on the record at the next start (and
+    // leaves the pseudonyms alone: they follow the key, not the policy).
+    let policy = |c: &Canary| -> Vec<serde_json::Value> {
+        let (_, log) = c.get("ops", "/v1/audit?action=policy");
+        let log: serde_json::Value = serde_json::from_str(&log).unwrap();
+        log["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_str(r["detail"].as_str().unwrap()).unwrap())
+            .collect()
+    };
+    let before = policy(&c);
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(before[0]["from"].is_null());
+    let config = std::fs::read_to_string(c.dir.config()).unwrap();
+    let changed = config.replace("\"pi.birth\" = \"generalize\"", "\"pi.birth\" = \"drop\"");
+    assert_ne!(config, changed);
+    std::fs::write(c.dir.config(), changed).unwrap();
     c.restart();
+    let after = policy(&c);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[1]["from"], before[0]["to"]);
+    assert_ne!(after[1]["to"], before[0]["to"]);
     c.send(&canary_event("p-3"));
-    assert_eq!(pseudonym(&c.receivers["village"], 2), first, "the key outlives the hub");
-        // Never an unkeyed hash of the value.
+    assert_eq!(
+        pseudonym(&c.receivers["village"], 2),
+        first,
+        "the key outlives the hub"
+    );
+    // Never an unkeyed hash of the value.
     assert!(!sha256_hex("kingfisher.7a@example.com").contains(&first[4..]));
     // Another recipient granted pseudonyms gets its own: the two cannot
     // join their records on it.
@@ -463,7 +526,7 @@ fn pseudonyms_hold_for_one_recipient_across_events_and_restarts_and_differ_betwe
 
 #[test]
 fn fail_closed_ungranted_labels_drop_a_broken_grant_withholds_and_core_data_stays() {
-        // A grant naming a category the hub does not know does not load: that
+    // A grant naming a category the hub does not know does not load: that
     // recipient gets nothing, not the raw event.
     let receiver = Receiver::start();
     let adapters = ["broken", "empty"]
@@ -480,7 +543,10 @@ fn fail_closed_ungranted_labels_drop_a_broken_grant_withholds_and_core_data_stay
     );
     let dir = HubDir::new(&adapters, &config);
     let (ok, out, err) = govhub(&["check-config", "--config", dir.config().to_str().unwrap()]);
-    assert!(!ok && err.contains("governance.grants.broken") && err.contains("pi.voice"), "{out}{err}");
+    assert!(
+        !ok && err.contains("governance.grants.broken") && err.contains("pi.voice"),
+        "{out}{err}"
+    );
     let hub = dir.start();
     let mut e = canary_event("closed-1");
     e["source"] = "urn:test:anyone".into();
@@ -501,15 +567,26 @@ fn fail_closed_ungranted_labels_drop_a_broken_grant_withholds_and_core_data_stay
         .find(|a| a["name"] == "broken")
         .unwrap()["clearance"]["broken"]
         .clone();
-    assert!(broken.as_str().is_some_and(|b| b.contains("pi.voice")), "{adapters}");
+    assert!(
+        broken.as_str().is_some_and(|b| b.contains("pi.voice")),
+        "{adapters}"
+    );
     let (_, ev) = hub.get_json("/v1/events/closed-1");
     let status: Vec<(String, String)> = ev["deliveries"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["target"].as_str().unwrap().into(), d["status"].as_str().unwrap().into()))
+        .map(|d| {
+            (
+                d["target"].as_str().unwrap().into(),
+                d["status"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert!(status.contains(&("broken".into(), "pending".into())), "{status:?}");
+    assert!(
+        status.contains(&("broken".into(), "pending".into())),
+        "{status:?}"
+    );
     // Core data never leaves the hub: withheld, on the record.
     let secret = serde_json::json!({
         "specversion": "1.0", "id": "secret-1", "source": "urn:test:anyone", "type": "gov.secret.reported",
@@ -518,20 +595,24 @@ fn fail_closed_ungranted_labels_drop_a_broken_grant_withholds_and_core_data_stay
     let (s, _, body) = send_event(&hub.base, &secret).unwrap();
     assert_eq!(s, 202, "{body}");
     let ev = hub.wait_until("/v1/events/secret-1", Duration::from_secs(20), |v| {
-        v["deliveries"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|d| d["target"] == "empty" && d["status"] == "withheld"))
+        v["deliveries"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|d| d["target"] == "empty" && d["status"] == "withheld")
+        })
     });
-        assert_eq!(ev["event"]["datagrade"], "core");
+    assert_eq!(ev["event"]["datagrade"], "core");
     // Read through the hub, core data is not shown either (an admin's
     // reveal is the way).
     assert!(ev["event"].get("data").is_none(), "{ev}");
     assert!(!ev.to_string().contains("核心数据"), "{ev}");
-    
+
     // Nothing more arrived: one delivery in all.
     assert_eq!(receiver.received().len(), 1);
     let log = hub.log();
-    assert!(log.contains("pi.voice"), "the broken grant is named in the log");
+    assert!(
+        log.contains("pi.voice"),
+        "the broken grant is named in the log"
+    );
 }
 
 #[test]
@@ -541,7 +622,7 @@ fn flow_records_list_exactly_the_deliveries_made_and_verify_catches_tampering() 
     for r in ["police", "village", "traffic"] {
         c.receivers[r].wait_for(1, Duration::from_secs(20));
     }
-        let final_deliveries = eventually(Duration::from_secs(20), || {
+    let final_deliveries = eventually(Duration::from_secs(20), || {
         let (_, ev) = c.get("command-room", "/v1/events/flow-1");
         let ev: serde_json::Value = serde_json::from_str(&ev).unwrap();
         let d = ev["deliveries"].as_array().unwrap().clone();
@@ -550,11 +631,13 @@ fn flow_records_list_exactly_the_deliveries_made_and_verify_catches_tampering() 
             false => Err(format!("{d:?}")),
         }
     });
-        assert_eq!(final_deliveries.len(), 4, "{final_deliveries:?}");
+    assert_eq!(final_deliveries.len(), 4, "{final_deliveries:?}");
     c.hub.terminate(Duration::from_secs(20));
     let config = c.dir.config();
     let config = config.to_str().unwrap();
-    let (ok, out, err) = govhub(&["audit", "flows", "--config", config, "--case", &case, "--json"]);
+    let (ok, out, err) = govhub(&[
+        "audit", "flows", "--config", config, "--case", &case, "--json",
+    ]);
     assert!(ok, "{err}");
     let flows: Vec<serde_json::Value> = out
         .lines()
@@ -565,21 +648,34 @@ fn flow_records_list_exactly_the_deliveries_made_and_verify_catches_tampering() 
         .collect();
     let mut listed: Vec<(String, String)> = flows
         .iter()
-        .map(|f| (f["delivery"].to_string(), f["outcome"].as_str().unwrap().to_string()))
+        .map(|f| {
+            (
+                f["delivery"].to_string(),
+                f["outcome"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let mut made: Vec<(String, String)> = final_deliveries
         .iter()
-        .map(|d| (d["id"].to_string(), d["status"].as_str().unwrap().to_string()))
+        .map(|d| {
+            (
+                d["id"].to_string(),
+                d["status"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     listed.sort();
     made.sort();
-    assert_eq!(listed, made, "one flow record per delivery, with its outcome");
-        for f in &flows {
-                assert_eq!(f["route"], "route: public order: everyone");
+    assert_eq!(
+        listed, made,
+        "one flow record per delivery, with its outcome"
+    );
+    for f in &flows {
+        assert_eq!(f["route"], "route: public order: everyone");
         assert!(f["policy"].as_str().is_some_and(|p| p.len() == 64));
         assert_eq!(f["event"], "flow-1");
     }
-        let by_target = |name: &str| -> serde_json::Value {
+    let by_target = |name: &str| -> serde_json::Value {
         let line = out
             .lines()
             .find(|l| l.contains(&format!("\"target\":\"{name}\"")))
@@ -587,12 +683,20 @@ fn flow_records_list_exactly_the_deliveries_made_and_verify_catches_tampering() 
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
         serde_json::from_str(r["detail"].as_str().unwrap()).unwrap()
     };
-    assert_eq!(by_target("village")["fields"]["/reporter/id_number"], "drop");
+    assert_eq!(
+        by_target("village")["fields"]["/reporter/id_number"],
+        "drop"
+    );
     assert_eq!(by_target("village")["fields"]["@lat"], "generalize");
-    assert_eq!(by_target("police")["fields"]["/reporter/id_number"], "clear");
+    assert_eq!(
+        by_target("police")["fields"]["/reporter/id_number"],
+        "clear"
+    );
     // The payload's hash is of exactly what the department got: the
     // village's webhook body is the view's data.
-    assert!(by_target("village")["payload_sha256"].as_str().is_some_and(|h| h.len() == 64));
+    assert!(by_target("village")["payload_sha256"]
+        .as_str()
+        .is_some_and(|h| h.len() == 64));
     // The text listing names the deliveries too.
     let (ok, text, _) = govhub(&["audit", "flows", "--config", config, "--case", &case]);
     assert!(ok && text.lines().count() == 4, "{text}");
@@ -612,7 +716,9 @@ fn flow_records_list_exactly_the_deliveries_made_and_verify_catches_tampering() 
         )
         .unwrap();
     let original: String = db
-        .query_row("SELECT detail FROM audit WHERE seq = ?1", [flow_seq], |r| r.get(0))
+        .query_row("SELECT detail FROM audit WHERE seq = ?1", [flow_seq], |r| {
+            r.get(0)
+        })
         .unwrap();
     // Changed: "the village got the ID in the clear".
     db.execute(
@@ -621,9 +727,15 @@ fn flow_records_list_exactly_the_deliveries_made_and_verify_catches_tampering() 
     )
     .unwrap();
     let (ok, _, err) = verify();
-    assert!(!ok && err.contains(&format!("record {flow_seq}")) && err.contains("changed"), "{err}");
-    db.execute("UPDATE audit SET detail = ?1 WHERE seq = ?2", rusqlite::params![original, flow_seq])
-        .unwrap();
+    assert!(
+        !ok && err.contains(&format!("record {flow_seq}")) && err.contains("changed"),
+        "{err}"
+    );
+    db.execute(
+        "UPDATE audit SET detail = ?1 WHERE seq = ?2",
+        rusqlite::params![original, flow_seq],
+    )
+    .unwrap();
     assert!(verify().0, "restored");
     // Removed.
     let row: Vec<rusqlite::types::Value> = db
@@ -631,7 +743,8 @@ fn flow_records_list_exactly_the_deliveries_made_and_verify_catches_tampering() 
             (0..r.as_ref().column_count()).map(|i| r.get(i)).collect()
         })
         .unwrap();
-    db.execute("DELETE FROM audit WHERE seq = ?1", [flow_seq]).unwrap();
+    db.execute("DELETE FROM audit WHERE seq = ?1", [flow_seq])
+        .unwrap();
     let (ok, _, err) = verify();
     assert!(!ok, "a removed flow record went unnoticed");
     let _ = err;
@@ -644,7 +757,12 @@ fn flow_records_list_exactly_the_deliveries_made_and_verify_catches_tampering() 
     .unwrap();
     assert!(verify().0, "restored");
     let next: i64 = db
-        .query_row("SELECT seq FROM audit WHERE seq > ?1 ORDER BY seq LIMIT 1", [flow_seq], |r| r.get(0))
+        .query_row(
+            // Its nearest neighbour in the chain, whichever side it is on.
+            "SELECT seq FROM audit WHERE seq != ?1 ORDER BY abs(seq - ?1) LIMIT 1",
+            [flow_seq],
+            |r| r.get(0),
+        )
         .unwrap();
     db.execute_batch(&format!(
         "UPDATE audit SET seq = -1 WHERE seq = {flow_seq}; UPDATE audit SET seq = {flow_seq} WHERE seq = {next}; UPDATE audit SET seq = {next} WHERE seq = -1;"

@@ -186,6 +186,13 @@ pub fn to_vec(event: &Event) -> Vec<u8> {
     serde_json::to_vec(&Wire(event)).unwrap_or_default()
 }
 
+/// The same bytes as [`to_vec`], written to `out` (a hasher, say) with no
+/// copy of them kept. A writer that fails stops the writing; the error is
+/// the writer's to report.
+pub fn write<W: std::io::Write>(out: &mut W, event: &Event) {
+    let _ = serde_json::to_writer(out, &Wire(event));
+}
+
 /// The event as a CloudEvents JSON object (structured mode); the same
 /// encoding as [`to_vec`].
 pub fn to_json(event: &Event) -> Value {

@@ -834,7 +834,7 @@ pub struct Receiver {
 impl Receiver {
     /// Starts on a free loopback port, answering 200.
     pub fn start() -> Receiver {
-                let received = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
         let echo = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let echoes = echo.clone();
@@ -852,7 +852,7 @@ impl Receiver {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                                let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+                let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
                     let rec = rec.clone();
                     let st = st.clone();
                     let echoes = echoes.clone();
@@ -883,7 +883,7 @@ impl Receiver {
                                 body: body.to_vec(),
                             });
                         }
-                                                let code = axum::http::StatusCode::from_u16(status).unwrap();
+                        let code = axum::http::StatusCode::from_u16(status).unwrap();
                         // A department that quotes the request in its answer.
                         let quoted = if echoes.load(Ordering::SeqCst) {
                             body.to_vec()
@@ -896,7 +896,7 @@ impl Receiver {
                 axum::serve(listener, app).await.unwrap();
             });
         });
-                Receiver {
+        Receiver {
             addr,
             received,
             status,
@@ -906,7 +906,7 @@ impl Receiver {
         }
     }
 
-        /// Makes it answer with the body it got (a department quoting the
+    /// Makes it answer with the body it got (a department quoting the
     /// request in its error).
     pub fn echo(&self, on: bool) {
         self.echo.store(on, Ordering::SeqCst);

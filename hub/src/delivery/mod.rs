@@ -232,49 +232,6 @@ async fn call(
     result
 }
 
-/// A flow record: what of `event` went to (or was kept from) the
-/// delivery's target, under which policy, the hash of the exact payload;
-/// names of fields and actions only, never a value. The journal adds the
-/// route and appends it to the audit chain with the outcome.
-fn flow(
-    hub: &Hub,
-    event: &Event,
-    view: Option<&Event>,
-    applied: &Applied,
-    outcome: &str,
-    attempts: u32,
-) -> Option<String> {
-    let governance = &hub.governance;
-    if !governance.enabled() {
-        return None;
-    }
-    use sha2::Digest;
-    let fields: serde_json::Map<String, serde_json::Value> = applied
-        .fields
-        .iter()
-        .map(|(f, _, a)| (f.name(), a.as_str().into()))
-        .collect();
-    let mut record = serde_json::json!({
-        "event": event.id,
-        "source": event.source,
-        "type": event.type_,
-        "caseid": event.caseid,
-        "grade": applied.grade.as_str(),
-        "policy": governance.hash(),
-        "fields": fields,
-        "outcome": outcome,
-        "attempts": attempts,
-    });
-    if applied.data_dropped {
-        record["data"] = "drop".into();
-    }
-    if let Some(v) = view {
-        record["payload_sha256"] =
-            hex::encode(sha2::Sha256::digest(govhub_sdk::cloudevents::to_vec(v))).into();
-    }
-    Some(record.to_string())
-}
-
 /// One delivery attempt, its outcome recorded before the lane moves on.
 async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
     let d = &job.delivery;
@@ -311,7 +268,13 @@ async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
                 tracing::info!(adapter = %d.target, event = %event.id, "delivery withheld: {reason}");
                 DeliveryUpdate::Withheld {
                     id: d.id,
-                    flow: flow(&hub, &event, None, &Applied::default(), "withheld", 0),
+                    flow: hub.governance.flow_record(
+                        &event,
+                        None,
+                        &Applied::default(),
+                        "withheld",
+                        0,
+                    ),
                     reason,
                 }
             }
@@ -350,12 +313,20 @@ async fn send(
 ) -> DeliveryUpdate {
     let config = &hub.deliveries.config;
     let governance = hub.governance.clone();
-    let values = Arc::new(governance.clear_values(event));
-    let scrub: Option<crate::runtime::Scrub> = (!values.is_empty()).then(|| {
-        let (g, v) = (governance.clone(), values.clone());
-        Arc::new(move |text: &str| g.scrub(text, &v)) as crate::runtime::Scrub
+    // The event's values in the clear, worked out only when a log line or
+    // an error needs scrubbing (most deliveries have neither).
+    let values: Arc<std::sync::OnceLock<Vec<(String, String)>>> = Arc::default();
+    let clear = {
+        let (g, e) = (governance.clone(), Arc::new(event.clone()));
+        move |v: &std::sync::OnceLock<Vec<(String, String)>>| {
+            v.get_or_init(|| g.clear_values(&e)).clone()
+        }
+    };
+    let scrub: Option<crate::runtime::Scrub> = governance.enabled().then(|| {
+        let (g, v, clear) = (governance.clone(), values.clone(), clear.clone());
+        Arc::new(move |text: &str| g.scrub(text, &clear(&v))) as crate::runtime::Scrub
     });
-    let scrubbed = |e: &dyn std::fmt::Display| governance.scrub(&e.to_string(), &values);
+    let scrubbed = |e: &dyn std::fmt::Display| governance.scrub(&e.to_string(), &clear(&values));
     match call(hub, d, view, adapter, attempts, scrub).await {
         Ok(outcome) => {
             tracing::debug!(adapter = %d.target, event = %event.id, attempts, "delivered");
@@ -373,7 +344,7 @@ async fn send(
                 id: d.id,
                 attempts,
                 reference: outcome.reference,
-                flow: flow(hub, event, Some(view), applied, "delivered", attempts),
+                flow: governance.flow_record(event, Some(view), applied, "delivered", attempts),
             }
         }
         Err(e) if e.disposition() == Disposition::Fail || attempts >= config.max_attempts => {
@@ -382,7 +353,7 @@ async fn send(
             DeliveryUpdate::Dead {
                 id: d.id,
                 attempts,
-                flow: flow(hub, event, Some(view), applied, "dead", attempts),
+                flow: governance.flow_record(event, Some(view), applied, "dead", attempts),
                 error,
             }
         }

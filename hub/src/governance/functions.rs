@@ -160,45 +160,44 @@ pub fn mask_birth(date: &str) -> String {
 }
 
 struct Patterns {
-    phone: regex::Regex,
-    id: regex::Regex,
-    plate: regex::Regex,
+    /// All three in one pass: which matched is told by its group.
+    any: regex::Regex,
 }
 
 fn patterns() -> &'static Patterns {
     static P: OnceLock<Patterns> = OnceLock::new();
     P.get_or_init(|| Patterns {
-        // A mainland mobile, with +86 / 0086 and spaces or dashes.
-        // Not inside a longer number (a timestamp in milliseconds).
-        phone: regex::Regex::new(
-            r"(?:(?:\+|00)86[\s-]?|(?-u:\b))1[3-9]\d[\s-]?\d{4}[\s-]?\d{4}(?-u:\b)",
-        )
-        .expect("phone pattern"),
-        // 18-character IDs (check character X) and 15-digit old ones.
-        // (ASCII word boundaries: a Chinese character before the number is
-        // not part of it.)
-        id: regex::Regex::new(r"(?-u:\b)(?:\d{17}[\dXx]|\d{15})(?-u:\b)").expect("id pattern"),
-        plate: regex::Regex::new(&format!(r"[{PROVINCES}][A-Za-z][·\s]?[A-Za-z0-9]{{5,6}}"))
-            .expect("plate pattern"),
+        any: regex::Regex::new(&format!(
+            // 18-character IDs (check character X) and 15-digit old ones,
+            // whole numbers only (ASCII word boundaries: a Chinese
+            // character before the number is not part of it); a mainland
+            // mobile, with +86 / 0086 and spaces or dashes, not inside a
+            // longer number (a timestamp in milliseconds); a plate.
+            r"(?P<id>(?-u:\b)(?:[0-9]{{17}}[0-9Xx]|[0-9]{{15}})(?-u:\b))|(?P<phone>(?:(?:\+|00)86[ \t-]?|(?-u:\b))1[3-9][0-9][ \t-]?[0-9]{{4}}[ \t-]?[0-9]{{4}}(?-u:\b))|(?P<plate>[{PROVINCES}][A-Za-z][·\s]?[A-Za-z0-9]{{5,6}})"
+        ))
+        .expect("pattern of IDs, phones and plates"),
     })
 }
 
 /// Free text with every ID number, phone number and plate in it masked.
 pub fn mask_text(text: &str) -> String {
-    let p = patterns();
-    let text = p.id.replace_all(text, |c: &regex::Captures| mask_id(&c[0]));
-    let text = p
-        .phone
-        .replace_all(&text, |c: &regex::Captures| mask_phone(&c[0]));
-    p.plate
-        .replace_all(&text, |c: &regex::Captures| mask_plate(&c[0]))
+    patterns()
+        .any
+        .replace_all(text, |c: &regex::Captures| {
+            if let Some(m) = c.name("id") {
+                mask_id(m.as_str())
+            } else if let Some(m) = c.name("phone") {
+                mask_phone(m.as_str())
+            } else {
+                mask_plate(&c[0])
+            }
+        })
         .into_owned()
 }
 
 /// Whether `text` holds a phone number, an ID number or a plate.
 pub fn has_patterns(text: &str) -> bool {
-    let p = patterns();
-    p.id.is_match(text) || p.phone.is_match(text) || p.plate.is_match(text)
+    patterns().any.is_match(text)
 }
 
 /// `zhang.san@example.com` → `z***@example.com`; anything else keeps its

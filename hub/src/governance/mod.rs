@@ -247,7 +247,7 @@ impl Governance {
         if !self.enabled() {
             return event.clone();
         }
-                let core = view::grade_of(event) == Grade::Core;
+        let core = view::grade_of(event) == Grade::Core;
         let (grant, recipient) = match audience {
             Audience::Clear => return event.clone(),
             // Core data is not shown at all: its labels and grade are.
@@ -294,6 +294,63 @@ impl Governance {
         }
     }
 
+    /// A flow record: what of `event` went to (or was kept from) a
+    /// delivery's target, under which policy, the hash of the exact payload
+    /// handed to the adapter; names of fields and actions only, never a
+    /// value. `None` without a policy. The journal adds the delivery and
+    /// its route, and appends it to the audit chain with the outcome.
+    pub fn flow_record(
+        &self,
+        event: &Event,
+        view: Option<&Event>,
+        applied: &Applied,
+        outcome: &str,
+        attempts: u32,
+    ) -> Option<String> {
+        if !self.enabled() {
+            return None;
+        }
+        use sha2::Digest;
+        use std::fmt::Write as _;
+        let quote = |s: &str| serde_json::Value::from(s).to_string();
+        let mut out = String::with_capacity(512);
+        let _ = write!(
+            out,
+            "{{\"event\":{},\"source\":{},\"type\":{},\"caseid\":{},\"grade\":\"{}\",\"policy\":\"{}\",\"fields\":{{",
+            quote(&event.id),
+            quote(&event.source),
+            quote(&event.type_),
+            event.caseid.as_deref().map(quote).unwrap_or_else(|| "null".into()),
+            applied.grade.as_str(),
+            self.hash,
+        );
+        for (i, (f, _, a)) in applied.fields.iter().enumerate() {
+            let comma = if i == 0 { "" } else { "," };
+            let _ = write!(out, "{comma}{}:\"{}\"", quote(&f.name()), a.as_str());
+        }
+        let _ = write!(
+            out,
+            "}},\"outcome\":{},\"attempts\":{attempts}",
+            quote(outcome)
+        );
+        if applied.data_dropped {
+            out.push_str(",\"data\":\"drop\"");
+        }
+        if let Some(v) = view {
+            // The exact payload: the view as CloudEvents JSON, hashed as
+            // it is written (no copy of it kept).
+            let mut hasher = HashWriter(sha2::Sha256::new());
+            govhub_sdk::cloudevents::write(&mut hasher, v);
+            let _ = write!(
+                out,
+                ",\"payload_sha256\":\"{}\"",
+                hex::encode(hasher.0.finalize())
+            );
+        }
+        out.push('}');
+        Some(out)
+    }
+
     /// The labelled values of `event` in the clear, with their masks, for
     /// [`Governance::scrub`].
     pub fn clear_values(&self, event: &Event) -> Vec<(String, String)> {
@@ -307,6 +364,19 @@ impl Governance {
     /// phone number, ID number or plate in the clear.
     pub fn scrub(&self, text: &str, values: &[(String, String)]) -> String {
         view::scrub(text, values)
+    }
+}
+
+/// Feeds what is written to it to SHA-256.
+struct HashWriter(sha2::Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -83,6 +83,61 @@ pub fn fields_for(rules: &[Rule], ty: &str) -> Vec<(Field, Category)> {
     out
 }
 
+/// Whether `event.data` is (said to be) JSON.
+fn json_data(event: &Event) -> Option<&[u8]> {
+    let data = event.data.as_deref()?;
+    let json_type = event
+        .datacontenttype
+        .as_deref()
+        .map(|t| {
+            let t = t.split(';').next().unwrap_or("").trim();
+            t == "application/json" || t.ends_with("+json")
+        })
+        .unwrap_or(true);
+    json_type.then_some(data)
+}
+
+/// The raw JSON values of one level of a document, borrowed from it.
+type Level<'a> =
+    std::collections::HashMap<std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue>;
+
+/// Whether the JSON document `top` (its first level, read once) holds a
+/// non-null value at `pointer`, read without building the document:
+/// deeper levels are read as they are reached, and a long text beside
+/// the labelled fields is never copied. `Err` when it cannot be read.
+fn present(top: &Level<'_>, pointer: &str) -> Result<bool, ()> {
+    use serde_json::value::RawValue;
+    let mut tokens = pointer
+        .split('/')
+        .skip(1)
+        .map(|t| t.replace("~1", "/").replace("~0", "~"));
+    let Some(first) = tokens.next() else {
+        return Ok(true);
+    };
+    let Some(mut raw) = top.get(first.as_str()).copied() else {
+        return Ok(false);
+    };
+    for key in tokens {
+        let text = raw.get().trim_start();
+        raw = if text.starts_with('{') {
+            let map: Level<'_> = serde_json::from_str(raw.get()).map_err(|_| ())?;
+            match map.get(key.as_str()) {
+                Some(v) => v,
+                None => return Ok(false),
+            }
+        } else if text.starts_with('[') {
+            let list: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| ())?;
+            match key.parse::<usize>().ok().and_then(|i| list.get(i)) {
+                Some(v) => v,
+                None => return Ok(false),
+            }
+        } else {
+            return Ok(false);
+        };
+    }
+    Ok(raw.get().trim() != "null")
+}
+
 fn data_json(event: &Event) -> Option<serde_json::Value> {
     let data = event.data.as_deref()?;
     let json_type = event
@@ -137,28 +192,24 @@ pub fn label(rules: &[Rule], event: &mut Event) {
     }
     let Some(mut grade) = grade else { return };
     let fields = fields_for(rules, &event.type_);
-    let data = fields
-        .iter()
-        .any(|(f, _)| matches!(f, Field::Data(_)))
-        .then(|| data_json(event))
-        .flatten();
-    let mut present = BTreeSet::new();
+    // Data that is not JSON (or not an object) cannot be looked into:
+    // every category the rules name for it counts as present.
+    let top: Option<Level<'_>> = json_data(event).and_then(|d| serde_json::from_slice(d).ok());
+    let mut found = BTreeSet::new();
     for (field, category) in &fields {
         let here = match field {
-            Field::Data(p) => data
-                .as_ref()
-                .and_then(|d| d.pointer(p))
-                .is_some_and(|v| !v.is_null()),
+            Field::Data(p) => match &top {
+                Some(t) => present(t, p).unwrap_or(true),
+                None => event.data.is_some(),
+            },
             Field::Attribute(a) => attribute_present(event, a),
         };
-        // Data that is not JSON cannot be looked into: every category the
-        // rules name for it counts as present.
-        let opaque = matches!(field, Field::Data(_)) && data.is_none() && event.data.is_some();
-        if here || opaque {
-            present.insert(*category);
+        if here {
+            found.insert(*category);
             grade = grade.max(category.grade());
         }
     }
+    let present = found;
     set_extension(event, GRADE, Some(grade.as_str().into()));
     if !present.is_empty() {
         let names: Vec<&str> = present.iter().map(|c| c.as_str()).collect();
@@ -605,9 +656,12 @@ mod tests {
         for clear in ["欧阳娜娜", "1234 1234", "D12345", "19900101"] {
             assert!(!s.contains(clear), "`{clear}` in {s}");
         }
-                assert!(s.starts_with("department said: 欧阳**"), "{s}");
+        assert!(s.starts_with("department said: 欧阳**"), "{s}");
         // Quoted and cut short: the start of a value is not left.
-        let cut = scrub("department answered 422: {\"reporter\":{\"name\":\"欧阳娜…", &values);
+        let cut = scrub(
+            "department answered 422: {\"reporter\":{\"name\":\"欧阳娜…",
+            &values,
+        );
         assert!(!cut.contains("欧阳娜"), "{cut}");
     }
 }

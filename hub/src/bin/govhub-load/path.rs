@@ -249,7 +249,24 @@ pub struct E2eOpts {
     /// filtering alone).
     #[arg(long, default_value = "event")]
     subscriber_kind: String,
+    /// Run under a data-governance policy: the events' text labelled as
+    /// free text and masked for the department (every phone number, ID
+    /// number and plate looked for in 1 KB), a flow record per delivery.
+    #[arg(long)]
+    policy: bool,
 }
+
+/// The policy of `e2e --policy`.
+const E2E_POLICY: &str = r#"
+[[classification]]
+type = "gov.*"
+fields = { "/text" = "pi.text", "/reporter/name" = "pi.name", "/reporter/phone" = "pi.phone" }
+
+[governance.grants.department]
+"pi.text" = "mask"
+"pi.name" = "mask"
+"pi.phone" = "mask"
+"#;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 enum SubscriberMode {
@@ -431,6 +448,7 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         subscribers,
         subscriber_mode,
         subscriber_kind,
+        policy,
         ..
     } = opts;
     let module = wasm_dir.join("webhook_adapter.wasm");
@@ -452,16 +470,21 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         ),
     )
     .unwrap();
+    let config = format!(
+        "[stream]\nmax_subscribers = 1024\n{}",
+        if policy { E2E_POLICY } else { "" }
+    );
     let hub = start_hub_with(
         govhub,
         dir,
-        "[stream]\nmax_subscribers = 1024\n",
+        &config,
         &[("GOVHUB__STORAGE__SYNCHRONOUS", synchronous.as_str())],
     );
     let url = format!("{}/v1/events", hub.base);
     println!(
-        "machine: {} cores; 1 KB events, {concurrency} connections, at most {window} in the hub at once; webhook adapter, concurrency {adapter_concurrency}; journal synchronous={synchronous}; {subscribers} stream subscribers ({subscriber_mode:?}, kind={subscriber_kind})",
-        cores()
+        "machine: {} cores; 1 KB events, {concurrency} connections, at most {window} in the hub at once; webhook adapter, concurrency {adapter_concurrency}; journal synchronous={synchronous}; {subscribers} stream subscribers ({subscriber_mode:?}, kind={subscriber_kind}); governance policy {}",
+        cores(),
+        if policy { "on (text masked, a flow record per delivery)" } else { "off" }
     );
     let pid = hub.child.id();
     let client: HttpClient = Client::builder(TokioExecutor::new())

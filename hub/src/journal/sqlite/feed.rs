@@ -16,10 +16,14 @@ use std::sync::Arc;
 /// run a DELETE in every transaction.
 const PRUNE_EVERY: i64 = 1_000;
 
-/// The items one transaction adds, sent to subscribers once it commits.
+/// What one transaction adds besides its rows: the feed items, sent to
+/// subscribers once it commits, and the audit chain's last record, whose
+/// `seq` and hash the next record links to and whose head is written once
+/// at the end (a flow record per delivery makes the chain busy).
 #[derive(Default)]
 pub(super) struct Batch {
     pub(super) items: Vec<FeedItem>,
+    pub(super) audit_last: Option<(i64, String)>,
 }
 
 impl Batch {

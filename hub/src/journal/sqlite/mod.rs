@@ -591,6 +591,13 @@ fn commit_group(
             }
         }
         feed.prune(&tx, retain)?;
+        if let Some((seq, hash)) = &feed.audit_last {
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('audit_head', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![format!("{seq} {hash}")])?;
+        }
         tx.commit()
     })();
     // Nothing is acknowledged unless the whole group committed.
@@ -677,13 +684,15 @@ fn append_audit(
     now: i64,
     feed: &mut feed::Batch,
 ) -> Result<AuditRecord, rusqlite::Error> {
-    let last: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    // Cached statements, and the transaction's own last record: a flow
+    // record per delivery makes this hot.
+    let last: Option<(i64, String)> = match feed.audit_last.take() {
+        Some(last) => Some(last),
+        None => tx
+            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+    };
     let (seq, prev_hash) = match last {
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, "0".repeat(64)),
@@ -699,27 +708,24 @@ fn append_audit(
         hash: String::new(),
     };
     record.hash = record.expected_hash();
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit (seq, at_ms, actor, action, target, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            record.seq,
-            record.at_ms,
-            record.actor,
-            record.action,
-            record.target,
-            record.detail,
-            record.prev_hash,
-            record.hash
-        ],
-    )?;
-    // The head, kept apart from the chain: a removed last record shows as
-    // a head the chain no longer reaches.
-    tx.execute(
-        "INSERT INTO meta (key, value) VALUES ('audit_head', ?1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![format!("{} {}", record.seq, record.hash)],
-    )?;
+    )?
+    .execute(params![
+        record.seq,
+        record.at_ms,
+        record.actor,
+        record.action,
+        record.target,
+        record.detail,
+        record.prev_hash,
+        record.hash
+    ])?;
+    // The head (written at the end of the transaction, kept apart from
+    // the chain: a removed last record shows as a head the chain no longer
+    // reaches).
+    feed.audit_last = Some((record.seq, record.hash.clone()));
     // A change of an adapter is on the feed too: the cockpit shows it (who
     // acted stays in the audit log). Operators' other actions are not.
     if !adapter_change {
@@ -950,23 +956,22 @@ fn record(
         // The journal adds the route that chose the target, which it
         // holds.
         if let Some(detail) = flow {
-            let (target, rule): (String, String) = tx.query_row(
-                "SELECT target, rule FROM deliveries WHERE id = ?1",
-                params![target_of],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let mut detail: serde_json::Value =
-                serde_json::from_str(detail).unwrap_or_else(|_| serde_json::json!({}));
-            if let Some(d) = detail.as_object_mut() {
-                d.insert("delivery".into(), target_of.into());
-                d.insert("route".into(), rule.into());
-            }
-            let fields = [
-                "hub".to_string(),
-                "flow".to_string(),
-                target,
-                detail.to_string(),
-            ];
+            let (target, rule): (String, String) = tx
+                .prepare_cached("SELECT target, rule FROM deliveries WHERE id = ?1")?
+                .query_row(params![target_of], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            // The record is a JSON object: the two fields go in before its
+            // closing brace.
+            let body = detail.trim_end().strip_suffix('}').unwrap_or(detail);
+            let joined = if body.trim_end().ends_with('{') {
+                ""
+            } else {
+                ","
+            };
+            let detail = format!(
+                "{body}{joined}\"delivery\":{target_of},\"route\":{}}}",
+                serde_json::Value::String(rule)
+            );
+            let fields = ["hub".to_string(), "flow".to_string(), target, detail];
             append_audit(tx, &fields, false, now, feed)?;
         }
     }
