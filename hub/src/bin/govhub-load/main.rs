@@ -120,7 +120,14 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Ful
 
 static EVENT_TYPE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// Set by `e2e --events report`: the load's events are incident reports
+/// shaped like the Yingfeng e-trike report.
+static REPORTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn event_json(id: &str) -> serde_json::Value {
+    if REPORTS.load(std::sync::atomic::Ordering::Relaxed) {
+        return report_json(id);
+    }
     // About 1 KB once encoded, like the raw rows of the ceiling.
     serde_json::json!({
         "specversion": "1.0",
@@ -133,6 +140,35 @@ fn event_json(id: &str) -> serde_json::Value {
         "grid": "yingfeng/yingyi/2",
         "datacontenttype": "application/json",
         "data": { "text": "电动三轮车堵住小区西门 ".repeat(23) },
+    })
+}
+
+/// A four-platforms incident report like the Yingfeng demo's e-trike
+/// report (a reporter's name, phone and ID number, a grid worker, photos,
+/// an address, a position, a description with a phone number in it),
+/// about 1 KB once encoded.
+fn report_json(id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "urn:govhub:four-platforms",
+        "type": "gov.incident.reported",
+        "time": "2025-08-01T17:40:00+08:00",
+        "category": "traffic.congestion",
+        "severity": "minor",
+        "grid": "yingfeng/yingyi/2",
+        "lat": 30.2325,
+        "lon": 120.2008,
+        "datacontenttype": "application/json",
+        "data": {
+            "description": format!("{}联系电话 13812341234", "盈一佳苑小区西门早晚高峰电动三轮车拥堵，存在安全隐患。".repeat(6)),
+            "photos": ["https://img.example/gw/0712/1.jpg", "https://img.example/gw/0712/2.jpg"],
+            "address": "杭州市萧山区盈丰街道盈一佳苑西门",
+            "worker": { "id": "W-0712", "name": "管九阳" },
+            "reporter": { "name": "欧阳娜娜", "phone": "+86 139 0000 7777", "id_number": "33010919900101123X" },
+            "event_code": "ZF-02",
+            "platform": "综合执法",
+        },
     })
 }
 

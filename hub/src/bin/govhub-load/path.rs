@@ -249,24 +249,48 @@ pub struct E2eOpts {
     /// filtering alone).
     #[arg(long, default_value = "event")]
     subscriber_kind: String,
-    /// Run under a data-governance policy: the events' text labelled as
-    /// free text and masked for the department (every phone number, ID
-    /// number and plate looked for in 1 KB), a flow record per delivery.
+    /// The events sent: `alert` (1 KB of free text) or `report` (an
+    /// incident report shaped like the Yingfeng e-trike report: a
+    /// reporter's name, phone and ID, a worker, photos, an address, a
+    /// position, a description; about 1 KB).
+    #[arg(long, value_enum, default_value_t = Events::Alert)]
+    events_kind: Events,
+    /// Run under the Yingfeng data-governance policy: its
+    /// `[[classification]]` rules (examples/yingfeng/govhub.toml) and the
+    /// village committee's grant for the department (names, phones,
+    /// plates and addresses masked, positions to the grid, ID numbers and
+    /// photos dropped, free text masked), a flow record per delivery.
     #[arg(long)]
     policy: bool,
 }
 
-/// The policy of `e2e --policy`.
-const E2E_POLICY: &str = r#"
-[[classification]]
-type = "gov.*"
-fields = { "/text" = "pi.text", "/reporter/name" = "pi.name", "/reporter/phone" = "pi.phone" }
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Events {
+    Alert,
+    Report,
+}
 
-[governance.grants.department]
-"pi.text" = "mask"
-"pi.name" = "mask"
-"pi.phone" = "mask"
-"#;
+/// The Yingfeng policy as `e2e --policy` applies it: every classification
+/// rule, and the village's grant given to the load's department.
+fn yingfeng_policy() -> String {
+    let config: toml::Table =
+        toml::from_str(include_str!("../../../../examples/yingfeng/govhub.toml"))
+            .expect("examples/yingfeng/govhub.toml parses");
+    let village = config["governance"]["grants"]["village"].clone();
+    let mut policy = toml::Table::new();
+    policy.insert("classification".into(), config["classification"].clone());
+    policy.insert(
+        "governance".into(),
+        toml::Value::Table(toml::Table::from_iter([(
+            "grants".to_string(),
+            toml::Value::Table(toml::Table::from_iter([(
+                "department".to_string(),
+                village,
+            )])),
+        )])),
+    );
+    toml::to_string(&policy).unwrap()
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 enum SubscriberMode {
@@ -449,8 +473,12 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         subscriber_mode,
         subscriber_kind,
         policy,
+        events_kind,
         ..
     } = opts;
+    if events_kind == Events::Report {
+        crate::REPORTS.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let module = wasm_dir.join("webhook_adapter.wasm");
     assert!(
         module.exists(),
@@ -472,7 +500,11 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
     .unwrap();
     let config = format!(
         "[stream]\nmax_subscribers = 1024\n{}",
-        if policy { E2E_POLICY } else { "" }
+        if policy {
+            yingfeng_policy()
+        } else {
+            String::new()
+        }
     );
     let hub = start_hub_with(
         govhub,
@@ -482,9 +514,9 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
     );
     let url = format!("{}/v1/events", hub.base);
     println!(
-        "machine: {} cores; 1 KB events, {concurrency} connections, at most {window} in the hub at once; webhook adapter, concurrency {adapter_concurrency}; journal synchronous={synchronous}; {subscribers} stream subscribers ({subscriber_mode:?}, kind={subscriber_kind}); governance policy {}",
+        "machine: {} cores; 1 KB events ({events_kind:?}), {concurrency} connections, at most {window} in the hub at once; webhook adapter, concurrency {adapter_concurrency}; journal synchronous={synchronous}; {subscribers} stream subscribers ({subscriber_mode:?}, kind={subscriber_kind}); governance policy {}",
         cores(),
-        if policy { "on (text masked, a flow record per delivery)" } else { "off" }
+        if policy { "Yingfeng, the village's grant (a flow record per delivery)" } else { "off" }
     );
     let pid = hub.child.id();
     let client: HttpClient = Client::builder(TokioExecutor::new())
