@@ -213,6 +213,24 @@ fn the_typhoon_story_appears_within_two_seconds_counts_down_and_closes_with_seve
             deliveries,
             "four-platforms:delivery-delivered police:delivery-delivered"
         );
+        // What each received, from the flow records: the camera's
+        // snapshot in the clear for the police only (PIPL Art. 26), and
+        // dropped for the four platforms.
+        let flows = until(&c, "what each department received", WAIT,
+            "const rows = [...document.querySelectorAll('#detail table.flows tr')].filter((r) => r.cells.length > 1 && r.cells[1].textContent === 'vp-cockpit-1').map((r) => r.cells[0].textContent + ':' + r.className + ':' + [...r.querySelectorAll('.act')].filter((a) => a.title === '/snapshot_url').map((a) => a.className).join()); return rows.length >= 2 ? rows.sort().join(' ') : null;").await;
+        assert_eq!(
+            flows,
+            "four-platforms:flow-delivered:act act-drop police:flow-delivered:act act-clear"
+        );
+        let dir = root().join("target/cockpit");
+        std::fs::create_dir_all(&dir).unwrap();
+        c.execute(
+            "document.querySelector('#detail table.flows').scrollIntoView();",
+            vec![],
+        )
+        .await
+        .unwrap();
+        std::fs::write(dir.join("case.png"), c.screenshot().await.unwrap()).unwrap();
         let text = c
             .execute(
                 "return document.querySelector('#detail').textContent;",

@@ -476,7 +476,7 @@ async function renderDetail() {
   const depts = (c.departments || []).map((d) => el("tr", {},
     el("td", { text: d.name }), el("td", { class: `stage-${d.stage}`, text: tr(`stage.${d.stage}`) })));
   const report = (c.timeline || []).find((e) => e.what === "gov.incident.reported" || e.what === "gov.dispute.reported") || (c.timeline || [])[0];
-    const deliveries = el("table", { class: "deliveries" });
+  const deliveries = el("table", { class: "deliveries" });
   const received = el("table", { class: "flows" });
   const dead = [...state.dead.values()].filter((d) => d.caseid === id);
   fill($("#detail"),
@@ -488,11 +488,11 @@ async function renderDetail() {
     el("ol", { class: "timeline" }, steps),
     el("h3", { text: tr("departments") }),
     el("table", { class: "departments" }, depts),
-        el("h3", { text: tr("deliveries") }),
+    el("h3", { text: tr("deliveries") }),
     deliveries,
     el("h3", { text: tr("received") }),
     received);
-    // What each department received of the case's events, and what was
+  // What each department received of the case's events, and what was
   // withheld: the hub's flow records (field names and actions, no values).
   const f = await fetch(`/v1/cases/${encodeURIComponent(id)}/flows`);
   if (f.ok && state.filter.case === id) {
