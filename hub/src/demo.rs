@@ -384,10 +384,22 @@ impl Demo {
     /// hub's flow records (each labelled field and what was done to it),
     /// and the grid worker's name as the department's system got it.
     async fn views(&self, case: &str, report: &str, departments: &[&str]) -> anyhow::Result<()> {
-        let flows = self
-            .http
-            .get(&format!("{}/v1/cases/{case}/flows", self.hub))
-            .await?;
+        // The case is the tracker's, made from the journal a moment after
+        // the deliveries: wait for it and for each department's record.
+        let url = format!("{}/v1/cases/{case}/flows", self.hub);
+        let has = |flows: &serde_json::Value, d: &str| {
+            flows["flows"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|f| f["target"] == d && f["event"] == report))
+        };
+        self.until(&format!("the flow records of case {case}"), || async {
+            self.http
+                .get(&url)
+                .await
+                .is_ok_and(|f| departments.iter().all(|d| has(&f, d)))
+        })
+        .await?;
+        let flows = self.http.get(&url).await?;
         let records = self
             .mock_http
             .get(&format!("{}/_records", self.mock))

@@ -6,6 +6,7 @@ use crate::cases::clock::{Clock, ManualClock, SystemClock};
 use crate::cases::Tracker;
 use crate::config::Config;
 use crate::delivery::Deliveries;
+pub use crate::delivery::{Gate, Health};
 use crate::journal::sqlite::{SqliteConfig, SqliteJournal, Synchronous};
 use crate::journal::{Journal, JournalError, NewEvent};
 use crate::router::{Router, Target, TypeGlob};
@@ -41,28 +42,6 @@ pub struct Slot {
     pub quarantined: Option<String>,
     /// While quarantined: when the next probe delivery may go.
     pub next_probe: Option<std::time::Instant>,
-}
-
-/// Whether a target's worker may start deliveries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gate {
-    /// In rotation.
-    Open,
-    /// Quarantined, and one probe delivery may go now.
-    Probe,
-    /// Quarantined (or not loaded); look again after this long.
-    Closed(std::time::Duration),
-}
-
-/// One delivery call's result, as quarantine counts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// Delivered, or refused for a reason of the event's own.
-    Ok,
-    /// The department was unavailable.
-    Unavailable,
-    /// The adapter trapped, panicked, hit its memory cap or its deadline.
-    Crashed,
 }
 
 /// What became of one event handed to the hub.
@@ -283,7 +262,10 @@ impl Hub {
             grids,
             config,
         });
-        hub.metrics.watch(&hub);
+        hub.deliveries
+            .attach(Arc::downgrade(&hub) as std::sync::Weak<dyn crate::delivery::Host>);
+        hub.metrics
+            .watch(Arc::downgrade(&hub) as std::sync::Weak<dyn crate::metrics::Observed>);
         hub.load_at_start().await?;
         for (route, target) in hub.router.route_targets() {
             if hub.adapters.contains_key(target) {
@@ -312,8 +294,9 @@ impl Hub {
                 "resuming deliveries left pending"
             );
         }
-        self.deliveries.enqueue(self, pending, None);
-        tokio::spawn(self.cases.clone().run(Arc::downgrade(self)));
+        self.deliveries.enqueue(pending, None);
+        let host = Arc::downgrade(self) as std::sync::Weak<dyn crate::cases::Host>;
+        tokio::spawn(self.cases.clone().run(host));
         self.start_polling();
         if self.config.adapters.watch {
             let hub = Arc::downgrade(self);
@@ -518,7 +501,7 @@ impl Hub {
             self.metrics.received(origin, stored.duplicate);
             if !stored.deliveries.is_empty() {
                 self.deliveries
-                    .enqueue(self, stored.deliveries, Some(event.clone()));
+                    .enqueue(stored.deliveries, Some(event.clone()));
             }
             accepted.push(Accepted {
                 id: event.id.clone(),
@@ -582,6 +565,73 @@ impl Hub {
         if let Err(e) = self.journal.flush().await {
             tracing::error!("final journal flush failed: {e}");
         }
+    }
+}
+
+impl crate::delivery::Host for Hub {
+    fn deliveries(&self) -> &Deliveries {
+        &self.deliveries
+    }
+    fn journal(&self) -> &Arc<dyn Journal> {
+        &self.journal
+    }
+    fn governance(&self) -> &Arc<crate::governance::Governance> {
+        &self.governance
+    }
+    fn gate(&self, target: &str) -> Gate {
+        Hub::gate(self, target)
+    }
+    fn adapter(&self, target: &str) -> Option<Arc<Adapter>> {
+        Hub::adapter(self, target)
+    }
+    fn record_health(self: Arc<Self>, target: &str, health: Health) {
+        Hub::record_health(&self, target, health)
+    }
+    fn count(&self, target: &str, outcome: &str, seconds: f64) {
+        self.metrics.delivery(target, outcome, seconds)
+    }
+    fn answered(self: Arc<Self>, events: Vec<Event>, origin: String) {
+        tokio::spawn(async move {
+            if let Err(e) = self.accept(events, Some(&origin)).await {
+                tracing::warn!(adapter = %origin, "events answered by deliver were not accepted: {e}");
+            }
+        });
+    }
+}
+
+impl crate::cases::Host for Hub {
+    fn journal(&self) -> &Arc<dyn Journal> {
+        &self.journal
+    }
+    fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+    fn emit(
+        self: Arc<Self>,
+        events: Vec<Event>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>> {
+        Box::pin(async move {
+            self.accept(events, None).await?;
+            Ok(())
+        })
+    }
+}
+
+impl crate::metrics::Observed for Hub {
+    fn serving(&self) -> Vec<(String, Arc<Adapter>)> {
+        self.adapter_names()
+            .into_iter()
+            .filter_map(|n| self.adapter(&n).map(|a| (n, a)))
+            .collect()
+    }
+    fn deliveries(&self) -> &Deliveries {
+        &self.deliveries
+    }
+    fn stream_subscribers(&self) -> usize {
+        self.streams.open()
+    }
+    fn quarantined(&self, name: &str) -> bool {
+        Hub::quarantined(self, name).is_some()
     }
 }
 

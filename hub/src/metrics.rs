@@ -7,7 +7,8 @@
 //! queues: calls, traps, deadline hits, instances created, idle instances,
 //! linear memory, queue depth, quarantine.
 
-use crate::hub::Hub;
+use crate::delivery::Deliveries;
+use crate::runtime::Adapter;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -20,6 +21,19 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
 type Labels = Vec<(String, String)>;
+
+/// What a scrape reads from the parts around the metrics (the adapters'
+/// own counters, the queues, the streams); `hub.rs` implements it.
+pub trait Observed: Send + Sync + 'static {
+    /// The adapters serving, by name, sorted.
+    fn serving(&self) -> Vec<(String, Arc<Adapter>)>;
+    /// The delivery queues.
+    fn deliveries(&self) -> &Deliveries;
+    /// Open `/v1/stream` connections.
+    fn stream_subscribers(&self) -> usize;
+    /// Whether `name` is out of rotation.
+    fn quarantined(&self, name: &str) -> bool;
+}
 
 /// The hub's metrics.
 pub struct Metrics {
@@ -98,9 +112,9 @@ impl Metrics {
     }
 
     /// Reads the adapters' and queues' own counters at each scrape.
-    pub fn watch(&self, hub: &Arc<Hub>) {
+    pub fn watch(&self, observed: Weak<dyn Observed>) {
         if let Ok(mut r) = self.registry.lock() {
-            r.register_collector(Box::new(HubCollector(Arc::downgrade(hub))));
+            r.register_collector(Box::new(HubCollector(observed)));
         }
     }
 
@@ -161,7 +175,7 @@ impl Default for Metrics {
     }
 }
 
-struct HubCollector(Weak<Hub>);
+struct HubCollector(Weak<dyn Observed>);
 
 impl std::fmt::Debug for HubCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -202,11 +216,8 @@ impl Collector for HubCollector {
         let Some(hub) = self.0.upgrade() else {
             return Ok(());
         };
-        let names = hub.adapter_names();
-        let adapters: Vec<_> = names
-            .iter()
-            .filter_map(|n| hub.adapter(n).map(|a| (n.clone(), a)))
-            .collect();
+        let adapters = hub.serving();
+        let names: Vec<String> = adapters.iter().map(|(n, _)| n.clone()).collect();
         let stat = |f: fn(&crate::runtime::AdapterStats) -> u64| -> Vec<(String, u64)> {
             adapters
                 .iter()
@@ -269,7 +280,7 @@ impl Collector for HubCollector {
         )?;
         let depth: Vec<(String, i64)> = names
             .iter()
-            .map(|n| (n.clone(), hub.deliveries.depth(n) as i64))
+            .map(|n| (n.clone(), hub.deliveries().depth(n) as i64))
             .collect();
         gauges(
             &mut encoder,
@@ -285,7 +296,7 @@ impl Collector for HubCollector {
                 MetricType::Gauge,
             )?;
             for n in &names {
-                for (rank, d) in hub.deliveries.lane_depths(n).iter().enumerate() {
+                for (rank, d) in hub.deliveries().lane_depths(n).iter().enumerate() {
                     let lane = govhub_sdk::Severity::from_rank(rank as u8).as_str();
                     let l = vec![
                         ("adapter".to_string(), n.clone()),
@@ -311,11 +322,11 @@ impl Collector for HubCollector {
                 None,
                 MetricType::Gauge,
             )?;
-            ConstGauge::new(hub.streams.open() as i64).encode(m)?;
+            ConstGauge::new(hub.stream_subscribers() as i64).encode(m)?;
         }
         let quarantined: Vec<(String, i64)> = names
             .iter()
-            .map(|n| (n.clone(), i64::from(hub.quarantined(n).is_some())))
+            .map(|n| (n.clone(), i64::from(hub.quarantined(n))))
             .collect();
         gauges(
             &mut encoder,

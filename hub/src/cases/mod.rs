@@ -14,7 +14,6 @@ pub mod model;
 pub mod stats;
 
 use crate::config::CasesConfig;
-use crate::hub::Hub;
 use crate::journal::{CaseRow, FedEvent, Journal, JournalError};
 use model::{opens_case, Case, Effect, Entry, Stage};
 use std::collections::HashMap;
@@ -22,6 +21,21 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// What the tracker needs of the parts around it; `hub.rs` composes them
+/// and implements it. The tracker holds it weakly: a hub dropped stops it.
+pub trait Host: Send + Sync + 'static {
+    /// Where case events are read and cases stored.
+    fn journal(&self) -> &Arc<dyn Journal>;
+    /// The hub's time, which deadlines are judged by.
+    fn clock(&self) -> &Arc<dyn clock::Clock>;
+    /// Takes in the events the tracker produces (escalations, closes) as
+    /// the hub's own, routed like any other; done once they are stored.
+    fn emit(
+        self: Arc<Self>,
+        events: Vec<govhub_sdk::Event>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+}
 
 /// Events read from the journal per pass.
 const FEED_BATCH: usize = 500;
@@ -174,22 +188,22 @@ impl Tracker {
 
     /// Runs until the hub is dropped: feed, check deadlines, sleep until
     /// woken or the next check.
-    pub async fn run(self: Arc<Tracker>, hub: Weak<Hub>) {
+    pub async fn run(self: Arc<Tracker>, host: Weak<dyn Host>) {
         let interval = Duration::from_millis(self.config.check_interval_ms);
         loop {
-            let Some(hub) = hub.upgrade() else { return };
+            let Some(hub) = host.upgrade() else { return };
             // The time is read before the feed: everything the journal
             // held at `now` is applied before deadlines are judged at
             // `now` (a status that came in just before a clock step is
             // not missed).
-            let now = hub.clock.now_ms();
+            let now = hub.clock().now_ms();
             if let Err(e) = self.feed(&hub).await {
                 tracing::warn!("case tracker could not read the journal: {e:#}");
-                self.reload(&*hub.journal);
+                self.reload(&**hub.journal());
             }
             if let Err(e) = self.check(&hub, now).await {
                 tracing::warn!("case tracker could not escalate: {e:#}");
-                self.reload(&*hub.journal);
+                self.reload(&**hub.journal());
             }
             drop(hub);
             let _ = tokio::time::timeout(interval, self.wake.notified()).await;
@@ -208,10 +222,10 @@ impl Tracker {
     }
 
     /// Reads every case event stored since the last pass into the cases.
-    pub async fn feed(&self, hub: &Arc<Hub>) -> anyhow::Result<()> {
+    pub async fn feed(&self, hub: &Arc<dyn Host>) -> anyhow::Result<()> {
         loop {
             let from = self.fed.load(Ordering::SeqCst);
-            let journal = hub.journal.clone();
+            let journal = hub.journal().clone();
             let (batch, position) =
                 tokio::task::spawn_blocking(move || journal.case_events_after(from, FEED_BATCH))
                     .await??;
@@ -223,9 +237,9 @@ impl Tracker {
                 return Ok(());
             }
             let full = batch.len() == FEED_BATCH;
-            let (rows, effects) = self.apply_batch(&*hub.journal, batch);
+            let (rows, effects) = self.apply_batch(&**hub.journal(), batch);
             self.emit(hub, effects).await?;
-            hub.journal.store_cases(rows, Some(position)).await?;
+            hub.journal().store_cases(rows, Some(position)).await?;
             self.fed.store(position, Ordering::SeqCst);
             self.forget_closed();
             if !full {
@@ -316,7 +330,7 @@ impl Tracker {
     /// Escalates every open case past its deadline at `now`. Runs at most
     /// once per `check_interval_ms` of the hub's clock (a busy feed wakes
     /// the tracker far more often than deadlines can pass).
-    pub async fn check(&self, hub: &Arc<Hub>, now: i64) -> anyhow::Result<()> {
+    pub async fn check(&self, hub: &Arc<dyn Host>, now: i64) -> anyhow::Result<()> {
         let last = self.checked_at.load(Ordering::SeqCst);
         if last != i64::MIN && now.saturating_sub(last) < self.config.check_interval_ms as i64 {
             return Ok(());
@@ -339,16 +353,19 @@ impl Tracker {
             return Ok(());
         }
         self.emit(hub, effects).await?;
-        hub.journal.store_cases(rows, None).await?;
+        hub.journal().store_cases(rows, None).await?;
         Ok(())
     }
 
-    async fn emit(&self, hub: &Arc<Hub>, events: Vec<govhub_sdk::Event>) -> anyhow::Result<()> {
+    async fn emit(
+        &self,
+        hub: &Arc<dyn Host>,
+        events: Vec<govhub_sdk::Event>,
+    ) -> anyhow::Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        hub.accept(events, None).await?;
-        Ok(())
+        hub.clone().emit(events).await
     }
 }
 

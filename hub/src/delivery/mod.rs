@@ -22,16 +22,61 @@ mod queue;
 pub use queue::{backoff, Job, TargetQueue, LANES};
 
 use crate::config::DeliveryConfig;
-use crate::governance::{Applied, Outgoing};
-use crate::hub::Hub;
-use crate::journal::{now_ms, DeliveryRef, DeliveryUpdate};
-use crate::runtime::Disposition;
+use crate::governance::{Applied, Governance, Outgoing};
+use crate::journal::{now_ms, DeliveryRef, DeliveryUpdate, Journal};
+use crate::runtime::{Adapter, Disposition};
 use dashmap::DashMap;
 use govhub_sdk::Event;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// What the delivery workers need of the parts around them; `hub.rs`
+/// composes them and implements it. The workers hold it weakly: a hub
+/// dropped stops them.
+pub trait Host: Send + Sync + 'static {
+    /// The queues.
+    fn deliveries(&self) -> &Deliveries;
+    /// Where events are read from and outcomes recorded.
+    fn journal(&self) -> &Arc<dyn Journal>;
+    /// What each recipient may see.
+    fn governance(&self) -> &Arc<Governance>;
+    /// Whether `target`'s deliveries may go now.
+    fn gate(&self, target: &str) -> Gate;
+    /// The version of `target` serving.
+    fn adapter(&self, target: &str) -> Option<Arc<Adapter>>;
+    /// One call's result, for quarantine.
+    fn record_health(self: Arc<Self>, target: &str, health: Health);
+    /// One attempt's outcome and duration, for `/metrics`.
+    fn count(&self, target: &str, outcome: &str, seconds: f64);
+    /// Takes in the events a department answered a delivery with, as
+    /// produced by `origin` (in the background: the delivery's outcome does
+    /// not wait for them).
+    fn answered(self: Arc<Self>, events: Vec<Event>, origin: String);
+}
+
+/// Whether a target's worker may start deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// In rotation.
+    Open,
+    /// Quarantined, and one probe delivery may go now.
+    Probe,
+    /// Quarantined (or not loaded); look again after this long.
+    Closed(std::time::Duration),
+}
+
+/// One delivery call's result, as quarantine counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Delivered, or refused for a reason of the event's own.
+    Ok,
+    /// The department was unavailable.
+    Unavailable,
+    /// The adapter trapped, panicked, hit its memory cap or its deadline.
+    Crashed,
+}
 
 /// All target queues, and the count of attempts in flight.
 pub struct Deliveries {
@@ -42,6 +87,7 @@ pub struct Deliveries {
     stopping: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
+    host: OnceLock<Weak<dyn Host>>,
 }
 
 impl Deliveries {
@@ -54,11 +100,19 @@ impl Deliveries {
             stopping: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            host: OnceLock::new(),
+        }
+    }
+
+    /// Gives the workers the parts they work with (once, at start).
+    pub fn attach(&self, host: Weak<dyn Host>) {
+        if self.host.set(host).is_err() {
+            tracing::error!("the delivery queues were attached twice");
         }
     }
 
     /// The queue of `target`, created (with its worker) on first use.
-    pub fn queue(&self, hub: &Arc<Hub>, target: &str) -> Arc<TargetQueue> {
+    pub fn queue(&self, target: &str) -> Arc<TargetQueue> {
         if let Some(q) = self.queues.get(target) {
             return q.clone();
         }
@@ -66,7 +120,13 @@ impl Deliveries {
             .entry(target.to_string())
             .or_insert_with(|| {
                 let q = Arc::new(TargetQueue::new(target));
-                tokio::spawn(worker(Arc::downgrade(hub), q.clone()));
+                match self.host.get() {
+                    Some(host) => {
+                        tokio::spawn(worker(host.clone(), q.clone()));
+                    }
+                    // Kept in the journal: delivered after the next start.
+                    None => tracing::error!(adapter = %target, "deliveries queued before the hub started its workers"),
+                }
                 q
             })
             .clone()
@@ -127,10 +187,10 @@ impl Deliveries {
     }
 
     /// Queues deliveries the journal just stored.
-    pub fn enqueue(&self, hub: &Arc<Hub>, refs: Vec<DeliveryRef>, event: Option<Arc<Event>>) {
+    pub fn enqueue(&self, refs: Vec<DeliveryRef>, event: Option<Arc<Event>>) {
         for r in refs {
             let target = r.target.clone();
-            self.queue(hub, &target).push(Job {
+            self.queue(&target).push(Job {
                 delivery: r,
                 event: event.clone(),
             });
@@ -164,10 +224,10 @@ impl Deliveries {
 
 /// One target's worker: starts attempts while the adapter has free
 /// instances and a lane is ready.
-async fn worker(hub: Weak<Hub>, queue: Arc<TargetQueue>) {
+async fn worker(host: Weak<dyn Host>, queue: Arc<TargetQueue>) {
     loop {
-        let Some(hub) = hub.upgrade() else { return };
-        if hub.deliveries.stopping() {
+        let Some(hub) = host.upgrade() else { return };
+        if hub.deliveries().stopping() {
             return;
         }
         // A quarantined or unloaded adapter gets nothing but, when
@@ -175,12 +235,12 @@ async fn worker(hub: Weak<Hub>, queue: Arc<TargetQueue>) {
         // journal until a probe succeeds or a load or rollback wakes the
         // worker.
         let concurrency = match hub.gate(queue.target()) {
-            crate::hub::Gate::Open => hub
+            Gate::Open => hub
                 .adapter(queue.target())
                 .map(|a| a.manifest.limits.concurrency as usize)
                 .unwrap_or(1),
-            crate::hub::Gate::Probe => 1,
-            crate::hub::Gate::Closed(wait) => {
+            Gate::Probe => 1,
+            Gate::Closed(wait) => {
                 drop(hub);
                 queue.wait(queue::Wait::For(wait.as_millis() as u64)).await;
                 continue;
@@ -188,7 +248,7 @@ async fn worker(hub: Weak<Hub>, queue: Arc<TargetQueue>) {
         };
         match queue.next(concurrency) {
             Ok(job) => {
-                hub.deliveries.in_flight.fetch_add(1, Ordering::SeqCst);
+                hub.deliveries().in_flight.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(attempt(hub, queue.clone(), job));
             }
             Err(wait) => {
@@ -201,14 +261,14 @@ async fn worker(hub: Weak<Hub>, queue: Arc<TargetQueue>) {
 
 /// One call of `deliver`, timed, traced and counted for health and metrics.
 async fn call(
-    hub: &Arc<Hub>,
+    hub: &Arc<dyn Host>,
     d: &DeliveryRef,
     event: &govhub_sdk::Event,
-    adapter: &crate::runtime::Adapter,
+    adapter: &Adapter,
     attempts: u32,
     scrub: Option<crate::runtime::Scrub>,
 ) -> Result<govhub_sdk::Outcome, crate::runtime::CallError> {
-    let config = &hub.deliveries.config;
+    let config = &hub.deliveries().config;
     let span =
         tracing::info_span!("deliver", adapter = %d.target, event = %event.id, attempt = attempts);
     let started = std::time::Instant::now();
@@ -216,31 +276,30 @@ async fn call(
         tracing::Instrument::instrument(adapter.deliver_scrubbed(event, scrub), span).await;
     let health = match &result {
         Err(crate::runtime::CallError::Adapter(govhub_sdk::AdapterError::Unavailable(_))) => {
-            crate::hub::Health::Unavailable
+            Health::Unavailable
         }
-        Err(e) if e.killed_instance() => crate::hub::Health::Crashed,
-        _ => crate::hub::Health::Ok,
+        Err(e) if e.killed_instance() => Health::Crashed,
+        _ => Health::Ok,
     };
-    hub.record_health(&d.target, health);
+    hub.clone().record_health(&d.target, health);
     let outcome = match &result {
         Ok(_) => "delivered",
         Err(e) if e.disposition() == Disposition::Fail || attempts >= config.max_attempts => "dead",
         Err(_) => "retry",
     };
-    hub.metrics
-        .delivery(&d.target, outcome, started.elapsed().as_secs_f64());
+    hub.count(&d.target, outcome, started.elapsed().as_secs_f64());
     result
 }
 
 /// One delivery attempt, its outcome recorded before the lane moves on.
-async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
+async fn attempt(hub: Arc<dyn Host>, queue: Arc<TargetQueue>, job: Job) {
     let d = &job.delivery;
     let attempts = d.attempts + 1;
-    let config = &hub.deliveries.config;
+    let config = &hub.deliveries().config;
     let event = match &job.event {
         Some(e) => Some(e.clone()),
         None => {
-            let journal = hub.journal.clone();
+            let journal = hub.journal().clone();
             let seq = d.event_seq;
             tokio::task::spawn_blocking(move || journal.event_by_seq(seq))
                 .await
@@ -263,12 +322,12 @@ async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
             error: format!("adapter `{}` is not loaded", d.target),
             next_attempt_ms: now_ms() + config.backoff_cap_ms as i64,
         },
-        (Some(event), Some(adapter)) => match hub.governance.outgoing(&event, &d.target) {
+        (Some(event), Some(adapter)) => match hub.governance().outgoing(&event, &d.target) {
             Outgoing::Withhold(reason) => {
                 tracing::info!(adapter = %d.target, event = %event.id, "delivery withheld: {reason}");
                 DeliveryUpdate::Withheld {
                     id: d.id,
-                    flow: hub.governance.flow_record(
+                    flow: hub.governance().flow_record(
                         &event,
                         None,
                         &Applied::default(),
@@ -284,18 +343,18 @@ async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
         },
     };
     if let DeliveryUpdate::Retry { error, .. } | DeliveryUpdate::Dead { error, .. } = &update {
-        hub.deliveries
+        hub.deliveries()
             .last_error
             .insert(d.target.clone(), (now_ms(), error.clone()));
     }
-    if let Err(e) = hub.journal.record(vec![update.clone()]).await {
+    if let Err(e) = hub.journal().record(vec![update.clone()]).await {
         // Not recorded: the delivery stays pending in the journal and is
         // tried again after a restart; here it is retried after a pause.
         tracing::error!(adapter = %d.target, "cannot record a delivery outcome: {e}");
     }
     queue.finish(job, &update);
-    if hub.deliveries.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-        hub.deliveries.idle.notify_waiters();
+    if hub.deliveries().in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        hub.deliveries().idle.notify_waiters();
     }
 }
 
@@ -303,16 +362,16 @@ async fn attempt(hub: Arc<Hub>, queue: Arc<TargetQueue>, job: Job) {
 /// outcome, with any error quoting what the adapter saw scrubbed of the
 /// event's personal information.
 async fn send(
-    hub: &Arc<Hub>,
+    hub: &Arc<dyn Host>,
     d: &DeliveryRef,
     event: &Event,
     view: &Event,
     applied: &Applied,
-    adapter: &crate::runtime::Adapter,
+    adapter: &Adapter,
     attempts: u32,
 ) -> DeliveryUpdate {
-    let config = &hub.deliveries.config;
-    let governance = hub.governance.clone();
+    let config = &hub.deliveries().config;
+    let governance = hub.governance().clone();
     // The event's values in the clear, worked out only when a log line or
     // an error needs scrubbing (most deliveries have neither).
     let values: Arc<std::sync::OnceLock<Vec<(String, String)>>> = Arc::default();
@@ -331,14 +390,7 @@ async fn send(
         Ok(outcome) => {
             tracing::debug!(adapter = %d.target, event = %event.id, attempts, "delivered");
             if !outcome.events.is_empty() {
-                let follow_ups = outcome.events;
-                let h = hub.clone();
-                let origin = d.target.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = h.accept(follow_ups, Some(&origin)).await {
-                        tracing::warn!(adapter = %origin, "events answered by deliver were not accepted: {e}");
-                    }
-                });
+                hub.clone().answered(outcome.events, d.target.clone());
             }
             DeliveryUpdate::Delivered {
                 id: d.id,

@@ -174,7 +174,7 @@ pub(super) async fn replay(
         return Err(no_dead_letter(id));
     };
     let target = delivery.target.clone();
-    app.hub.deliveries.enqueue(&app.hub, vec![delivery], None);
+    app.hub.deliveries.enqueue(vec![delivery], None);
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "replayed": id, "target": target })),
