@@ -145,7 +145,7 @@ pub struct Hub {
 }
 
 /// Adapter state kept in the journal.
-struct JournalState(Arc<dyn Journal>);
+struct JournalState(Arc<dyn crate::journal::AdapterState>);
 
 impl StateStore for JournalState {
     fn load(&self, adapter: &str) -> Vec<(String, Vec<u8>)> {
@@ -572,8 +572,11 @@ impl crate::delivery::Host for Hub {
     fn deliveries(&self) -> &Deliveries {
         &self.deliveries
     }
-    fn journal(&self) -> &Arc<dyn Journal> {
-        &self.journal
+    fn events(&self) -> Arc<dyn crate::journal::EventLog> {
+        self.journal.clone()
+    }
+    fn outcomes(&self) -> Arc<dyn crate::journal::DeliveryLog> {
+        self.journal.clone()
     }
     fn governance(&self) -> &Arc<crate::governance::Governance> {
         &self.governance
@@ -600,8 +603,8 @@ impl crate::delivery::Host for Hub {
 }
 
 impl crate::cases::Host for Hub {
-    fn journal(&self) -> &Arc<dyn Journal> {
-        &self.journal
+    fn store(&self) -> Arc<dyn crate::journal::CaseStore> {
+        self.journal.clone()
     }
     fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock

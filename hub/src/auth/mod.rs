@@ -25,7 +25,7 @@ pub mod session;
 pub use principal::{Names, Principal, PrincipalConfig, Role};
 
 use crate::config::AuthConfig;
-use crate::journal::Journal;
+use crate::journal::AuditLog;
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -273,7 +273,7 @@ pub struct Authority {
     principals: Vec<Arc<Principal>>,
     /// The cockpit's sessions.
     pub sessions: session::Sessions,
-    journal: Arc<dyn Journal>,
+    journal: Arc<dyn AuditLog>,
     signins: Mutex<(Instant, u32)>,
     /// Its counters.
     pub metrics: AuthMetrics,
@@ -283,7 +283,7 @@ impl Authority {
     /// The principals of `config` ([`load_principals`]), no sessions yet.
     pub fn new(
         config: &AuthConfig,
-        journal: Arc<dyn Journal>,
+        journal: Arc<dyn AuditLog>,
         metrics: AuthMetrics,
     ) -> anyhow::Result<Authority> {
         let principals = load_principals(config)?;

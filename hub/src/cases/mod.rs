@@ -14,7 +14,7 @@ pub mod model;
 pub mod stats;
 
 use crate::config::CasesConfig;
-use crate::journal::{CaseRow, FedEvent, Journal, JournalError};
+use crate::journal::{CaseRow, CaseStore, FedEvent, JournalError};
 use model::{opens_case, Case, Effect, Entry, Stage};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 /// and implements it. The tracker holds it weakly: a hub dropped stops it.
 pub trait Host: Send + Sync + 'static {
     /// Where case events are read and cases stored.
-    fn journal(&self) -> &Arc<dyn Journal>;
+    fn store(&self) -> Arc<dyn CaseStore>;
     /// The hub's time, which deadlines are judged by.
     fn clock(&self) -> &Arc<dyn clock::Clock>;
     /// Takes in the events the tracker produces (escalations, closes) as
@@ -152,7 +152,7 @@ pub fn from_doc(doc: &[u8]) -> Option<Case> {
 
 impl Tracker {
     /// A tracker with the open cases and feed position stored in `journal`.
-    pub fn load(config: CasesConfig, journal: &dyn Journal) -> Result<Tracker, JournalError> {
+    pub fn load(config: CasesConfig, journal: &dyn CaseStore) -> Result<Tracker, JournalError> {
         let open = journal
             .cases(&crate::journal::CaseFilter {
                 status: Some(crate::journal::CaseStatus::Open),
@@ -199,11 +199,11 @@ impl Tracker {
             let now = hub.clock().now_ms();
             if let Err(e) = self.feed(&hub).await {
                 tracing::warn!("case tracker could not read the journal: {e:#}");
-                self.reload(&**hub.journal());
+                self.reload(&*hub.store());
             }
             if let Err(e) = self.check(&hub, now).await {
                 tracing::warn!("case tracker could not escalate: {e:#}");
-                self.reload(&**hub.journal());
+                self.reload(&*hub.store());
             }
             drop(hub);
             let _ = tokio::time::timeout(interval, self.wake.notified()).await;
@@ -213,7 +213,7 @@ impl Tracker {
 
     /// After a failure half way, forget the in-memory state and read it
     /// back from the journal (the feed position was not advanced).
-    fn reload(&self, journal: &dyn Journal) {
+    fn reload(&self, journal: &dyn CaseStore) {
         if let Ok(fresh) = Tracker::load(self.config.clone(), journal) {
             *self.lock() = fresh.open.into_inner().unwrap_or_default();
             self.fed
@@ -225,7 +225,7 @@ impl Tracker {
     pub async fn feed(&self, hub: &Arc<dyn Host>) -> anyhow::Result<()> {
         loop {
             let from = self.fed.load(Ordering::SeqCst);
-            let journal = hub.journal().clone();
+            let journal = hub.store();
             let (batch, position) =
                 tokio::task::spawn_blocking(move || journal.case_events_after(from, FEED_BATCH))
                     .await??;
@@ -237,9 +237,9 @@ impl Tracker {
                 return Ok(());
             }
             let full = batch.len() == FEED_BATCH;
-            let (rows, effects) = self.apply_batch(&**hub.journal(), batch);
+            let (rows, effects) = self.apply_batch(&*hub.store(), batch);
             self.emit(hub, effects).await?;
-            hub.journal().store_cases(rows, Some(position)).await?;
+            hub.store().store_cases(rows, Some(position)).await?;
             self.fed.store(position, Ordering::SeqCst);
             self.forget_closed();
             if !full {
@@ -250,7 +250,7 @@ impl Tracker {
 
     fn apply_batch(
         &self,
-        journal: &dyn Journal,
+        journal: &dyn CaseStore,
         batch: Vec<FedEvent>,
     ) -> (Vec<CaseRow>, Vec<govhub_sdk::Event>) {
         let mut changed: HashMap<String, Case> = HashMap::new();
@@ -353,7 +353,7 @@ impl Tracker {
             return Ok(());
         }
         self.emit(hub, effects).await?;
-        hub.journal().store_cases(rows, None).await?;
+        hub.store().store_cases(rows, None).await?;
         Ok(())
     }
 

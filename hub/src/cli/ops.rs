@@ -5,7 +5,7 @@ use crate::admin::{audit, signing};
 use crate::client::Http;
 use crate::config::Config;
 use crate::journal::sqlite::{SqliteConfig, SqliteJournal};
-use crate::journal::Journal;
+use crate::journal::{AuditLog, Meta};
 use anyhow::Context;
 use base64::Engine as _;
 use clap::{Args, Subcommand};

@@ -23,7 +23,7 @@ pub use queue::{backoff, Job, TargetQueue, LANES};
 
 use crate::config::DeliveryConfig;
 use crate::governance::{Applied, Governance, Outgoing};
-use crate::journal::{now_ms, DeliveryRef, DeliveryUpdate, Journal};
+use crate::journal::{now_ms, DeliveryLog, DeliveryRef, DeliveryUpdate, EventLog};
 use crate::runtime::{Adapter, Disposition};
 use dashmap::DashMap;
 use govhub_sdk::Event;
@@ -38,8 +38,10 @@ use tokio::sync::Notify;
 pub trait Host: Send + Sync + 'static {
     /// The queues.
     fn deliveries(&self) -> &Deliveries;
-    /// Where events are read from and outcomes recorded.
-    fn journal(&self) -> &Arc<dyn Journal>;
+    /// Where the events are read back from.
+    fn events(&self) -> Arc<dyn EventLog>;
+    /// Where each attempt's outcome is recorded.
+    fn outcomes(&self) -> Arc<dyn DeliveryLog>;
     /// What each recipient may see.
     fn governance(&self) -> &Arc<Governance>;
     /// Whether `target`'s deliveries may go now.
@@ -299,7 +301,7 @@ async fn attempt(hub: Arc<dyn Host>, queue: Arc<TargetQueue>, job: Job) {
     let event = match &job.event {
         Some(e) => Some(e.clone()),
         None => {
-            let journal = hub.journal().clone();
+            let journal = hub.events();
             let seq = d.event_seq;
             tokio::task::spawn_blocking(move || journal.event_by_seq(seq))
                 .await
@@ -347,7 +349,7 @@ async fn attempt(hub: Arc<dyn Host>, queue: Arc<TargetQueue>, job: Job) {
             .last_error
             .insert(d.target.clone(), (now_ms(), error.clone()));
     }
-    if let Err(e) = hub.journal().record(vec![update.clone()]).await {
+    if let Err(e) = hub.outcomes().record(vec![update.clone()]).await {
         // Not recorded: the delivery stays pending in the journal and is
         // tried again after a restart; here it is retried after a pause.
         tracing::error!(adapter = %d.target, "cannot record a delivery outcome: {e}");

@@ -8,7 +8,8 @@
 //! letter as one ordered list with growing cursors, written in the same
 //! transaction as the change itself, which the live stream replays and
 //! follows. [`sqlite`] is the embedded default (one file, WAL, group
-//! commit).
+//! commit). `README.md` in this folder sets out the seam and the design
+//! of the NATS JetStream backend.
 
 pub mod sqlite;
 
@@ -445,13 +446,34 @@ impl AuditRecord {
     }
 }
 
-/// The durable store behind the hub.
-pub trait Journal: Send + Sync + 'static {
+/// The durable store behind the hub: every concern's interface together.
+/// A part is handed the one it uses; the hub holds the whole. Every
+/// backend implements each of them (see `README.md` in this folder).
+pub trait Journal:
+    EventLog + DeliveryLog + AdapterState + CaseStore + Meta + Registry + AuditLog + Feed
+{
+    /// Waits until everything sent so far is committed.
+    fn flush(&self) -> Pending<()>;
+}
+
+/// The event log: accepted events with their routing decisions, read back
+/// by sequence or identity.
+pub trait EventLog: Send + Sync + 'static {
     /// Stores events with their routing decisions; resolves once they are
     /// durable. A repeated (`source`, `id`) is reported as a duplicate and
     /// adds nothing.
     fn append(&self, events: Vec<NewEvent>) -> Pending<Vec<Appended>>;
 
+    /// The event with sequence number `seq`.
+    fn event_by_seq(&self, seq: i64) -> Result<Option<Event>, JournalError>;
+
+    /// Events with this id (and source, when given), with their deliveries.
+    fn events(&self, id: &str, source: Option<&str>) -> Result<Vec<StoredEvent>, JournalError>;
+}
+
+/// Delivery work: what is pending, each attempt's outcome, dead letters and
+/// their replay.
+pub trait DeliveryLog: Send + Sync + 'static {
     /// Records delivery outcomes.
     fn record(&self, updates: Vec<DeliveryUpdate>) -> Pending<()>;
 
@@ -459,24 +481,8 @@ pub trait Journal: Send + Sync + 'static {
     /// there is no dead letter with that id.
     fn replay(&self, delivery_id: i64) -> Pending<Option<DeliveryRef>>;
 
-    /// Stores an adapter's poll cursor.
-    fn set_cursor(&self, adapter: &str, cursor: &str) -> Pending<()>;
-
-    /// Stores (or, with `None`, removes) one key of an adapter's state.
-    /// Not awaited by the adapter: written with the next commit.
-    fn set_state(&self, adapter: &str, key: &str, value: Option<&[u8]>);
-
-    /// Waits until everything sent so far is committed.
-    fn flush(&self) -> Pending<()>;
-
     /// Every delivery without a final outcome, oldest first.
     fn pending(&self) -> Result<Vec<DeliveryRef>, JournalError>;
-
-    /// The event with sequence number `seq`.
-    fn event_by_seq(&self, seq: i64) -> Result<Option<Event>, JournalError>;
-
-    /// Events with this id (and source, when given), with their deliveries.
-    fn events(&self, id: &str, source: Option<&str>) -> Result<Vec<StoredEvent>, JournalError>;
 
     /// Dead letters, newest first, at most `limit`; of these targets only,
     /// when given.
@@ -488,13 +494,27 @@ pub trait Journal: Send + Sync + 'static {
 
     /// The dead letter with this id (a delivery that failed for good).
     fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, JournalError>;
+}
+
+/// Adapters' own state and poll cursors.
+pub trait AdapterState: Send + Sync + 'static {
+    /// Stores an adapter's poll cursor.
+    fn set_cursor(&self, adapter: &str, cursor: &str) -> Pending<()>;
+
+    /// Stores (or, with `None`, removes) one key of an adapter's state.
+    /// Not awaited by the adapter: written with the next commit.
+    fn set_state(&self, adapter: &str, key: &str, value: Option<&[u8]>);
 
     /// An adapter's poll cursor.
     fn cursor(&self, adapter: &str) -> Result<Option<String>, JournalError>;
 
     /// An adapter's whole state.
     fn state(&self, adapter: &str) -> Result<Vec<(String, Vec<u8>)>, JournalError>;
+}
 
+/// Case state: the case tracker's feed of case events and the cases it
+/// derives.
+pub trait CaseStore: Send + Sync + 'static {
     /// Up to `limit` events of a case (with a `caseid`) after sequence
     /// number `seq`, oldest first, and the position read up to (past the
     /// events without a case in between).
@@ -516,13 +536,19 @@ pub trait Journal: Send + Sync + 'static {
 
     /// Cases matching a filter, JSON, newest first.
     fn cases(&self, filter: &CaseFilter) -> Result<Vec<Vec<u8>>, JournalError>;
+}
 
+/// The hub's own bookkeeping values (the manual clock, the policy's hash).
+pub trait Meta: Send + Sync + 'static {
     /// A value of the hub's own bookkeeping (the manual clock).
     fn meta(&self, key: &str) -> Result<Option<String>, JournalError>;
 
     /// Stores a bookkeeping value.
     fn set_meta(&self, key: &str, value: &str) -> Pending<()>;
+}
 
+/// The adapter registry: every loaded version and the one serving.
+pub trait Registry: Send + Sync + 'static {
     /// Records a newly loaded version of an adapter and makes it the active
     /// one; returns its id.
     fn add_version(&self, version: VersionRecord) -> Pending<i64>;
@@ -538,7 +564,10 @@ pub trait Journal: Send + Sync + 'static {
 
     /// Every version of `name`, oldest first.
     fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, JournalError>;
+}
 
+/// The audit hash chain: operators' acts, adapter changes, flow records.
+pub trait AuditLog: Send + Sync + 'static {
     /// Appends a change of an adapter to the audit chain (the writer
     /// computes the hashes); it is on the change feed too.
     fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Pending<AuditRecord>;
@@ -559,11 +588,14 @@ pub trait Journal: Send + Sync + 'static {
 
     /// The whole audit chain, in order.
     fn audit_log(&self) -> Result<Vec<AuditRecord>, JournalError>;
+}
 
+/// The change feed the live stream and the cockpit replay and follow.
+pub trait Feed: Send + Sync + 'static {
     /// Every feed item committed from now on, as it commits. The channel
     /// holds a bounded number of items: a receiver that falls further
     /// behind is told how many it missed and reads them with
-    /// [`Journal::feed_after`].
+    /// [`Feed::feed_after`].
     fn feed_subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<FeedItem>>;
 
     /// Up to `limit` feed items after `cursor`, oldest first.

@@ -12,7 +12,7 @@ use crate::auth::Caller;
 use crate::config::StreamConfig;
 use crate::governance::{Audience, Governance};
 use crate::ingress::Problem;
-use crate::journal::{FeedItem, FeedKind, FeedSpan, Journal, JournalError};
+use crate::journal::{Feed, FeedItem, FeedKind, FeedSpan, JournalError};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -113,7 +113,7 @@ impl Streams {
 
     /// A receiver of the rendered live feed; the first call starts the
     /// task that renders it (inside the server's runtime).
-    fn live(&self, journal: &Arc<dyn Journal>) -> broadcast::Receiver<Arc<Frame>> {
+    fn live(&self, journal: &Arc<dyn Feed>) -> broadcast::Receiver<Arc<Frame>> {
         self.live
             .get_or_init(|| {
                 let mut from = journal.feed_subscribe();
@@ -151,12 +151,12 @@ impl Streams {
 }
 
 struct Context {
-    journal: Arc<dyn Journal>,
+    journal: Arc<dyn Feed>,
     streams: Arc<Streams>,
 }
 
 /// `GET /v1/stream`.
-pub fn router(journal: Arc<dyn Journal>, streams: Arc<Streams>) -> Routes {
+pub fn router(journal: Arc<dyn Feed>, streams: Arc<Streams>) -> Routes {
     Routes::new()
         .add("GET", "/v1/stream", stream)
         .with_state(Arc::new(Context { journal, streams }))
@@ -298,7 +298,7 @@ impl Drop for Open {
 struct Gone;
 
 struct Subscription {
-    journal: Arc<dyn Journal>,
+    journal: Arc<dyn Feed>,
     governance: Arc<Governance>,
     filter: Filter,
     tx: mpsc::Sender<Bytes>,

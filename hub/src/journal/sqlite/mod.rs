@@ -13,6 +13,7 @@ use super::{
     DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, FedEvent, FeedItem, FeedKeys,
     FeedKind, FeedSpan, Journal, JournalError, NewEvent, Pending, StoredEvent, VersionRecord,
 };
+use super::{AdapterState, AuditLog, CaseStore, DeliveryLog, EventLog, Feed, Meta, Registry};
 use crate::router::Target;
 use govhub_sdk::{cloudevents, Event};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -1097,53 +1098,14 @@ fn decode(body: &[u8]) -> Result<Event, rusqlite::Error> {
 }
 
 impl Journal for SqliteJournal {
-    fn append(&self, events: Vec<NewEvent>) -> Pending<Vec<Appended>> {
-        self.ask(|reply| Command::Append(events, reply))
-    }
-
-    fn record(&self, updates: Vec<DeliveryUpdate>) -> Pending<()> {
-        self.ask(|reply| Command::Record(updates, reply))
-    }
-
-    fn replay(&self, delivery_id: i64) -> Pending<Option<DeliveryRef>> {
-        self.ask(|reply| Command::Replay(delivery_id, reply))
-    }
-
-    fn set_cursor(&self, adapter: &str, cursor: &str) -> Pending<()> {
-        self.set_meta(&format!("cursor/{adapter}"), cursor)
-    }
-
-    fn set_state(&self, adapter: &str, key: &str, value: Option<&[u8]>) {
-        let _ = self.send(Command::State(
-            adapter.to_string(),
-            key.to_string(),
-            value.map(<[u8]>::to_vec),
-        ));
-    }
-
     fn flush(&self) -> Pending<()> {
         self.ask(Command::Flush)
     }
+}
 
-    fn pending(&self) -> Result<Vec<DeliveryRef>, JournalError> {
-        self.read(|c| {
-            let mut s = c.prepare(
-                "SELECT id, event_seq, target, order_key, attempts, next_attempt_ms, priority
-                 FROM deliveries WHERE status = 'pending' ORDER BY id",
-            )?;
-            let rows = s.query_map([], |r| {
-                Ok(DeliveryRef {
-                    id: r.get(0)?,
-                    event_seq: r.get(1)?,
-                    target: r.get(2)?,
-                    order_key: r.get(3)?,
-                    attempts: r.get(4)?,
-                    not_before_ms: r.get(5)?,
-                    priority: r.get(6)?,
-                })
-            })?;
-            rows.collect()
-        })
+impl EventLog for SqliteJournal {
+    fn append(&self, events: Vec<NewEvent>) -> Pending<Vec<Appended>> {
+        self.ask(|reply| Command::Append(events, reply))
     }
 
     fn event_by_seq(&self, seq: i64) -> Result<Option<Event>, JournalError> {
@@ -1202,6 +1164,37 @@ impl Journal for SqliteJournal {
                 .collect()
         })
     }
+}
+
+impl DeliveryLog for SqliteJournal {
+    fn record(&self, updates: Vec<DeliveryUpdate>) -> Pending<()> {
+        self.ask(|reply| Command::Record(updates, reply))
+    }
+
+    fn replay(&self, delivery_id: i64) -> Pending<Option<DeliveryRef>> {
+        self.ask(|reply| Command::Replay(delivery_id, reply))
+    }
+
+    fn pending(&self) -> Result<Vec<DeliveryRef>, JournalError> {
+        self.read(|c| {
+            let mut s = c.prepare(
+                "SELECT id, event_seq, target, order_key, attempts, next_attempt_ms, priority
+                 FROM deliveries WHERE status = 'pending' ORDER BY id",
+            )?;
+            let rows = s.query_map([], |r| {
+                Ok(DeliveryRef {
+                    id: r.get(0)?,
+                    event_seq: r.get(1)?,
+                    target: r.get(2)?,
+                    order_key: r.get(3)?,
+                    attempts: r.get(4)?,
+                    not_before_ms: r.get(5)?,
+                    priority: r.get(6)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
 
     fn dead_letters(
         &self,
@@ -1237,6 +1230,20 @@ impl Journal for SqliteJournal {
             .optional()
         })
     }
+}
+
+impl AdapterState for SqliteJournal {
+    fn set_cursor(&self, adapter: &str, cursor: &str) -> Pending<()> {
+        self.set_meta(&format!("cursor/{adapter}"), cursor)
+    }
+
+    fn set_state(&self, adapter: &str, key: &str, value: Option<&[u8]>) {
+        let _ = self.send(Command::State(
+            adapter.to_string(),
+            key.to_string(),
+            value.map(<[u8]>::to_vec),
+        ));
+    }
 
     fn cursor(&self, adapter: &str) -> Result<Option<String>, JournalError> {
         self.meta(&format!("cursor/{adapter}"))
@@ -1249,7 +1256,9 @@ impl Journal for SqliteJournal {
             rows.collect()
         })
     }
+}
 
+impl CaseStore for SqliteJournal {
     fn case_events_after(
         &self,
         seq: i64,
@@ -1356,7 +1365,9 @@ impl Journal for SqliteJournal {
             rows.collect()
         })
     }
+}
 
+impl Meta for SqliteJournal {
     fn meta(&self, key: &str) -> Result<Option<String>, JournalError> {
         self.read(|c| {
             c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
@@ -1370,7 +1381,9 @@ impl Journal for SqliteJournal {
         let (k, v) = (key.to_string(), value.to_string());
         self.ask(|reply| Command::Meta(k, v, reply))
     }
+}
 
+impl Registry for SqliteJournal {
     fn add_version(&self, version: VersionRecord) -> Pending<i64> {
         self.ask(|reply| Command::AddVersion(version, reply))
     }
@@ -1405,7 +1418,9 @@ impl Journal for SqliteJournal {
             rows.collect()
         })
     }
+}
 
+impl AuditLog for SqliteJournal {
     fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Pending<AuditRecord> {
         let fields = [
             actor.to_string(),
@@ -1459,7 +1474,9 @@ impl Journal for SqliteJournal {
             rows.collect()
         })
     }
+}
 
+impl Feed for SqliteJournal {
     fn feed_subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<FeedItem>> {
         self.feed.subscribe()
     }
