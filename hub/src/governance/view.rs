@@ -139,18 +139,7 @@ fn present(top: &Level<'_>, pointer: &str) -> Result<bool, ()> {
 }
 
 fn data_json(event: &Event) -> Option<serde_json::Value> {
-    let data = event.data.as_deref()?;
-    let json_type = event
-        .datacontenttype
-        .as_deref()
-        .map(|t| {
-            let t = t.split(';').next().unwrap_or("").trim();
-            t == "application/json" || t.ends_with("+json")
-        })
-        .unwrap_or(true);
-    json_type
-        .then(|| serde_json::from_slice(data).ok())
-        .flatten()
+    serde_json::from_slice(json_data(event)?).ok()
 }
 
 fn attribute_present(event: &Event, name: &str) -> bool {
