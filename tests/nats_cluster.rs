@@ -1473,7 +1473,7 @@ fn order(pulled: &[Pulled]) -> Vec<(u64, i64)> {
 async fn a_pinned_priority_group_feeds_one_node_and_fails_over_after_the_pinned_ttl() {
     let cluster = NatsCluster::shared();
     let pinned_ttl = Duration::from_secs(2);
-    let ack_wait = Duration::from_secs(5);
+    let ack_wait = Duration::from_secs(8);
     let f = pinned_failover(
         cluster,
         "GH_PIN",
@@ -1498,8 +1498,9 @@ async fn a_pinned_priority_group_feeds_one_node_and_fails_over_after_the_pinned_
         takeover >= pinned_ttl - PULL_EXPIRES - Duration::from_millis(100),
         "the pin moved {takeover:?} after the pinned node died"
     );
+    // Upper bound loose for a loaded CI machine, but below ack_wait.
     assert!(
-        takeover <= pinned_ttl + Duration::from_secs(2),
+        takeover <= pinned_ttl + Duration::from_secs(5),
         "{takeover:?}"
     );
     // Item 7, new, comes first: the pin moved before ack_wait ran out on
@@ -1869,7 +1870,9 @@ async fn a_message_schedule_fires_once_at_its_time_and_a_new_one_for_the_case_re
         "one schedule per case (the new one rolled the old one up)"
     );
 
-    let fired = fired_until(&due, t2 + Duration::from_millis(2500), usize::MAX).await;
+    // Pulling may lag on a loaded machine (CI runs every suite at once on
+    // two cores); the window is wide and closes 1.5 s after both arrived.
+    let fired = fired_until(&due, t2 + Duration::from_secs(15), 2).await;
     eprintln!("schedules at {t1_text} and {t2_text} fired: {fired:#?}");
     assert_eq!(fired.len(), 2, "{fired:#?}");
     let (case1, case2) = (&fired[0], &fired[1]);
@@ -1887,11 +1890,17 @@ async fn a_message_schedule_fires_once_at_its_time_and_a_new_one_for_the_case_re
         (format!("{ns}.gh.due.5").as_str(), "case-2 level 1, moved"),
         "the replaced schedule fired"
     );
+    // When it fired is the server's stored time; when the test process
+    // got it adds the pull's latency, which only the machine's load sets.
     for (f, at) in [(case1, t1), (case2, t2)] {
         assert!(f.stored >= at, "{f:?} was stored before its time");
-        let late = late(f, at);
-        eprintln!("{} fired {late:?} after its time", f.subject);
-        assert!(late < Duration::from_secs(2), "{f:?}");
+        let fired_after = f.stored.duration_since(at).unwrap();
+        eprintln!(
+            "{} fired {fired_after:?} after its time and reached the consumer {:?} after it",
+            f.subject,
+            late(f, at)
+        );
+        assert!(fired_after < Duration::from_secs(5), "{f:?}");
     }
 
     // A fired `@at` schedule is gone; each case's deadline fired once.
