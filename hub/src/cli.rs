@@ -248,7 +248,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Adapter(AdapterCommand::Keygen { out, force }) => ops::keygen(&out, force),
         Command::Adapter(AdapterCommand::Sign { module, key }) => ops::sign(&module, &key),
         Command::Adapters(c) => ops::adapters(c).await,
-        Command::Audit(c) => ops::audit(c),
+        Command::Audit(c) => ops::audit(c).await,
         Command::Auth(c) => ops::auth(c),
     }
 }
@@ -276,7 +276,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             "no principals: every route but the admin API is open to anyone who reaches {addr}"
         );
     }
-    hub.run_background()?;
+    hub.run_background().await?;
     // Answers go out at once, not held back waiting for an ACK (Nagle).
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {

@@ -871,7 +871,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     let hub = Hub::start(config).await?;
     hub.auth.check_exposure(&listener.local_addr()?)?;
-    hub.run_background()?;
+    hub.run_background().await?;
     let app = crate::ingress::router(hub.clone())?;
     // The departments report back with their own tokens.
     Http::new()

@@ -216,7 +216,7 @@ impl Hub {
             Some(m) => m.clone(),
             None => Arc::new(SystemClock),
         };
-        let cases = Arc::new(Tracker::load(config.cases.clone(), &*journal)?);
+        let cases = Arc::new(Tracker::load(config.cases.clone(), &*journal).await?);
         let grids = match &config.grids.map {
             Some(path) => {
                 let map =
@@ -286,8 +286,8 @@ impl Hub {
 
     /// Starts the background work: resumes every delivery the journal holds
     /// pending, starts the case tracker and the poll loops.
-    pub fn run_background(self: &Arc<Hub>) -> anyhow::Result<()> {
-        let pending = self.journal.pending()?;
+    pub async fn run_background(self: &Arc<Hub>) -> anyhow::Result<()> {
+        let pending = self.journal.pending().await?;
         if !pending.is_empty() {
             tracing::info!(
                 deliveries = pending.len(),

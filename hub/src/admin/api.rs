@@ -204,10 +204,11 @@ async fn audit(
         after: p.after.unwrap_or(0).max(0),
         limit,
     };
-    let journal = a.hub.journal.clone();
-    let log = tokio::task::spawn_blocking(move || journal.audit_query(&query))
+    let log = a
+        .hub
+        .journal
+        .audit_query(&query)
         .await
-        .map_err(|e| failed(e.into()))?
         .map_err(|e| failed(e.into()))?;
     let next = (log.len() == limit)
         .then(|| log.last().map(|r| r.seq))

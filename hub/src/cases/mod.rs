@@ -152,13 +152,17 @@ pub fn from_doc(doc: &[u8]) -> Option<Case> {
 
 impl Tracker {
     /// A tracker with the open cases and feed position stored in `journal`.
-    pub fn load(config: CasesConfig, journal: &dyn CaseStore) -> Result<Tracker, JournalError> {
+    pub async fn load(
+        config: CasesConfig,
+        journal: &dyn CaseStore,
+    ) -> Result<Tracker, JournalError> {
         let open = journal
             .cases(&crate::journal::CaseFilter {
                 status: Some(crate::journal::CaseStatus::Open),
                 limit: usize::MAX >> 1,
                 ..Default::default()
-            })?
+            })
+            .await?
             .iter()
             .filter_map(|d| from_doc(d))
             .map(|c| (c.id.clone(), c))
@@ -199,11 +203,11 @@ impl Tracker {
             let now = hub.clock().now_ms();
             if let Err(e) = self.feed(&hub).await {
                 tracing::warn!("case tracker could not read the journal: {e:#}");
-                self.reload(&*hub.store());
+                self.reload(&*hub.store()).await;
             }
             if let Err(e) = self.check(&hub, now).await {
                 tracing::warn!("case tracker could not escalate: {e:#}");
-                self.reload(&*hub.store());
+                self.reload(&*hub.store()).await;
             }
             drop(hub);
             let _ = tokio::time::timeout(interval, self.wake.notified()).await;
@@ -213,8 +217,8 @@ impl Tracker {
 
     /// After a failure half way, forget the in-memory state and read it
     /// back from the journal (the feed position was not advanced).
-    fn reload(&self, journal: &dyn CaseStore) {
-        if let Ok(fresh) = Tracker::load(self.config.clone(), journal) {
+    async fn reload(&self, journal: &dyn CaseStore) {
+        if let Ok(fresh) = Tracker::load(self.config.clone(), journal).await {
             *self.lock() = fresh.open.into_inner().unwrap_or_default();
             self.fed
                 .store(fresh.fed.load(Ordering::SeqCst), Ordering::SeqCst);
@@ -225,10 +229,7 @@ impl Tracker {
     pub async fn feed(&self, hub: &Arc<dyn Host>) -> anyhow::Result<()> {
         loop {
             let from = self.fed.load(Ordering::SeqCst);
-            let journal = hub.store();
-            let (batch, position) =
-                tokio::task::spawn_blocking(move || journal.case_events_after(from, FEED_BATCH))
-                    .await??;
+            let (batch, position) = hub.store().case_events_after(from, FEED_BATCH).await?;
             if batch.is_empty() {
                 // Only events without a case since: nothing to store; the
                 // position is kept in memory (after a restart those events
@@ -237,7 +238,8 @@ impl Tracker {
                 return Ok(());
             }
             let full = batch.len() == FEED_BATCH;
-            let (rows, effects) = self.apply_batch(&*hub.store(), batch);
+            let closed = self.closed_cases_of(&*hub.store(), &batch).await?;
+            let (rows, effects) = self.apply_batch(closed, batch);
             self.emit(hub, effects).await?;
             hub.store().store_cases(rows, Some(position)).await?;
             self.fed.store(position, Ordering::SeqCst);
@@ -248,9 +250,34 @@ impl Tracker {
         }
     }
 
-    fn apply_batch(
+    /// The stored cases that `batch` names and that are not open: closed
+    /// ones (an event after closing joins their timeline), read before
+    /// the batch is applied so that applying it never waits.
+    async fn closed_cases_of(
         &self,
         journal: &dyn CaseStore,
+        batch: &[FedEvent],
+    ) -> Result<HashMap<String, Case>, JournalError> {
+        let wanted: std::collections::BTreeSet<String> = {
+            let open = self.lock();
+            batch
+                .iter()
+                .filter_map(|fe| fe.event.caseid.clone())
+                .filter(|id| !open.contains_key(id))
+                .collect()
+        };
+        let mut closed = HashMap::new();
+        for id in wanted {
+            if let Some(case) = journal.case(&id).await?.and_then(|d| from_doc(&d)) {
+                closed.insert(id, case);
+            }
+        }
+        Ok(closed)
+    }
+
+    fn apply_batch(
+        &self,
+        mut closed: HashMap<String, Case>,
         batch: Vec<FedEvent>,
     ) -> (Vec<CaseRow>, Vec<govhub_sdk::Event>) {
         let mut changed: HashMap<String, Case> = HashMap::new();
@@ -276,13 +303,10 @@ impl Tracker {
                 continue;
             }
             // Not open: closed already (look it up), or new.
-            let stored = changed.get(&caseid).cloned().or_else(|| {
-                journal
-                    .case(&caseid)
-                    .ok()
-                    .flatten()
-                    .and_then(|d| from_doc(&d))
-            });
+            let stored = changed
+                .get(&caseid)
+                .cloned()
+                .or_else(|| closed.remove(&caseid));
             match stored {
                 Some(mut closed) => {
                     // The hub's own announcement of the close is no news.

@@ -314,12 +314,12 @@ pub fn sign(module: &Path, key: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs `govhub audit …`.
-pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
+pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify { config } => {
             let (journal, path) = open_journal(&config)?;
             let path = &path;
-            let log = journal.audit_log()?;
+            let log = journal.audit_log().await?;
             let head = journal.meta("audit_head")?;
             journal.close();
             match audit::verify_with_head(&log, head.as_deref()) {
@@ -336,12 +336,14 @@ pub fn audit(command: AuditCommand) -> anyhow::Result<()> {
             json,
         } => {
             let (journal, _) = open_journal(&config)?;
-            let records = journal.audit_query(&crate::journal::AuditQuery {
-                action: Some("flow".into()),
-                caseid: Some(caseid.clone()),
-                limit: usize::MAX >> 1,
-                ..Default::default()
-            })?;
+            let records = journal
+                .audit_query(&crate::journal::AuditQuery {
+                    action: Some("flow".into()),
+                    caseid: Some(caseid.clone()),
+                    limit: usize::MAX >> 1,
+                    ..Default::default()
+                })
+                .await?;
             journal.close();
             if records.is_empty() {
                 println!("no flows recorded for case {caseid}");

@@ -112,10 +112,8 @@ async fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 async fn snapshot(State(c): State<Arc<Cockpit>>) -> Result<Response, Problem> {
-    let hub = c.hub.clone();
-    let snap = tokio::task::spawn_blocking(move || super::snapshot::read(&hub))
+    let snap = super::snapshot::read(&c.hub)
         .await
-        .map_err(|e| failed(&e.to_string()))?
         .map_err(|e| failed(&e.to_string()))?;
     Ok(axum::Json(snap).into_response())
 }

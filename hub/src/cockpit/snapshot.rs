@@ -21,67 +21,75 @@ const CLOSED: usize = 30;
 /// Dead letters in a snapshot, newest first.
 const DEAD_LETTERS: usize = 50;
 
-/// The snapshot, read from the journal (blocking: call it off the async
-/// threads).
-pub fn read(hub: &Arc<Hub>) -> Result<Value, JournalError> {
+/// The snapshot: the journal read, then put together off the async
+/// threads (every case is parsed for the figures).
+pub async fn read(hub: &Arc<Hub>) -> Result<Value, JournalError> {
     let journal: &dyn Journal = &*hub.journal;
-    let span = journal.feed_span()?;
+    let span = journal.feed_span().await?;
     let cursor = span.head;
-    let events: Vec<Value> = journal
-        .feed_latest(FeedKind::Event, cursor, EVENTS)?
-        .into_iter()
-        .map(|i| {
-            // As viewers may see it.
-            let event = hub.governance.read_json(&i.data, Audience::Viewers);
-            json!({
-                "cursor": i.cursor,
-                "event": serde_json::from_str::<Value>(&event).unwrap_or(Value::Null),
-            })
+    let latest = journal.feed_latest(FeedKind::Event, cursor, EVENTS).await?;
+    let open = journal
+        .cases(&CaseFilter {
+            status: Some(CaseStatus::Open),
+            limit: usize::MAX >> 1,
+            ..Default::default()
         })
-        .collect();
-    let open = journal.cases(&CaseFilter {
-        status: Some(CaseStatus::Open),
-        limit: usize::MAX >> 1,
-        ..Default::default()
-    })?;
-    let closed = journal.cases(&CaseFilter {
-        status: Some(CaseStatus::Closed),
-        limit: CLOSED,
-        ..Default::default()
-    })?;
-    let everything: Vec<_> = journal
+        .await?;
+    let closed = journal
+        .cases(&CaseFilter {
+            status: Some(CaseStatus::Closed),
+            limit: CLOSED,
+            ..Default::default()
+        })
+        .await?;
+    let all = journal
         .cases(&CaseFilter {
             limit: usize::MAX >> 1,
             ..Default::default()
-        })?
-        .iter()
-        .filter_map(|d| from_doc(d))
-        .collect();
-    let cases: Vec<Value> = open
-        .iter()
-        .chain(&closed)
-        .filter_map(|d| from_doc(d))
-        .map(|c| summary(&c))
-        .collect();
-    let figures = stats::compute(&everything);
-    let dead_letters = journal.dead_letters(None, DEAD_LETTERS)?;
-    Ok(json!({
-        "cursor": cursor,
-        "now_ms": hub.clock.now_ms(),
-        "clock": if hub.manual_clock.is_some() { "manual" } else { "system" },
-        "time_zone": hub.config.cockpit.time_zone,
-        "title": hub.config.cockpit.title,
-        "street": hub.grid_map().map(|m| m.street().to_string()),
-        "events": events,
-        "cases": cases,
-        "adapters": adapters(hub),
-        "dead_letters": dead_letters,
-        "figures": {
-            "total": figures.total,
-            "by_grid": figures.by_grid,
-            "mediation": figures.mediation,
-        },
-    }))
+        })
+        .await?;
+    let dead_letters = journal.dead_letters(None, DEAD_LETTERS).await?;
+    let hub = hub.clone();
+    tokio::task::spawn_blocking(move || {
+        let events: Vec<Value> = latest
+            .into_iter()
+            .map(|i| {
+                // As viewers may see it.
+                let event = hub.governance.read_json(&i.data, Audience::Viewers);
+                json!({
+                    "cursor": i.cursor,
+                    "event": serde_json::from_str::<Value>(&event).unwrap_or(Value::Null),
+                })
+            })
+            .collect();
+        let everything: Vec<_> = all.iter().filter_map(|d| from_doc(d)).collect();
+        let cases: Vec<Value> = open
+            .iter()
+            .chain(&closed)
+            .filter_map(|d| from_doc(d))
+            .map(|c| summary(&c))
+            .collect();
+        let figures = stats::compute(&everything);
+        json!({
+            "cursor": cursor,
+            "now_ms": hub.clock.now_ms(),
+            "clock": if hub.manual_clock.is_some() { "manual" } else { "system" },
+            "time_zone": hub.config.cockpit.time_zone,
+            "title": hub.config.cockpit.title,
+            "street": hub.grid_map().map(|m| m.street().to_string()),
+            "events": events,
+            "cases": cases,
+            "adapters": adapters(&hub),
+            "dead_letters": dead_letters,
+            "figures": {
+                "total": figures.total,
+                "by_grid": figures.by_grid,
+                "mediation": figures.mediation,
+            },
+        })
+    })
+    .await
+    .map_err(|e| JournalError::Storage(format!("snapshot: {e}")))
 }
 
 /// Each adapter's health: the version serving, quarantine, its queue, how

@@ -300,16 +300,13 @@ async fn attempt(hub: Arc<dyn Host>, queue: Arc<TargetQueue>, job: Job) {
     let config = &hub.deliveries().config;
     let event = match &job.event {
         Some(e) => Some(e.clone()),
-        None => {
-            let journal = hub.events();
-            let seq = d.event_seq;
-            tokio::task::spawn_blocking(move || journal.event_by_seq(seq))
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .flatten()
-                .map(Arc::new)
-        }
+        None => hub
+            .events()
+            .event_by_seq(d.event_seq)
+            .await
+            .ok()
+            .flatten()
+            .map(Arc::new),
     };
     let update = match (event, hub.adapter(&d.target)) {
         (None, _) => DeliveryUpdate::Dead {

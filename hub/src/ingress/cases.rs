@@ -58,30 +58,28 @@ pub(super) async fn list(
         limit,
         offset: 0,
     };
-    let journal = app.hub.journal.clone();
-    let cases = tokio::task::spawn_blocking(move || {
-        // A department's cases are found among all of them, newest first,
-        // a page at a time until `limit` of its own are there.
-        let mut found = Vec::new();
-        loop {
-            let page = journal.cases(&filter)?;
-            let last = page.len() < filter.limit;
-            found.extend(page.iter().filter_map(|d| from_doc(d)).filter(|c| {
-                department
-                    .as_ref()
-                    .is_none_or(|who| scope::sees_case(who, c))
-            }));
-            if department.is_none() || last || found.len() >= limit {
-                break;
-            }
-            filter.offset += filter.limit;
+    // A department's cases are found among all of them, newest first, a
+    // page at a time until `limit` of its own are there.
+    let mut cases = Vec::new();
+    loop {
+        let page = app
+            .hub
+            .journal
+            .cases(&filter)
+            .await
+            .map_err(journal_problem)?;
+        let last = page.len() < filter.limit;
+        cases.extend(page.iter().filter_map(|d| from_doc(d)).filter(|c| {
+            department
+                .as_ref()
+                .is_none_or(|who| scope::sees_case(who, c))
+        }));
+        if department.is_none() || last || cases.len() >= limit {
+            break;
         }
-        found.truncate(limit);
-        Ok::<_, crate::journal::JournalError>(found)
-    })
-    .await
-    .map_err(journal_problem)?
-    .map_err(journal_problem)?;
+        filter.offset += filter.limit;
+    }
+    cases.truncate(limit);
     let cases: Vec<serde_json::Value> = cases
         .iter()
         .map(|c| {
@@ -101,12 +99,7 @@ pub(super) async fn one(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let journal = app.hub.journal.clone();
-    let key = id.clone();
-    let doc = tokio::task::spawn_blocking(move || journal.case(&key))
-        .await
-        .map_err(journal_problem)?
-        .map_err(journal_problem)?;
+    let doc = app.hub.journal.case(&id).await.map_err(journal_problem)?;
     let visible = doc.as_deref().and_then(from_doc).filter(|c| {
         caller
             .department()
@@ -123,18 +116,23 @@ pub(super) async fn one(
 }
 
 pub(super) async fn statistics(State(app): State<Arc<App>>) -> Result<Response, Problem> {
-    let journal = app.hub.journal.clone();
-    let docs = tokio::task::spawn_blocking(move || {
-        journal.cases(&CaseFilter {
+    let docs = app
+        .hub
+        .journal
+        .cases(&CaseFilter {
             limit: usize::MAX >> 1,
             ..Default::default()
         })
+        .await
+        .map_err(journal_problem)?;
+    // Every case parsed and counted: off the runtime's threads.
+    let stats = tokio::task::spawn_blocking(move || {
+        let cases: Vec<_> = docs.iter().filter_map(|d| from_doc(d)).collect();
+        stats::compute(&cases)
     })
     .await
-    .map_err(journal_problem)?
     .map_err(journal_problem)?;
-    let cases: Vec<_> = docs.iter().filter_map(|d| from_doc(d)).collect();
-    Ok(Json(stats::compute(&cases)).into_response())
+    Ok(Json(stats).into_response())
 }
 
 #[derive(Deserialize)]
@@ -200,21 +198,16 @@ pub(super) async fn flows(
         .principal()
         .filter(|p| p.role == crate::auth::Role::Department)
         .cloned();
-    let key = id.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        let case = journal.case(&key)?;
-        let records = journal.audit_query(&crate::journal::AuditQuery {
+    let case = journal.case(&id).await.map_err(journal_problem)?;
+    let records = journal
+        .audit_query(&crate::journal::AuditQuery {
             action: Some("flow".into()),
-            caseid: Some(key),
+            caseid: Some(id.clone()),
             limit: 10_000,
             ..Default::default()
-        })?;
-        Ok::<_, crate::journal::JournalError>((case, records))
-    })
-    .await
-    .map_err(journal_problem)?
-    .map_err(journal_problem)?;
-    let (case, records) = found;
+        })
+        .await
+        .map_err(journal_problem)?;
     let visible = case.as_deref().and_then(from_doc).filter(|c| {
         department
             .as_ref()

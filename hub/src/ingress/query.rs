@@ -22,11 +22,11 @@ pub(super) async fn get_event(
     Path(id): Path<String>,
     Query(q): Query<EventQuery>,
 ) -> Result<Response, Problem> {
-    let journal = app.hub.journal.clone();
-    let (id2, source) = (id.clone(), q.source.clone());
-    let mut found = tokio::task::spawn_blocking(move || journal.events(&id2, source.as_deref()))
+    let mut found = app
+        .hub
+        .journal
+        .events(&id, q.source.as_deref())
         .await
-        .map_err(journal_problem)?
         .map_err(journal_problem)?;
     if let Some(who) = caller.department() {
         found.retain(|e| scope::sees_event(who, e));
@@ -94,10 +94,11 @@ pub(super) async fn dead_letters(
         },
         (None, t) => t.map(|t| vec![t]),
     };
-    let journal = app.hub.journal.clone();
-    let rows = tokio::task::spawn_blocking(move || journal.dead_letters(targets.as_deref(), limit))
+    let rows = app
+        .hub
+        .journal
+        .dead_letters(targets.as_deref(), limit)
         .await
-        .map_err(journal_problem)?
         .map_err(journal_problem)?;
     Ok(Json(serde_json::json!({ "dead_letters": rows })).into_response())
 }
@@ -127,10 +128,11 @@ pub(super) async fn dead_letter(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let id = dead_letter_id(&id)?;
-    let journal = app.hub.journal.clone();
-    let found = tokio::task::spawn_blocking(move || journal.dead_letter(id))
+    let found = app
+        .hub
+        .journal
+        .dead_letter(id)
         .await
-        .map_err(journal_problem)?
         .map_err(journal_problem)?
         .filter(|d| {
             caller
@@ -149,10 +151,11 @@ pub(super) async fn replay(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let id = dead_letter_id(&id)?;
-    let journal = app.hub.journal.clone();
-    let Some(dead) = tokio::task::spawn_blocking(move || journal.dead_letter(id))
+    let Some(dead) = app
+        .hub
+        .journal
+        .dead_letter(id)
         .await
-        .map_err(journal_problem)?
         .map_err(journal_problem)?
     else {
         return Err(no_dead_letter(id));
@@ -211,11 +214,11 @@ pub(super) async fn reveal(
         )
         .with_field("purpose"));
     }
-    let journal = app.hub.journal.clone();
-    let (id2, source) = (id.clone(), q.source.clone());
-    let found = tokio::task::spawn_blocking(move || journal.events(&id2, source.as_deref()))
+    let found = app
+        .hub
+        .journal
+        .events(&id, q.source.as_deref())
         .await
-        .map_err(journal_problem)?
         .map_err(journal_problem)?;
     let one = match found.as_slice() {
         [one] => one,

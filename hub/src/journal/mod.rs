@@ -304,7 +304,7 @@ impl DeliveryUpdate {
 }
 
 /// A delivery's state, as `GET /v1/events/{id}` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct DeliveryStatus {
     /// The delivery's id.
     pub id: i64,
@@ -447,6 +447,13 @@ impl AuditRecord {
 }
 
 /// The durable store behind the hub: every concern's interface together.
+///
+/// Writes, and reads of the logs (events, deliveries, dead letters, cases,
+/// the audit chain, the feed), return a [`Pending`] future: on SQLite they
+/// run on a blocking thread, on NATS they are round trips. The small
+/// tables a part reads while it works and may not wait on (the hub's
+/// meta values, adapters' state and cursors, the registry) answer at once:
+/// SQLite reads them from its file, NATS from a watched copy of its bucket.
 /// A part is handed the one it uses; the hub holds the whole. Every
 /// backend implements each of them (see `README.md` in this folder).
 pub trait Journal:
@@ -465,10 +472,10 @@ pub trait EventLog: Send + Sync + 'static {
     fn append(&self, events: Vec<NewEvent>) -> Pending<Vec<Appended>>;
 
     /// The event with sequence number `seq`.
-    fn event_by_seq(&self, seq: i64) -> Result<Option<Event>, JournalError>;
+    fn event_by_seq(&self, seq: i64) -> Pending<Option<Event>>;
 
     /// Events with this id (and source, when given), with their deliveries.
-    fn events(&self, id: &str, source: Option<&str>) -> Result<Vec<StoredEvent>, JournalError>;
+    fn events(&self, id: &str, source: Option<&str>) -> Pending<Vec<StoredEvent>>;
 }
 
 /// Delivery work: what is pending, each attempt's outcome, dead letters and
@@ -482,18 +489,14 @@ pub trait DeliveryLog: Send + Sync + 'static {
     fn replay(&self, delivery_id: i64) -> Pending<Option<DeliveryRef>>;
 
     /// Every delivery without a final outcome, oldest first.
-    fn pending(&self) -> Result<Vec<DeliveryRef>, JournalError>;
+    fn pending(&self) -> Pending<Vec<DeliveryRef>>;
 
     /// Dead letters, newest first, at most `limit`; of these targets only,
     /// when given.
-    fn dead_letters(
-        &self,
-        targets: Option<&[String]>,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, JournalError>;
+    fn dead_letters(&self, targets: Option<&[String]>, limit: usize) -> Pending<Vec<DeadLetter>>;
 
     /// The dead letter with this id (a delivery that failed for good).
-    fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, JournalError>;
+    fn dead_letter(&self, id: i64) -> Pending<Option<DeadLetter>>;
 }
 
 /// Adapters' own state and poll cursors.
@@ -518,11 +521,7 @@ pub trait CaseStore: Send + Sync + 'static {
     /// Up to `limit` events of a case (with a `caseid`) after sequence
     /// number `seq`, oldest first, and the position read up to (past the
     /// events without a case in between).
-    fn case_events_after(
-        &self,
-        seq: i64,
-        limit: usize,
-    ) -> Result<(Vec<FedEvent>, i64), JournalError>;
+    fn case_events_after(&self, seq: i64, limit: usize) -> Pending<(Vec<FedEvent>, i64)>;
 
     /// Stores cases and, when given, how far the case tracker has read the
     /// journal, in one transaction.
@@ -532,10 +531,10 @@ pub trait CaseStore: Send + Sync + 'static {
     fn case_feed_position(&self) -> Result<i64, JournalError>;
 
     /// One case, JSON.
-    fn case(&self, id: &str) -> Result<Option<Vec<u8>>, JournalError>;
+    fn case(&self, id: &str) -> Pending<Option<Vec<u8>>>;
 
     /// Cases matching a filter, JSON, newest first.
-    fn cases(&self, filter: &CaseFilter) -> Result<Vec<Vec<u8>>, JournalError>;
+    fn cases(&self, filter: &CaseFilter) -> Pending<Vec<Vec<u8>>>;
 }
 
 /// The hub's own bookkeeping values (the manual clock, the policy's hash).
@@ -584,10 +583,10 @@ pub trait AuditLog: Send + Sync + 'static {
 
     /// Audit records after `after`, of one actor and action when given, in
     /// order, at most `limit`.
-    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, JournalError>;
+    fn audit_query(&self, query: &AuditQuery) -> Pending<Vec<AuditRecord>>;
 
     /// The whole audit chain, in order.
-    fn audit_log(&self) -> Result<Vec<AuditRecord>, JournalError>;
+    fn audit_log(&self) -> Pending<Vec<AuditRecord>>;
 }
 
 /// The change feed the live stream and the cockpit replay and follow.
@@ -599,18 +598,13 @@ pub trait Feed: Send + Sync + 'static {
     fn feed_subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<FeedItem>>;
 
     /// Up to `limit` feed items after `cursor`, oldest first.
-    fn feed_after(&self, cursor: i64, limit: usize) -> Result<Vec<FeedItem>, JournalError>;
+    fn feed_after(&self, cursor: i64, limit: usize) -> Pending<Vec<FeedItem>>;
 
     /// Up to `limit` items of `kind` at or before `cursor`, newest first.
-    fn feed_latest(
-        &self,
-        kind: FeedKind,
-        cursor: i64,
-        limit: usize,
-    ) -> Result<Vec<FeedItem>, JournalError>;
+    fn feed_latest(&self, kind: FeedKind, cursor: i64, limit: usize) -> Pending<Vec<FeedItem>>;
 
     /// What can be replayed.
-    fn feed_span(&self) -> Result<FeedSpan, JournalError>;
+    fn feed_span(&self) -> Pending<FeedSpan>;
 
     /// Adds an item of the hub's own (the manual clock moved); resolves to
     /// its cursor once committed.

@@ -451,10 +451,7 @@ impl Subscription {
     }
 
     async fn span(&self) -> Result<FeedSpan, JournalError> {
-        let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || journal.feed_span())
-            .await
-            .map_err(|e| JournalError::Storage(e.to_string()))?
+        self.journal.feed_span().await
     }
 
     /// Sends what the journal holds after `last`, page by page; a cursor
@@ -466,21 +463,18 @@ impl Subscription {
             if *self.stop.borrow() || self.tx.is_closed() {
                 return Err(Gone);
             }
-            let journal = self.journal.clone();
             let after = self.last;
-            let read = tokio::task::spawn_blocking(move || {
-                let span = journal.feed_span()?;
-                let page = journal.feed_after(after, PAGE)?;
+            let read = async {
+                let span = self.journal.feed_span().await?;
+                let page = self.journal.feed_after(after, PAGE).await?;
                 Ok::<_, JournalError>((span, page))
-            })
-            .await;
-            let (span, page) = match read {
-                Ok(Ok(read)) => read,
-                Ok(Err(e)) => {
+            };
+            let (span, page) = match read.await {
+                Ok(read) => read,
+                Err(e) => {
                     tracing::warn!("stream: cannot read the feed: {e}");
                     return Err(Gone);
                 }
-                Err(_) => return Err(Gone),
             };
             let pruned = page.first().is_some_and(|i| i.cursor != after + 1)
                 || (page.is_empty() && after.saturating_add(1) < span.first);

@@ -270,7 +270,7 @@ enum Command {
 /// The SQLite journal.
 pub struct SqliteJournal {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
-    reader: Mutex<Connection>,
+    reader: Arc<Mutex<Connection>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     stats: Arc<Stats>,
@@ -382,7 +382,7 @@ impl SqliteJournal {
             .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
         Ok(SqliteJournal {
             tx: Mutex::new(Some(tx)),
-            reader: Mutex::new(reader),
+            reader: Arc::new(Mutex::new(reader)),
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some((stop, checkpointer))),
             stats,
@@ -433,12 +433,32 @@ impl SqliteJournal {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
     ) -> Result<T, JournalError> {
-        let conn = self
-            .reader
-            .lock()
-            .map_err(|_| JournalError::Storage("reader poisoned".into()))?;
-        Ok(f(&conn)?)
+        read_on(&self.reader, f)
     }
+
+    /// A read that waits: run on a blocking thread, so a long page of
+    /// the audit chain or the feed never holds up the runtime.
+    fn read_later<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Pending<T> {
+        let reader = self.reader.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || read_on(&reader, f))
+                .await
+                .map_err(|e| JournalError::Storage(format!("reader: {e}")))?
+        })
+    }
+}
+
+fn read_on<T>(
+    reader: &Mutex<Connection>,
+    f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
+) -> Result<T, JournalError> {
+    let conn = reader
+        .lock()
+        .map_err(|_| JournalError::Storage("reader poisoned".into()))?;
+    Ok(f(&conn)?)
 }
 
 impl Drop for SqliteJournal {
@@ -1108,8 +1128,8 @@ impl EventLog for SqliteJournal {
         self.ask(|reply| Command::Append(events, reply))
     }
 
-    fn event_by_seq(&self, seq: i64) -> Result<Option<Event>, JournalError> {
-        self.read(|c| {
+    fn event_by_seq(&self, seq: i64) -> Pending<Option<Event>> {
+        self.read_later(move |c| {
             let body: Option<Vec<u8>> = c
                 .prepare_cached("SELECT cloudevent FROM events WHERE seq = ?1")?
                 .query_row(params![seq], |r| r.get(0))
@@ -1118,8 +1138,9 @@ impl EventLog for SqliteJournal {
         })
     }
 
-    fn events(&self, id: &str, source: Option<&str>) -> Result<Vec<StoredEvent>, JournalError> {
-        self.read(|c| {
+    fn events(&self, id: &str, source: Option<&str>) -> Pending<Vec<StoredEvent>> {
+        let (id, source) = (id.to_string(), source.map(str::to_string));
+        self.read_later(move |c| {
             let mut s = c.prepare(
                 "SELECT seq, cloudevent, origin, received_ms FROM events
                  WHERE id = ?1 AND (?2 IS NULL OR source = ?2) ORDER BY seq",
@@ -1175,8 +1196,8 @@ impl DeliveryLog for SqliteJournal {
         self.ask(|reply| Command::Replay(delivery_id, reply))
     }
 
-    fn pending(&self) -> Result<Vec<DeliveryRef>, JournalError> {
-        self.read(|c| {
+    fn pending(&self) -> Pending<Vec<DeliveryRef>> {
+        self.read_later(|c| {
             let mut s = c.prepare(
                 "SELECT id, event_seq, target, order_key, attempts, next_attempt_ms, priority
                  FROM deliveries WHERE status = 'pending' ORDER BY id",
@@ -1196,14 +1217,10 @@ impl DeliveryLog for SqliteJournal {
         })
     }
 
-    fn dead_letters(
-        &self,
-        targets: Option<&[String]>,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, JournalError> {
+    fn dead_letters(&self, targets: Option<&[String]>, limit: usize) -> Pending<Vec<DeadLetter>> {
         // `targets` as a JSON array: one statement whatever their number.
         let targets = targets.map(|t| serde_json::to_string(t).unwrap_or_default());
-        self.read(|c| {
+        self.read_later(move |c| {
             let mut s = c.prepare_cached(
                 "SELECT d.id, d.target, e.id, e.source, e.type, e.caseid, d.attempts,
                         d.last_error, d.updated_ms
@@ -1217,8 +1234,8 @@ impl DeliveryLog for SqliteJournal {
         })
     }
 
-    fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, JournalError> {
-        self.read(|c| {
+    fn dead_letter(&self, id: i64) -> Pending<Option<DeadLetter>> {
+        self.read_later(move |c| {
             c.query_row(
                 "SELECT d.id, d.target, e.id, e.source, e.type, e.caseid, d.attempts,
                         d.last_error, d.updated_ms
@@ -1259,12 +1276,8 @@ impl AdapterState for SqliteJournal {
 }
 
 impl CaseStore for SqliteJournal {
-    fn case_events_after(
-        &self,
-        seq: i64,
-        limit: usize,
-    ) -> Result<(Vec<FedEvent>, i64), JournalError> {
-        self.read(|c| {
+    fn case_events_after(&self, seq: i64, limit: usize) -> Pending<(Vec<FedEvent>, i64)> {
+        self.read_later(move |c| {
             // One read transaction: the events and the position are from
             // the same snapshot, so nothing between them is skipped.
             let tx = c.unchecked_transaction()?;
@@ -1320,8 +1333,9 @@ impl CaseStore for SqliteJournal {
             .unwrap_or(0))
     }
 
-    fn case(&self, id: &str) -> Result<Option<Vec<u8>>, JournalError> {
-        self.read(|c| {
+    fn case(&self, id: &str) -> Pending<Option<Vec<u8>>> {
+        let id = id.to_string();
+        self.read_later(move |c| {
             c.query_row("SELECT doc FROM cases WHERE id = ?1", params![id], |r| {
                 r.get(0)
             })
@@ -1329,14 +1343,15 @@ impl CaseStore for SqliteJournal {
         })
     }
 
-    fn cases(&self, f: &CaseFilter) -> Result<Vec<Vec<u8>>, JournalError> {
+    fn cases(&self, f: &CaseFilter) -> Pending<Vec<Vec<u8>>> {
+        let f = f.clone();
         let (open, closed, stage) = match f.status {
             Some(CaseStatus::Open) => (true, false, None),
             Some(CaseStatus::Closed) => (false, true, None),
             Some(CaseStatus::Stage(s)) => (false, false, Some(s)),
             None => (false, false, None),
         };
-        self.read(|c| {
+        self.read_later(move |c| {
             let mut s = c.prepare_cached(
                 "SELECT doc FROM cases
                  WHERE (?1 = 0 OR closed_ms IS NULL)
@@ -1447,8 +1462,9 @@ impl AuditLog for SqliteJournal {
         self.ask(|reply| Command::Audit(fields, false, reply))
     }
 
-    fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, JournalError> {
-        self.read(|c| {
+    fn audit_query(&self, q: &AuditQuery) -> Pending<Vec<AuditRecord>> {
+        let q = q.clone();
+        self.read_later(move |c| {
             let mut s = c.prepare_cached(
                 "SELECT seq, at_ms, actor, action, target, detail, prev_hash, hash
                                   FROM audit
@@ -1464,8 +1480,8 @@ impl AuditLog for SqliteJournal {
         })
     }
 
-    fn audit_log(&self) -> Result<Vec<AuditRecord>, JournalError> {
-        self.read(|c| {
+    fn audit_log(&self) -> Pending<Vec<AuditRecord>> {
+        self.read_later(|c| {
             let mut s = c.prepare(
                 "SELECT seq, at_ms, actor, action, target, detail, prev_hash, hash
                  FROM audit ORDER BY rowid",
@@ -1481,21 +1497,16 @@ impl Feed for SqliteJournal {
         self.feed.subscribe()
     }
 
-    fn feed_after(&self, cursor: i64, limit: usize) -> Result<Vec<FeedItem>, JournalError> {
-        self.read(|c| feed::after(c, cursor, limit))
+    fn feed_after(&self, cursor: i64, limit: usize) -> Pending<Vec<FeedItem>> {
+        self.read_later(move |c| feed::after(c, cursor, limit))
     }
 
-    fn feed_latest(
-        &self,
-        kind: FeedKind,
-        cursor: i64,
-        limit: usize,
-    ) -> Result<Vec<FeedItem>, JournalError> {
-        self.read(|c| feed::latest(c, kind, cursor, limit))
+    fn feed_latest(&self, kind: FeedKind, cursor: i64, limit: usize) -> Pending<Vec<FeedItem>> {
+        self.read_later(move |c| feed::latest(c, kind, cursor, limit))
     }
 
-    fn feed_span(&self) -> Result<FeedSpan, JournalError> {
-        self.read(feed::span)
+    fn feed_span(&self) -> Pending<FeedSpan> {
+        self.read_later(feed::span)
     }
 
     fn feed_note(&self, kind: FeedKind, keys: FeedKeys, data: String) -> Pending<i64> {
@@ -1552,9 +1563,9 @@ mod tests {
             format!("event:{}", first[2].seq)
         );
         assert_eq!(first[1].seq, first[0].seq);
-        let pending = j.pending().unwrap();
+        let pending = j.pending().await.unwrap();
         assert_eq!(pending.len(), 3);
-        let stored = j.events("a", None).unwrap();
+        let stored = j.events("a", None).await.unwrap();
         assert_eq!(stored[0].event.id, "a");
         assert_eq!(stored[0].deliveries.len(), 2);
     }
@@ -1576,7 +1587,7 @@ mod tests {
         }])
         .await
         .unwrap();
-        let p = j.pending().unwrap();
+        let p = j.pending().await.unwrap();
         assert_eq!((p[0].attempts, p[0].not_before_ms.is_some()), (1, true));
         j.record(vec![DeliveryUpdate::Dead {
             id,
@@ -1586,8 +1597,8 @@ mod tests {
         }])
         .await
         .unwrap();
-        assert!(j.pending().unwrap().is_empty());
-        let dead = j.dead_letters(None, 10).unwrap();
+        assert!(j.pending().await.unwrap().is_empty());
+        let dead = j.dead_letters(None, 10).await.unwrap();
         assert_eq!(dead[0].last_error.as_deref(), Some("rejected: no"));
         assert_eq!(dead[0].event_id, "a");
         let back = j.replay(id).await.unwrap().unwrap();
@@ -1601,7 +1612,7 @@ mod tests {
         }])
         .await
         .unwrap();
-        let d = &j.events("a", None).unwrap()[0].deliveries[0];
+        let d = &j.events("a", None).await.unwrap()[0].deliveries[0];
         assert_eq!(d.status, "delivered");
         assert_eq!(d.reference.as_deref(), Some("D-1"));
         assert!(d.delivered_at.is_some());
@@ -1630,7 +1641,7 @@ mod tests {
             commits < 200,
             "{commits} commits for 200 appends: no grouping"
         );
-        assert_eq!(j.events("e199", None).unwrap().len(), 1);
+        assert_eq!(j.events("e199", None).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -1668,7 +1679,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let items = j.feed_after(0, 100).unwrap();
+        let items = j.feed_after(0, 100).await.unwrap();
         let kinds: Vec<_> = items.iter().map(|i| i.kind).collect();
         assert_eq!(
             kinds,
@@ -1704,11 +1715,12 @@ mod tests {
         }
         assert_eq!(
             j.feed_latest(FeedKind::Event, items[4].cursor, 10)
+                .await
                 .unwrap()
                 .len(),
             1
         );
-        let span = j.feed_span().unwrap();
+        let span = j.feed_span().await.unwrap();
         assert_eq!((span.first, span.head), (items[0].cursor, items[4].cursor));
         // Past `retain` the oldest go; cursors keep growing.
         for i in 0..3 {
@@ -1717,14 +1729,14 @@ mod tests {
                 .collect();
             j.append(batch).await.unwrap();
         }
-        let span = j.feed_span().unwrap();
+        let span = j.feed_span().await.unwrap();
         assert_eq!(span.head, items[4].cursor + 3_000);
         assert!(span.first > items[4].cursor, "{span:?}");
         assert!(span.head - span.first < 2_500 + 1_000, "{span:?}");
         drop(j);
         let j = journal(dir.path());
         assert_eq!(
-            j.feed_span().unwrap().head,
+            j.feed_span().await.unwrap().head,
             span.head,
             "cursors survive a restart"
         );
@@ -1763,7 +1775,7 @@ mod tests {
             tx.commit().unwrap();
         }
         let j = journal(dir.path());
-        let pending = j.pending().unwrap();
+        let pending = j.pending().await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(
             pending[0].priority, 3,
@@ -1783,7 +1795,7 @@ mod tests {
             stored[1].deliveries[0].priority, 0,
             "no severity: the info lane"
         );
-        let pending = j.pending().unwrap();
+        let pending = j.pending().await.unwrap();
         assert_eq!(
             pending.iter().map(|d| d.priority).collect::<Vec<_>>(),
             [3, 2, 0]
@@ -1806,7 +1818,7 @@ mod tests {
         }
         {
             let j = journal(dir.path());
-            assert_eq!(j.pending().unwrap().len(), 1);
+            assert_eq!(j.pending().await.unwrap().len(), 1);
             assert_eq!(
                 j.cursor("police").unwrap().as_deref(),
                 Some("2025-08-01T00:00:00Z")
