@@ -11,6 +11,7 @@
 //! commit). `README.md` in this folder sets out the seam and the design
 //! of the NATS JetStream backend.
 
+pub mod nats;
 pub mod sqlite;
 
 use crate::router::Target;

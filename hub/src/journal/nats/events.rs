@@ -1,0 +1,455 @@
+//! The event log on JetStream: each accepted event and its work items as
+//! one atomic batch on the `GOVHUB` stream.
+//!
+//! A batch's messages get consecutive stream sequences (measured:
+//! `tests/nats_cluster.rs`), so the event's sequence is the first, and
+//! work item `k` (1-based) is the event's sequence plus `k`: that is the
+//! delivery's id, and the item carries `k` (`Govhub-Offset`) so that a
+//! consumer finds its event without a lookup.
+
+use super::{storage, Identity, Inner, NatsJournal};
+use crate::journal::{
+    Appended, DeliveryRef, DeliveryStatus, EventLog, JournalError, NewEvent, Pending, StoredEvent,
+};
+use crate::router::Target;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use govhub_sdk::Event;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const BATCH_ID: &str = "Nats-Batch-Id";
+const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
+const BATCH_COMMIT: &str = "Nats-Batch-Commit";
+const MSG_ID: &str = "Nats-Msg-Id";
+const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+
+/// Where the event came from (an adapter), when it was accepted (unix
+/// ms), where it goes (JSON `[{adapter, rule}]`), and on a work item its
+/// place in the batch, its order key and its lane.
+const ORIGIN: &str = "Govhub-Origin";
+const RECEIVED: &str = "Govhub-Received";
+const TARGETS: &str = "Govhub-Targets";
+const OFFSET: &str = "Govhub-Offset";
+const ORDER: &str = "Govhub-Order";
+const PRIORITY: &str = "Govhub-Priority";
+
+/// The server's answers that mean "this identity is stored already":
+/// its `Nats-Msg-Id` inside the duplicate window (10201), or the identity
+/// check over every partition (10071, naming where the original is).
+const ERR_WRONG_LAST_SEQUENCE: u64 = 10071;
+const ERR_ATOMIC_PUBLISH_DUPLICATE: u64 = 10201;
+/// Another node is storing the same identity right now (10158, 10164):
+/// asked again in a moment, it is a duplicate, or ours if theirs failed.
+const ERR_DUPLICATE_IN_PROCESS: u64 = 10158;
+const ERR_WRONG_LAST_SEQUENCE_CONSTANT: u64 = 10164;
+/// How often a race with another node is asked again, and how long apart.
+const RACE_TRIES: u32 = 40;
+const RACE_PAUSE: Duration = Duration::from_millis(25);
+
+static BATCHES: AtomicU64 = AtomicU64::new(0);
+
+/// One message of a batch.
+struct Part {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
+/// What the server answered a batch's commit.
+enum Answer {
+    /// Nobody listens on the subject: the stream has no leader right now
+    /// (an election after a node died, or a stream just made). Nothing
+    /// was stored, and asking again in a moment is safe.
+    NoLeader,
+    /// Stored: the last message's sequence and how many there were.
+    Stored { last: u64, count: u64 },
+    /// Refused with a JetStream error.
+    Refused { code: u64, description: String },
+}
+
+impl Inner {
+    /// The batch that accepts `e`: the event, then a work item per target.
+    fn acceptance(&self, e: &NewEvent) -> (Identity, u32, Vec<Part>, Vec<DeliveryRef>) {
+        let ev = &e.event;
+        let identity = Identity::of(&ev.source, &ev.id);
+        let order_key = ev.caseid.clone().unwrap_or_else(|| identity.both.clone());
+        let p = super::partition(&order_key, self.config.partitions);
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID, identity.both.as_str());
+        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+        headers.insert(
+            EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+            self.subjects.identity(&identity).as_str(),
+        );
+        if let Some(origin) = &e.origin {
+            headers.insert(ORIGIN, origin.as_str());
+        }
+        headers.insert(RECEIVED, e.received_ms.to_string().as_str());
+        headers.insert(TARGETS, targets_json(&e.targets).as_str());
+        let mut parts = vec![Part {
+            subject: self.subjects.event(p, &identity),
+            headers,
+            payload: Bytes::from(e.encoded.clone()),
+        }];
+        let priority = ev.severity.map(|s| s.rank()).unwrap_or(0);
+        let mut refs = Vec::new();
+        for (k, target) in e.targets.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert(OFFSET, (k + 1).to_string().as_str());
+            headers.insert(ORDER, order_key.as_str());
+            headers.insert(PRIORITY, priority.to_string().as_str());
+            parts.push(Part {
+                subject: self.subjects.work(&target.adapter, p),
+                headers,
+                payload: Bytes::new(),
+            });
+            refs.push(DeliveryRef {
+                id: 0,
+                event_seq: 0,
+                target: target.adapter.clone(),
+                order_key: order_key.clone(),
+                attempts: 0,
+                not_before_ms: None,
+                priority,
+            });
+        }
+        (identity, p, parts, refs)
+    }
+
+    /// Publishes `parts` as one atomic batch; the answer to its commit.
+    async fn publish_batch(&self, parts: &[Part]) -> Result<Answer, JournalError> {
+        let batch = format!(
+            "{}-{}",
+            uuid::Uuid::new_v4().simple(),
+            BATCHES.fetch_add(1, Ordering::Relaxed)
+        );
+        let n = parts.len();
+        for (i, part) in parts.iter().enumerate() {
+            let mut headers = part.headers.clone();
+            headers.insert(BATCH_ID, batch.as_str());
+            headers.insert(BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            let last = i + 1 == n;
+            if last {
+                headers.insert(BATCH_COMMIT, "1");
+            }
+            // The first message is asked (the server refuses a batch it
+            // cannot take there), the last is the commit; the ones in
+            // between are sent.
+            if i == 0 || last {
+                let reply = match self
+                    .client
+                    .request_with_headers(part.subject.clone(), headers, part.payload.clone())
+                    .await
+                {
+                    Ok(reply) => reply,
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        return Ok(Answer::NoLeader)
+                    }
+                    Err(e) => return Err(storage(&format!("publishing to {}", part.subject), e)),
+                };
+                let answer = parse_answer(&reply.payload)?;
+                match answer {
+                    None if !last => continue,
+                    None => return Err(storage("commit", "the server answered nothing")),
+                    Some(a) => return Ok(a),
+                }
+            } else {
+                self.client
+                    .publish_with_headers(part.subject.clone(), headers, part.payload.clone())
+                    .await
+                    .map_err(|e| storage(&format!("publishing to {}", part.subject), e))?;
+            }
+        }
+        Err(storage("commit", "an empty batch"))
+    }
+
+    /// Stores one event with its work items, or finds it stored already.
+    async fn append_one(&self, e: NewEvent) -> Result<Appended, JournalError> {
+        let (identity, _p, parts, mut refs) = self.acceptance(&e);
+        let leaderless_until = std::time::Instant::now() + self.config.request_timeout;
+        let mut attempt = 0;
+        while attempt < RACE_TRIES {
+            match self.publish_batch(&parts).await? {
+                Answer::NoLeader if std::time::Instant::now() < leaderless_until => {
+                    tokio::time::sleep(RACE_PAUSE).await;
+                }
+                Answer::NoLeader => {
+                    return Err(storage(
+                        &format!("stream {}", self.config.stream_name()),
+                        format!(
+                            "no leader answered for {:?}; nothing was stored",
+                            self.config.request_timeout
+                        ),
+                    ))
+                }
+                Answer::Stored { last, count } => {
+                    if count != parts.len() as u64 {
+                        return Err(storage(
+                            "commit",
+                            format!("stored {count} of a batch of {}", parts.len()),
+                        ));
+                    }
+                    let seq = (last + 1 - count) as i64;
+                    for (k, r) in refs.iter_mut().enumerate() {
+                        r.id = seq + k as i64 + 1;
+                        r.event_seq = seq;
+                    }
+                    return Ok(Appended {
+                        seq,
+                        duplicate: false,
+                        deliveries: refs,
+                    });
+                }
+                Answer::Refused { code, description } => match code {
+                    ERR_WRONG_LAST_SEQUENCE => {
+                        let seq = match original_from(&description) {
+                            Some(seq) => seq,
+                            None => self.stored_seq(&identity).await?,
+                        };
+                        return Ok(duplicate(seq));
+                    }
+                    ERR_ATOMIC_PUBLISH_DUPLICATE => {
+                        return Ok(duplicate(self.stored_seq(&identity).await?));
+                    }
+                    ERR_DUPLICATE_IN_PROCESS | ERR_WRONG_LAST_SEQUENCE_CONSTANT => {
+                        attempt += 1;
+                        tokio::time::sleep(RACE_PAUSE * attempt.min(8)).await;
+                    }
+                    _ => {
+                        return Err(storage(
+                            &format!("stream {}", self.config.stream_name()),
+                            format!("{description} (error {code})"),
+                        ))
+                    }
+                },
+            }
+        }
+        Err(storage(
+            "append",
+            "another node kept storing the same event; try again",
+        ))
+    }
+
+    /// The sequence of the stored event with this identity.
+    async fn stored_seq(&self, identity: &Identity) -> Result<i64, JournalError> {
+        let m = self
+            .stream
+            .get_last_raw_message_by_subject(&self.subjects.identity(identity))
+            .await
+            .map_err(|e| storage("looking up a duplicate", e))?;
+        Ok(m.sequence as i64)
+    }
+
+    /// The stored event messages with this id (of one source, when given).
+    async fn event_messages(
+        &self,
+        id: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<async_nats::jetstream::message::StreamMessage>, JournalError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subjects: Vec<String> = match source {
+            Some(source) => vec![self.subjects.identity(&Identity::of(source, id))],
+            None => {
+                let mut found = self
+                    .stream
+                    .info_with_subjects(self.subjects.with_id(&super::id_hash(id)))
+                    .await
+                    .map_err(|e| storage("listing subjects", e))?;
+                let mut subjects = Vec::new();
+                use futures_util::StreamExt;
+                while let Some(s) = found.next().await {
+                    let (subject, _) = s.map_err(|e| storage("listing subjects", e))?;
+                    subjects.push(subject);
+                }
+                subjects
+            }
+        };
+        let mut messages = Vec::new();
+        for subject in subjects {
+            match self.stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => messages.push(m),
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(storage("reading an event", e)),
+            }
+        }
+        messages.sort_by_key(|m| m.sequence);
+        Ok(messages)
+    }
+
+    /// The deliveries of a stored event, with their state as the delivery
+    /// log recorded it (pending until it records otherwise).
+    async fn delivery_statuses(
+        &self,
+        seq: i64,
+        received_ms: i64,
+        targets: &[Target],
+    ) -> Result<Vec<DeliveryStatus>, JournalError> {
+        let mut statuses = Vec::with_capacity(targets.len());
+        for (k, t) in targets.iter().enumerate() {
+            let id = seq + k as i64 + 1;
+            let recorded = self
+                .deliveries
+                .get(id.to_string())
+                .await
+                .map_err(|e| storage("reading a delivery", e))?;
+            let status = match recorded {
+                Some(bytes) => serde_json::from_slice::<DeliveryStatus>(&bytes)
+                    .map_err(|e| storage(&format!("delivery {id}"), e))?,
+                None => DeliveryStatus {
+                    id,
+                    target: t.adapter.clone(),
+                    rule: t.rule.clone(),
+                    status: "pending".into(),
+                    attempts: 0,
+                    last_error: None,
+                    reference: None,
+                    created_at: crate::journal::rfc3339_ms(received_ms),
+                    updated_at: crate::journal::rfc3339_ms(received_ms),
+                    delivered_at: None,
+                    next_attempt_at: None,
+                },
+            };
+            statuses.push(status);
+        }
+        Ok(statuses)
+    }
+}
+
+fn duplicate(seq: i64) -> Appended {
+    Appended {
+        seq,
+        duplicate: true,
+        deliveries: Vec::new(),
+    }
+}
+
+fn targets_json(targets: &[Target]) -> String {
+    serde_json::Value::Array(
+        targets
+            .iter()
+            .map(|t| serde_json::json!({ "adapter": t.adapter, "rule": t.rule }))
+            .collect(),
+    )
+    .to_string()
+}
+
+fn targets_of(headers: &HeaderMap) -> Vec<Target> {
+    let Some(json) = headers.get(TARGETS) else {
+        return Vec::new();
+    };
+    let list: Vec<serde_json::Value> = serde_json::from_str(json.as_str()).unwrap_or_default();
+    list.iter()
+        .filter_map(|t| {
+            Some(Target {
+                adapter: t["adapter"].as_str()?.to_string(),
+                rule: t["rule"].as_str()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `wrong last sequence: 42` → 42.
+fn original_from(description: &str) -> Option<i64> {
+    description
+        .rsplit(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|&n: &i64| n > 0)
+}
+
+/// A publish's answer: nothing (a staged batch message), a pub ack, or a
+/// JetStream error.
+fn parse_answer(payload: &[u8]) -> Result<Option<Answer>, JournalError> {
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| storage("the server's answer", e))?;
+    if let Some(error) = v.get("error") {
+        return Ok(Some(Answer::Refused {
+            code: error["err_code"].as_u64().unwrap_or(0),
+            description: error["description"].as_str().unwrap_or("").to_string(),
+        }));
+    }
+    let last = v["seq"]
+        .as_u64()
+        .ok_or_else(|| storage("the server's answer", format!("no sequence in {v}")))?;
+    Ok(Some(Answer::Stored {
+        last,
+        count: v["count"].as_u64().unwrap_or(1),
+    }))
+}
+
+fn decode(body: &[u8]) -> Result<Event, JournalError> {
+    govhub_sdk::cloudevents::from_slice(body).map_err(|e| storage("a stored event", e))
+}
+
+impl EventLog for NatsJournal {
+    fn append(&self, events: Vec<NewEvent>) -> Pending<Vec<Appended>> {
+        // Each event is its own batch, all in flight at once: a duplicate
+        // refuses only itself.
+        let this = self.handle();
+        Box::pin(async move {
+            let all = events.into_iter().map(|e| {
+                let this = this.clone();
+                async move { this.append_one(e).await }
+            });
+            futures_util::future::join_all(all)
+                .await
+                .into_iter()
+                .collect()
+        })
+    }
+
+    fn event_by_seq(&self, seq: i64) -> Pending<Option<Event>> {
+        let this = self.handle();
+        Box::pin(async move {
+            use async_nats::jetstream::stream::RawMessageErrorKind;
+            let Ok(at) = u64::try_from(seq) else {
+                return Ok(None);
+            };
+            match this.stream.get_raw_message(at).await {
+                Ok(m)
+                    if m.subject
+                        .starts_with(&format!("{}.ev.", this.subjects.root)) =>
+                {
+                    decode(&m.payload).map(Some)
+                }
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(storage("reading an event", e)),
+            }
+        })
+    }
+
+    fn events(&self, id: &str, source: Option<&str>) -> Pending<Vec<StoredEvent>> {
+        let this = self.handle();
+        let (id, source) = (id.to_string(), source.map(str::to_string));
+        Box::pin(async move {
+            let mut stored = Vec::new();
+            for m in this.event_messages(&id, source.as_deref()).await? {
+                let event = decode(&m.payload)?;
+                if event.id != id {
+                    continue; // the first 64 bits of another id's hash
+                }
+                let received_ms = m
+                    .headers
+                    .get(RECEIVED)
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(0);
+                let seq = m.sequence as i64;
+                let targets = targets_of(&m.headers);
+                stored.push(StoredEvent {
+                    seq,
+                    deliveries: this.delivery_statuses(seq, received_ms, &targets).await?,
+                    origin: m.headers.get(ORIGIN).map(|v| v.as_str().to_string()),
+                    received_at: crate::journal::rfc3339_ms(received_ms),
+                    event,
+                });
+            }
+            Ok(stored)
+        })
+    }
+}

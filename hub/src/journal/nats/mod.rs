@@ -1,0 +1,313 @@
+//! The NATS JetStream backend: several hub nodes over one JetStream
+//! cluster. `README.md` in the folder above sets out the design and the
+//! measurements it stands on.
+//!
+//! It is built in steps, each with its test on a real three-node cluster
+//! (`tests/nats_journal.rs`), and `storage.backend = "nats"` is refused
+//! until every concern has one. Here so far: the connection (the server's
+//! version checked, the `GOVHUB` stream made or brought up to date, the
+//! partition count pinned in the meta bucket) and the [`EventLog`]: an
+//! accepted event and its work items as one atomic batch, duplicates found
+//! across nodes and partitions, events read back by sequence and identity.
+
+mod events;
+
+use super::JournalError;
+use async_nats::jetstream::{self, kv, stream};
+use std::time::Duration;
+
+/// The oldest nats-server the backend runs on: 2.12 brought atomic batch
+/// publish and message schedules, and Jepsen's analysis of 2.12.1 lost
+/// acknowledged writes that 2.12.3 keeps.
+pub const MINIMUM_SERVER: [u64; 3] = [2, 12, 3];
+
+/// Where and how the backend keeps its streams and buckets.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// The servers, comma-separated (`nats://127.0.0.1:4222,...`).
+    pub url: String,
+    /// Partitions of the case space: fixed for a deployment's life.
+    pub partitions: u32,
+    /// Replicas of every stream and bucket: 3 in a cluster, 1 on one
+    /// server.
+    pub replicas: usize,
+    /// How long events and work items are kept (`storage.retain_days`).
+    pub retain: Duration,
+    /// How long the server remembers a `Nats-Msg-Id` (a repeat later than
+    /// this is still found by the identity check while the original is
+    /// kept).
+    pub duplicate_window: Duration,
+    /// The name the streams and buckets start with, and the subjects'
+    /// first token: one cluster can hold several deployments.
+    pub prefix: String,
+    /// How long one request to the server may take.
+    pub request_timeout: Duration,
+}
+
+impl NatsConfig {
+    /// Defaults for `url`: 16 partitions, R3, 30 days, a 2-minute
+    /// duplicate window, prefix `govhub`.
+    pub fn at(url: &str) -> NatsConfig {
+        NatsConfig {
+            url: url.to_string(),
+            partitions: 16,
+            replicas: 3,
+            retain: Duration::from_secs(30 * 86_400),
+            duplicate_window: Duration::from_secs(120),
+            prefix: "govhub".into(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The main stream's name: `GOVHUB` for the default prefix.
+    pub fn stream_name(&self) -> String {
+        self.prefix.to_ascii_uppercase().replace(['.', '-'], "_")
+    }
+
+    fn bucket(&self, what: &str) -> String {
+        format!("{}-{what}", self.prefix.replace('.', "-"))
+    }
+}
+
+/// The subjects of one deployment.
+#[derive(Debug, Clone)]
+pub(crate) struct Subjects {
+    root: String,
+}
+
+impl Subjects {
+    /// `<root>.ev.<p>.<idhash>`: an accepted event. `idhash` is
+    /// `<hash of id>.<hash of (source, id)>`, so an id can be found
+    /// without its source.
+    fn event(&self, p: u32, id: &Identity) -> String {
+        format!("{}.ev.{p}.{}.{}", self.root, id.id, id.both)
+    }
+
+    /// Every partition's subject for one identity: what the identity
+    /// check and the lookup by (source, id) use.
+    fn identity(&self, id: &Identity) -> String {
+        format!("{}.ev.*.*.{}", self.root, id.both)
+    }
+
+    /// Every source's events with one id.
+    fn with_id(&self, id_hash: &str) -> String {
+        format!("{}.ev.*.{id_hash}.*", self.root)
+    }
+
+    /// `<root>.wk.<target>.<p>`: the work of delivering to `target`.
+    fn work(&self, target: &str, p: u32) -> String {
+        format!("{}.wk.{target}.{p}", self.root)
+    }
+
+    fn all(&self) -> Vec<String> {
+        ["ev", "wk", "sched", "due"]
+            .iter()
+            .map(|kind| format!("{}.{kind}.>", self.root))
+            .collect()
+    }
+}
+
+/// An event's identity, hashed for subjects and message ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    /// sha256 of the id, 16 hex digits.
+    id: String,
+    /// sha256 of (source, id), in hex: the event's `Nats-Msg-Id`.
+    both: String,
+}
+
+impl Identity {
+    pub(crate) fn of(source: &str, id: &str) -> Identity {
+        Identity {
+            id: id_hash(id),
+            both: hex::encode(sha(&format!("{source}\n{id}"))),
+        }
+    }
+}
+
+fn sha(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+fn id_hash(id: &str) -> String {
+    hex::encode(&sha(id)[..8])
+}
+
+/// The partition of an order key (a case id, or an event's own identity):
+/// FNV-1a, 32 bits, modulo `partitions`.
+pub fn partition(key: &str, partitions: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % partitions.max(1)
+}
+
+/// `2.15.1` (or `v2.15.1`, `2.15.1-beta.2`) → [2, 15, 1].
+pub fn version(text: &str) -> [u64; 3] {
+    let mut parts = text.trim_start_matches('v').split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u64>()
+            .unwrap_or(0)
+    });
+    [0; 3].map(|_| parts.next().unwrap_or(0))
+}
+
+/// The journal on a NATS JetStream cluster. Cheap to clone: every clone
+/// shares one connection.
+#[derive(Clone)]
+pub struct NatsJournal {
+    inner: std::sync::Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    config: NatsConfig,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    subjects: Subjects,
+    /// Delivery outcomes by delivery id (written by the delivery log).
+    deliveries: kv::Store,
+}
+
+fn storage(what: &str, e: impl std::fmt::Display) -> JournalError {
+    JournalError::Storage(format!("nats: {what}: {e}"))
+}
+
+impl NatsJournal {
+    /// Connects, checks the server, and makes (or updates) the streams and
+    /// buckets. Refuses a server older than [`MINIMUM_SERVER`] and a
+    /// partition count other than the one the deployment was made with.
+    pub async fn connect(config: &NatsConfig) -> Result<NatsJournal, JournalError> {
+        if config.partitions == 0 {
+            return Err(storage("storage.nats_partitions", "must be at least 1"));
+        }
+        let servers: Vec<async_nats::ServerAddr> = config
+            .url
+            .split(',')
+            .map(|u| u.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| storage(&format!("storage.nats_url `{}`", config.url), e))?;
+        let client = async_nats::ConnectOptions::new()
+            .name("govhub")
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(config.request_timeout))
+            .max_reconnects(None)
+            .connect(servers)
+            .await
+            .map_err(|e| storage(&format!("connecting to {}", config.url), e))?;
+        let info = client.server_info();
+        if version(&info.version) < MINIMUM_SERVER {
+            return Err(storage(
+                &format!("storage.nats_url {}", config.url),
+                format!(
+                    "nats-server {} is older than {}.{}.{}, which the journal needs (atomic batches, message schedules, and acknowledged writes kept through a crash)",
+                    info.version, MINIMUM_SERVER[0], MINIMUM_SERVER[1], MINIMUM_SERVER[2]
+                ),
+            ));
+        }
+        let js = jetstream::new(client.clone());
+        let subjects = Subjects {
+            root: config.prefix.clone(),
+        };
+        let stream = js
+            .create_or_update_stream(stream::Config {
+                name: config.stream_name(),
+                subjects: subjects.all(),
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                max_age: config.retain,
+                duplicate_window: config.duplicate_window,
+                allow_atomic_publish: true,
+                allow_message_schedules: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| storage(&format!("stream {}", config.stream_name()), e))?;
+        let stream = js
+            .get_stream(stream.config.name)
+            .await
+            .map_err(|e| storage("stream", e))?;
+        let bucket = |what: &str, history: i64| kv::Config {
+            bucket: config.bucket(what),
+            history,
+            num_replicas: config.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let meta = create_bucket(&js, bucket("meta", 1)).await?;
+        let deliveries = create_bucket(&js, bucket("deliveries", 1)).await?;
+        pin_partitions(&meta, config.partitions).await?;
+        Ok(NatsJournal {
+            inner: std::sync::Arc::new(Inner {
+                config: config.clone(),
+                client,
+                js,
+                stream,
+                subjects,
+                deliveries,
+            }),
+        })
+    }
+
+    /// What a future that outlives the call holds on to.
+    fn handle(&self) -> std::sync::Arc<Inner> {
+        self.inner.clone()
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &NatsConfig {
+        &self.inner.config
+    }
+
+    /// The server version it is connected to.
+    pub fn server_version(&self) -> String {
+        self.inner.client.server_info().version
+    }
+
+    /// The JetStream context (for the parts still to come, and tests).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+}
+
+async fn create_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, JournalError> {
+    let name = config.bucket.clone();
+    js.create_or_update_key_value(config)
+        .await
+        .map_err(|e| storage(&format!("bucket {name}"), e))
+}
+
+/// The partition count is the deployment's: the first node to start
+/// records it, and every later start must agree.
+async fn pin_partitions(meta: &kv::Store, partitions: u32) -> Result<(), JournalError> {
+    let wanted = partitions.to_string();
+    match meta.create("partitions", wanted.clone().into()).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(storage("meta bucket", e)),
+    }
+    let stored = meta
+        .get("partitions")
+        .await
+        .map_err(|e| storage("meta bucket", e))?
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    match stored {
+        Some(p) if p == wanted => Ok(()),
+        Some(p) => Err(storage(
+            "storage.nats_partitions",
+            format!(
+                "is {partitions}, but this deployment was made with {p} partitions; the count is fixed for its life (set it back to {p})"
+            ),
+        )),
+        None => Err(storage("meta bucket", "the partition count vanished")),
+    }
+}

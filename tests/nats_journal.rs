@@ -1,0 +1,431 @@
+//! The journal's NATS JetStream backend (hub/src/journal/nats/), part by
+//! part, on a real three-node cluster (tests/support/nats.rs). Each test
+//! has its own prefix, so its streams and buckets are its own.
+//!
+//! So far, the event log:
+//! - connecting checks the server and pins the partition count;
+//! - an event and its work items are stored together, with consecutive
+//!   sequences: the deliveries' ids, read back by sequence and identity;
+//! - the same (source, id) sent through two nodes at once, and again
+//!   after the duplicate window, is stored once;
+//! - a kill -9 of the stream leader in the middle of a run loses no
+//!   acknowledged event, and the killed node catches up.
+
+#[path = "support/nats.rs"]
+mod nats;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use govhub::journal::nats::{NatsConfig, NatsJournal};
+use govhub::journal::{EventLog, NewEvent};
+use govhub::router::Target;
+use govhub_sdk::{cloudevents, Event, Severity};
+use nats::NatsCluster;
+
+fn config(cluster: &NatsCluster, prefix: &str) -> NatsConfig {
+    NatsConfig {
+        prefix: prefix.into(),
+        partitions: 8,
+        ..NatsConfig::at(&cluster.urls())
+    }
+}
+
+/// An event as the ingress hands it to the journal.
+fn new_event(source: &str, id: &str, case: Option<&str>, targets: &[&str]) -> NewEvent {
+    let mut e = Event::new("gov.incident.reported")
+        .with_id(id)
+        .with_source(source)
+        .with_severity(Severity::Major)
+        .with_json(&serde_json::json!({ "summary": format!("event {id}") }));
+    e.caseid = case.map(str::to_string);
+    NewEvent {
+        encoded: cloudevents::to_vec(&e),
+        event: Arc::new(e),
+        origin: Some("police".into()),
+        targets: targets
+            .iter()
+            .map(|t| Target {
+                adapter: t.to_string(),
+                rule: format!("route:{t}"),
+            })
+            .collect(),
+        received_ms: 1_754_028_295_000,
+    }
+}
+
+/// How many messages the stream holds per subject.
+async fn subject_counts(journal: &NatsJournal) -> BTreeMap<String, u64> {
+    let name = journal.config().stream_name();
+    let stream = journal.jetstream().get_stream(&name).await.unwrap();
+    let mut subjects = stream.info_with_subjects(">").await.unwrap();
+    let mut counts = BTreeMap::new();
+    use futures_util::StreamExt;
+    while let Some(s) = subjects.next().await {
+        let (subject, n) = s.unwrap();
+        counts.insert(subject, n as u64);
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_checks_the_server_and_pins_the_partition_count() {
+    let cluster = NatsCluster::shared();
+    let journal = NatsJournal::connect(&config(cluster, "pin"))
+        .await
+        .expect("connecting");
+    assert!(
+        govhub::journal::nats::version(&journal.server_version())
+            >= govhub::journal::nats::MINIMUM_SERVER
+    );
+    let info = journal
+        .jetstream()
+        .get_stream("PIN")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.config.num_replicas, 3);
+    assert!(info.config.allow_atomic_publish && info.config.allow_message_schedules);
+    assert_eq!(
+        info.config.subjects,
+        ["pin.ev.>", "pin.wk.>", "pin.sched.>", "pin.due.>"]
+    );
+
+    // A second node with the same count joins; one with another is refused,
+    // naming the key and the count to set back.
+    NatsJournal::connect(&config(cluster, "pin"))
+        .await
+        .expect("a second node with the same partitions");
+    let refused = NatsJournal::connect(&NatsConfig {
+        partitions: 4,
+        ..config(cluster, "pin")
+    })
+    .await
+    .err()
+    .expect("another partition count is refused")
+    .to_string();
+    assert!(
+        refused.contains("storage.nats_partitions") && refused.contains("set it back to 8"),
+        "{refused}"
+    );
+
+    // A URL that is no NATS URL is named.
+    let bad = NatsJournal::connect(&NatsConfig::at("nats://127.0.0.1:notaport"))
+        .await
+        .err()
+        .expect("a bad url is refused")
+        .to_string();
+    assert!(bad.contains("storage.nats_url"), "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_and_its_work_items_are_stored_together_and_read_back() {
+    let cluster = NatsCluster::shared();
+    let journal = NatsJournal::connect(&config(cluster, "store"))
+        .await
+        .unwrap();
+    let appended = journal
+        .append(vec![
+            new_event(
+                "urn:govhub:police",
+                "e-1",
+                Some("case-7"),
+                &["police", "fire"],
+            ),
+            new_event("urn:govhub:traffic", "e-2", None, &[]),
+            new_event("urn:govhub:traffic", "e-1", Some("case-8"), &["city"]),
+        ])
+        .await
+        .expect("appending");
+    assert_eq!(appended.len(), 3);
+    assert!(appended.iter().all(|a| !a.duplicate));
+    // The deliveries' ids follow their event's sequence.
+    for a in &appended {
+        for (k, d) in a.deliveries.iter().enumerate() {
+            assert_eq!((d.id, d.event_seq), (a.seq + k as i64 + 1, a.seq), "{a:?}");
+            assert_eq!(d.attempts, 0);
+            assert_eq!(d.priority, Severity::Major.rank());
+        }
+    }
+    let first = &appended[0];
+    assert_eq!(
+        first
+            .deliveries
+            .iter()
+            .map(|d| (d.target.as_str(), d.order_key.as_str()))
+            .collect::<Vec<_>>(),
+        [("police", "case-7"), ("fire", "case-7")]
+    );
+    assert!(appended[1].deliveries.is_empty());
+
+    // Read back by sequence: the event; a work item's sequence is none.
+    let e = journal.event_by_seq(first.seq).await.unwrap().unwrap();
+    assert_eq!(
+        (e.id.as_str(), e.caseid.as_deref()),
+        ("e-1", Some("case-7"))
+    );
+    assert!(journal
+        .event_by_seq(first.deliveries[0].id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(journal.event_by_seq(1 << 40).await.unwrap().is_none());
+
+    // By identity, with its deliveries (pending: nothing recorded yet).
+    let stored = journal
+        .events("e-1", Some("urn:govhub:police"))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    let s = &stored[0];
+    assert_eq!(s.seq, first.seq);
+    assert_eq!(s.origin.as_deref(), Some("police"));
+    assert_eq!(s.received_at, "2025-08-01T06:04:55Z");
+    assert_eq!(
+        s.deliveries
+            .iter()
+            .map(|d| (d.id, d.target.as_str(), d.rule.as_str(), d.status.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (first.seq + 1, "police", "route:police", "pending"),
+            (first.seq + 2, "fire", "route:fire", "pending")
+        ]
+    );
+    // By id alone: both sources' e-1, in order.
+    let both = journal.events("e-1", None).await.unwrap();
+    assert_eq!(
+        both.iter()
+            .map(|s| (s.seq, s.event.source.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (appended[0].seq, "urn:govhub:police"),
+            (appended[2].seq, "urn:govhub:traffic")
+        ]
+    );
+    assert!(journal.events("e-404", None).await.unwrap().is_empty());
+    assert!(journal
+        .events("e-1", Some("urn:govhub:fire"))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // On the wire: the event on its case's partition, a work item per
+    // target on the same partition, nothing else.
+    let counts = subject_counts(&journal).await;
+    assert_eq!(counts.values().sum::<u64>(), 6, "{counts:?}");
+    let p = govhub::journal::nats::partition("case-7", 8);
+    assert_eq!(
+        counts.get(&format!("store.wk.police.{p}")),
+        Some(&1),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get(&format!("store.wk.fire.{p}")),
+        Some(&1),
+        "{counts:?}"
+    );
+    assert!(
+        counts
+            .keys()
+            .filter(|s| s.starts_with(&format!("store.ev.{p}.")))
+            .count()
+            >= 1,
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_through_two_nodes_is_stored_once_even_after_the_duplicate_window() {
+    let cluster = NatsCluster::shared();
+    let through = |i: usize| NatsConfig {
+        duplicate_window: Duration::from_secs(1),
+        ..NatsConfig {
+            url: cluster.url(i),
+            ..config(cluster, "dup")
+        }
+    };
+    let a = NatsJournal::connect(&through(0)).await.unwrap();
+    let b = NatsJournal::connect(&through(1)).await.unwrap();
+
+    // 50 events, each sent through both nodes at once.
+    let mut stored = BTreeMap::new();
+    for i in 0..50 {
+        let id = format!("race-{i}");
+        let e = || {
+            new_event(
+                "urn:govhub:police",
+                &id,
+                Some(&format!("case-{i}")),
+                &["police"],
+            )
+        };
+        let (ra, rb) = tokio::join!(a.append(vec![e()]), b.append(vec![e()]));
+        let (ra, rb) = (ra.unwrap().remove(0), rb.unwrap().remove(0));
+        assert_eq!(ra.seq, rb.seq, "{id}: both name the one stored");
+        assert!(
+            ra.duplicate != rb.duplicate,
+            "{id}: exactly one stored it: {ra:?} {rb:?}"
+        );
+        let winner = if ra.duplicate { &rb } else { &ra };
+        assert_eq!(winner.deliveries.len(), 1);
+        stored.insert(id, ra.seq);
+    }
+
+    // Past the window the message id is forgotten; the identity check over
+    // every partition still finds it, even for another case.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = b
+        .append(vec![new_event(
+            "urn:govhub:police",
+            "race-7",
+            Some("case-moved"),
+            &["police"],
+        )])
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(again.seq, stored["race-7"]);
+    assert!(again.deliveries.is_empty());
+
+    let counts = subject_counts(&a).await;
+    let events = counts.keys().filter(|s| s.starts_with("dup.ev.")).count();
+    let work: u64 = counts
+        .iter()
+        .filter(|(s, _)| s.starts_with("dup.wk."))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!((events, work), (50, 50), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_of_the_stream_leader_loses_no_acknowledged_event() {
+    // Its own cluster: this test kills a node.
+    let mut cluster = NatsCluster::start(3);
+    let journal = NatsJournal::connect(&NatsConfig {
+        request_timeout: Duration::from_secs(2),
+        ..config(&cluster, "kill")
+    })
+    .await
+    .unwrap();
+    const EVENTS: usize = 400;
+    const BATCH: usize = 10;
+    let mut acked: BTreeMap<String, i64> = BTreeMap::new();
+    let mut refused = 0;
+    let mut killed = None;
+    let started = Instant::now();
+    let mut next = 0;
+    while next < EVENTS {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "stuck at {next}"
+        );
+        if next == EVENTS / 2 && killed.is_none() {
+            let mut stream = journal.jetstream().get_stream("KILL").await.unwrap();
+            let leader = stream
+                .info()
+                .await
+                .unwrap()
+                .cluster
+                .clone()
+                .unwrap()
+                .leader
+                .unwrap();
+            let victim = cluster.index_of(&leader);
+            cluster.kill(victim);
+            killed = Some(victim);
+        }
+        let ids: Vec<String> = (next..(next + BATCH).min(EVENTS))
+            .map(|i| format!("k-{i}"))
+            .collect();
+        let batch = ids
+            .iter()
+            .enumerate()
+            .map(|(j, id)| {
+                new_event(
+                    "urn:govhub:fire",
+                    id,
+                    Some(&format!("case-{}", j % 3)),
+                    &["fire", "police"],
+                )
+            })
+            .collect();
+        match journal.append(batch).await {
+            Ok(appended) => {
+                for (id, a) in ids.iter().zip(appended) {
+                    acked.insert(id.clone(), a.seq);
+                }
+                next += BATCH;
+            }
+            // Refused while the cluster elects a new leader: a client
+            // sends the same events again (the duplicates are found).
+            Err(e) => {
+                refused += 1;
+                eprintln!("append refused ({e}); sending again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    eprintln!(
+        "{EVENTS} events acknowledged in {:?}, {refused} appends refused around the kill",
+        started.elapsed()
+    );
+    assert_eq!(acked.len(), EVENTS);
+
+    // Every acknowledged event is there once, where its ack said.
+    for (id, seq) in &acked {
+        let stored = journal.events(id, Some("urn:govhub:fire")).await.unwrap();
+        assert_eq!(stored.len(), 1, "{id}");
+        assert_eq!(stored[0].seq, *seq, "{id}");
+        assert_eq!(stored[0].deliveries.len(), 2, "{id}");
+    }
+    let counts = subject_counts(&journal).await;
+    assert_eq!(
+        counts.keys().filter(|s| s.starts_with("kill.ev.")).count(),
+        EVENTS
+    );
+
+    // Another node leads the stream now; the killed one comes back and
+    // holds the same.
+    let victim = killed.unwrap();
+    let mut stream = journal.jetstream().get_stream("KILL").await.unwrap();
+    let info = stream.info().await.unwrap().clone();
+    let leader = info.cluster.and_then(|c| c.leader).unwrap_or_default();
+    assert_ne!(
+        leader,
+        cluster.server_name(victim),
+        "the killed node still leads"
+    );
+    cluster.restart(victim);
+    let state = info.state;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let jsz = cluster
+            .monitor(victim, "/jsz?streams=true")
+            .unwrap_or_default();
+        let local = jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+            .find(|s| s["name"] == "KILL")
+            .map(|s| {
+                (
+                    s["state"]["messages"].as_u64(),
+                    s["state"]["last_seq"].as_u64(),
+                )
+            });
+        if local == Some((Some(state.messages), Some(state.last_sequence))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node holds {local:?}, not {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
