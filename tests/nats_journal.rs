@@ -10,6 +10,10 @@
 //!   after the duplicate window, is stored once;
 //! - a kill -9 of the stream leader in the middle of a run loses no
 //!   acknowledged event, and the killed node catches up.
+//!
+//! And the small tables (meta values, adapters' cursors and state): read
+//! at once from a copy every node keeps, filled before the start returns
+//! and following what the other nodes write.
 
 #[path = "support/nats.rs"]
 mod nats;
@@ -19,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use govhub::journal::nats::{NatsConfig, NatsJournal};
-use govhub::journal::{EventLog, NewEvent};
+use govhub::journal::{AdapterState, EventLog, Meta, NewEvent};
 use govhub::router::Target;
 use govhub_sdk::{cloudevents, Event, Severity};
 use nats::NatsCluster;
@@ -428,4 +432,87 @@ async fn a_kill_9_of_the_stream_leader_loses_no_acknowledged_event() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Polls `check` every 20 ms for up to 10 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_cursors_and_adapter_state_are_read_at_once_and_shared_by_every_node() {
+    let cluster = NatsCluster::shared();
+    let through = |i: usize| NatsConfig {
+        url: cluster.url(i),
+        ..config(cluster, "tables")
+    };
+    let a = NatsJournal::connect(&through(0)).await.unwrap();
+    let b = NatsJournal::connect(&through(1)).await.unwrap();
+    assert_eq!(a.meta("clock_ms").unwrap(), None);
+
+    // Meta: the writer reads it back at once, the other node soon.
+    a.set_meta("clock_ms", "1754028295000").await.unwrap();
+    assert_eq!(
+        a.meta("clock_ms").unwrap().as_deref(),
+        Some("1754028295000")
+    );
+    eventually("b sees the clock", || {
+        b.meta("clock_ms").unwrap().as_deref() == Some("1754028295000")
+    })
+    .await;
+    b.set_meta("clock_ms", "1754031895000").await.unwrap();
+    eventually("a sees b's clock", || {
+        a.meta("clock_ms").unwrap().as_deref() == Some("1754031895000")
+    })
+    .await;
+    // A key that is no bucket key is kept all the same.
+    a.set_meta("policy of 盈丰", "v2").await.unwrap();
+    assert_eq!(a.meta("policy of 盈丰").unwrap().as_deref(), Some("v2"));
+
+    // Cursors.
+    a.set_cursor("four-platforms", "2025-08-01T06:04:55Z#17")
+        .await
+        .unwrap();
+    eventually("b sees the cursor", || {
+        b.cursor("four-platforms").unwrap().as_deref() == Some("2025-08-01T06:04:55Z#17")
+    })
+    .await;
+
+    // State: written without waiting, read back at once, in order.
+    a.set_state("police", "token", Some(b"t-1"));
+    a.set_state("police", "token", Some(b"t-2"));
+    a.set_state("police", "last seen/网格", Some(b"\x00\xff"));
+    a.set_state("fire", "token", Some(b"f-1"));
+    let police = |j: &NatsJournal| j.state("police").unwrap();
+    let expected = vec![
+        ("last seen/网格".to_string(), b"\x00\xff".to_vec()),
+        ("token".to_string(), b"t-2".to_vec()),
+    ];
+    assert_eq!(police(&a), expected);
+    a.flush().await.unwrap();
+    eventually("b sees police's state", || police(&b) == expected).await;
+    assert_eq!(
+        b.state("fire").unwrap(),
+        [("token".to_string(), b"f-1".to_vec())]
+    );
+    b.set_state("police", "token", None);
+    assert_eq!(police(&b).len(), 1);
+    b.flush().await.unwrap();
+    eventually("a sees the key removed", || police(&a).len() == 1).await;
+
+    // A node that starts later has it all before its start returns.
+    let c = NatsJournal::connect(&through(2)).await.unwrap();
+    assert_eq!(
+        c.meta("clock_ms").unwrap().as_deref(),
+        Some("1754031895000")
+    );
+    assert_eq!(
+        c.cursor("four-platforms").unwrap().as_deref(),
+        Some("2025-08-01T06:04:55Z#17")
+    );
+    assert_eq!(police(&c), expected[..1]);
 }

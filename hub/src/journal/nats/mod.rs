@@ -6,11 +6,18 @@
 //! (`tests/nats_journal.rs`), and `storage.backend = "nats"` is refused
 //! until every concern has one. Here so far: the connection (the server's
 //! version checked, the `GOVHUB` stream made or brought up to date, the
-//! partition count pinned in the meta bucket) and the [`EventLog`]: an
+//! partition count pinned in the meta bucket), the [`EventLog`]: an
 //! accepted event and its work items as one atomic batch, duplicates found
-//! across nodes and partitions, events read back by sequence and identity.
+//! across nodes and partitions, events read back by sequence and identity;
+//! and [`Meta`] and [`AdapterState`] on KV buckets, read from a watched
+//! copy in memory (`tables.rs`).
+//!
+//! [`EventLog`]: super::EventLog
+//! [`Meta`]: super::Meta
+//! [`AdapterState`]: super::AdapterState
 
 mod events;
+mod tables;
 
 use super::JournalError;
 use async_nats::jetstream::{self, kv, stream};
@@ -172,6 +179,15 @@ pub(crate) struct Inner {
     subjects: Subjects,
     /// Delivery outcomes by delivery id (written by the delivery log).
     deliveries: kv::Store,
+    /// The hub's meta values, adapters' cursors and state, with their
+    /// watched copies.
+    meta: self::tables::Mirror,
+    cursors: self::tables::Mirror,
+    state: self::tables::Mirror,
+    /// Writes nobody waits on, in order.
+    deferred: tokio::sync::mpsc::UnboundedSender<self::tables::Deferred>,
+    /// Dropped with the journal: the watches stop.
+    _stop: tokio::sync::watch::Sender<()>,
 }
 
 fn storage(what: &str, e: impl std::fmt::Display) -> JournalError {
@@ -243,6 +259,17 @@ impl NatsJournal {
         let meta = create_bucket(&js, bucket("meta", 1)).await?;
         let deliveries = create_bucket(&js, bucket("deliveries", 1)).await?;
         pin_partitions(&meta, config.partitions).await?;
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let meta = self::tables::Mirror::start(meta, stopped.clone()).await?;
+        let cursors = self::tables::Mirror::start(
+            create_bucket(&js, bucket("cursors", 1)).await?,
+            stopped.clone(),
+        )
+        .await?;
+        let state =
+            self::tables::Mirror::start(create_bucket(&js, bucket("state", 1)).await?, stopped)
+                .await?;
+        let deferred = self::tables::start_writer(state.clone());
         Ok(NatsJournal {
             inner: std::sync::Arc::new(Inner {
                 config: config.clone(),
@@ -251,6 +278,11 @@ impl NatsJournal {
                 stream,
                 subjects,
                 deliveries,
+                meta,
+                cursors,
+                state,
+                deferred,
+                _stop: stop,
             }),
         })
     }
