@@ -11,6 +11,9 @@
 //! - a kill -9 of the stream leader in the middle of a run loses no
 //!   acknowledged event, and the killed node catches up.
 //!
+//! The audit chain: one chain however many nodes append, queried by actor,
+//! action and case, on a stream nobody may purge.
+//!
 //! And the small tables (meta values, adapters' cursors and state): read
 //! at once from a copy every node keeps, filled before the start returns
 //! and following what the other nodes write.
@@ -23,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use govhub::journal::nats::{NatsConfig, NatsJournal};
-use govhub::journal::{AdapterState, EventLog, Meta, NewEvent};
+use govhub::journal::{AdapterState, AuditLog, AuditQuery, EventLog, Meta, NewEvent};
 use govhub::router::Target;
 use govhub_sdk::{cloudevents, Event, Severity};
 use nats::NatsCluster;
@@ -515,4 +518,126 @@ async fn meta_cursors_and_adapter_state_are_read_at_once_and_shared_by_every_nod
         Some("2025-08-01T06:04:55Z#17")
     );
     assert_eq!(police(&c), expected[..1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_audit_chain_however_many_nodes_append_and_nobody_may_purge_it() {
+    let cluster = NatsCluster::shared();
+    let through = |i: usize| NatsConfig {
+        url: cluster.url(i),
+        ..config(cluster, "audit")
+    };
+    let a = Arc::new(NatsJournal::connect(&through(0)).await.unwrap());
+    let b = Arc::new(NatsJournal::connect(&through(1)).await.unwrap());
+
+    // Two nodes append at once: operators' acts, adapter changes and one
+    // flow record per delivery of two cases.
+    const EACH: usize = 60;
+    let run = |j: Arc<NatsJournal>, who: &'static str| async move {
+        for i in 0..EACH {
+            match i % 3 {
+                0 => j.audit_action(who, "replay", &format!("dead-letter/{i}"), "{}").await,
+                1 => j.audit(who, "load", "police", r#"{"sha256":"ab12"}"#).await,
+                _ => {
+                    let case = if i % 2 == 0 { "YF-2025-0801-001" } else { "YF-2025-0801-002" };
+                    let detail = serde_json::json!({ "caseid": case, "fields": { "/reporter/phone": "mask" } });
+                    j.audit_action("hub", "flow", "village", &detail.to_string()).await
+                }
+            }
+            .unwrap();
+        }
+    };
+    tokio::join!(
+        run(a.clone(), "duty-officer"),
+        run(b.clone(), "command-room")
+    );
+
+    // One chain, intact, read through either node.
+    let log = b.audit_log().await.unwrap();
+    assert_eq!(log.len(), 2 * EACH);
+    assert_eq!(
+        govhub::admin::audit::verify(&log),
+        Ok(2 * EACH),
+        "the chain does not verify"
+    );
+    assert_eq!(log, a.audit_log().await.unwrap());
+    assert!(log.iter().enumerate().all(|(i, r)| r.seq == i as i64 + 1));
+    // The nodes did take turns: each link after the other node's was made
+    // after losing a race on a head it held (its cached head was stale).
+    let officers: Vec<&str> = log
+        .iter()
+        .filter(|r| r.actor != "hub")
+        .map(|r| r.actor.as_str())
+        .collect();
+    let turns = officers.windows(2).filter(|w| w[0] != w[1]).count();
+    eprintln!(
+        "{turns} turns between the two nodes in {} records",
+        log.len()
+    );
+    assert!(turns >= 2, "the nodes never raced: {officers:?}");
+
+    // Queries: by actor, by action, by case, and in pages.
+    let q = |actor: Option<&str>, action: Option<&str>, case: Option<&str>| AuditQuery {
+        actor: actor.map(str::to_string),
+        action: action.map(str::to_string),
+        caseid: case.map(str::to_string),
+        after: 0,
+        limit: 1000,
+    };
+    let by_officer = a
+        .audit_query(&q(Some("duty-officer"), None, None))
+        .await
+        .unwrap();
+    assert_eq!(by_officer.len(), 2 * EACH / 3);
+    assert!(by_officer.iter().all(|r| r.actor == "duty-officer"));
+    let loads = a.audit_query(&q(None, Some("load"), None)).await.unwrap();
+    assert_eq!(loads.len(), 2 * EACH / 3);
+    let case1 = a
+        .audit_query(&q(None, None, Some("YF-2025-0801-001")))
+        .await
+        .unwrap();
+    let expected: Vec<_> = log
+        .iter()
+        .filter(|r| r.action == "flow" && r.detail.contains("YF-2025-0801-001"))
+        .cloned()
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(case1, expected);
+    assert!(a
+        .audit_query(&q(None, Some("load"), Some("YF-2025-0801-001")))
+        .await
+        .unwrap()
+        .is_empty());
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = a
+            .audit_query(&AuditQuery {
+                after,
+                limit: 7,
+                ..q(None, None, None)
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        paged.extend(page);
+    }
+    assert_eq!(paged, log);
+
+    // Adapter changes are on the change feed too.
+    let mut feed = a.jetstream().get_stream("AUDIT_FEED").await.unwrap();
+    assert_eq!(
+        feed.info().await.unwrap().state.messages,
+        loads.len() as u64
+    );
+
+    // Nobody may purge the chain or delete from it.
+    let mut chain = a.jetstream().get_stream("AUDIT_AUDIT").await.unwrap();
+    assert!(chain.purge().await.is_err(), "the chain was purged");
+    assert!(
+        chain.delete_message(3).await.is_err(),
+        "a record was deleted"
+    );
+    assert_eq!(chain.info().await.unwrap().state.messages, 2 * EACH as u64);
 }

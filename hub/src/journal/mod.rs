@@ -389,7 +389,7 @@ pub struct VersionRecord {
 }
 
 /// An audit record: who did what to which adapter, chained by hash.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct AuditRecord {
     /// Its position in the chain.
     pub seq: i64,

@@ -9,13 +9,16 @@
 //! partition count pinned in the meta bucket), the [`EventLog`]: an
 //! accepted event and its work items as one atomic batch, duplicates found
 //! across nodes and partitions, events read back by sequence and identity;
-//! and [`Meta`] and [`AdapterState`] on KV buckets, read from a watched
-//! copy in memory (`tables.rs`).
+//! [`Meta`] and [`AdapterState`] on KV buckets, read from a watched copy
+//! in memory (`tables.rs`); and the [`AuditLog`], one hash chain however
+//! many nodes append (`audit.rs`).
 //!
 //! [`EventLog`]: super::EventLog
 //! [`Meta`]: super::Meta
 //! [`AdapterState`]: super::AdapterState
+//! [`AuditLog`]: super::AuditLog
 
+mod audit;
 mod events;
 mod tables;
 
@@ -49,6 +52,8 @@ pub struct NatsConfig {
     pub prefix: String,
     /// How long one request to the server may take.
     pub request_timeout: Duration,
+    /// How many change-feed items are kept (`stream.retain`).
+    pub feed_retain: i64,
 }
 
 impl NatsConfig {
@@ -63,6 +68,7 @@ impl NatsConfig {
             duplicate_window: Duration::from_secs(120),
             prefix: "govhub".into(),
             request_timeout: Duration::from_secs(5),
+            feed_retain: 100_000,
         }
     }
 
@@ -179,6 +185,9 @@ pub(crate) struct Inner {
     subjects: Subjects,
     /// Delivery outcomes by delivery id (written by the delivery log).
     deliveries: kv::Store,
+    /// The audit chain, and the head this node last linked to.
+    audit: stream::Stream,
+    audit_head: tokio::sync::Mutex<Option<(i64, String)>>,
     /// The hub's meta values, adapters' cursors and state, with their
     /// watched copies.
     meta: self::tables::Mirror,
@@ -249,6 +258,17 @@ impl NatsJournal {
             .get_stream(stream.config.name)
             .await
             .map_err(|e| storage("stream", e))?;
+        let audit = js
+            .create_or_update_stream(audit::stream_config(config, &subjects.root))
+            .await
+            .map_err(|e| storage("the audit stream", e))?;
+        let audit = js
+            .get_stream(audit.config.name)
+            .await
+            .map_err(|e| storage("the audit stream", e))?;
+        js.create_or_update_stream(audit::feed_config(config, &subjects.root))
+            .await
+            .map_err(|e| storage("the feed stream", e))?;
         let bucket = |what: &str, history: i64| kv::Config {
             bucket: config.bucket(what),
             history,
@@ -278,6 +298,8 @@ impl NatsJournal {
                 stream,
                 subjects,
                 deliveries,
+                audit,
+                audit_head: tokio::sync::Mutex::new(None),
                 meta,
                 cursors,
                 state,

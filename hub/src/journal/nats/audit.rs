@@ -1,0 +1,323 @@
+//! The audit hash chain on its own stream, which nobody may purge or
+//! delete from (`deny_delete`, `deny_purge`, no limits).
+//!
+//! Each record's sequence is its stream sequence. A node appends record
+//! `n + 1` with `Nats-Expected-Last-Sequence: n`, so the chain has one
+//! order whatever the number of nodes: a node that lost a race re-reads
+//! the head and links to the record that won. Records are on subjects
+//! `<root>.audit.<action>.<actor hash>.<case hash>`, so a query by action,
+//! actor or case is a subject filter the server applies.
+
+use super::{storage, Inner, NatsJournal};
+use crate::journal::{now_ms, AuditLog, AuditQuery, AuditRecord, FeedKind, JournalError, Pending};
+use async_nats::jetstream::{consumer, context::PublishErrorKind, stream};
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+use std::time::Duration;
+
+const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
+/// How often a node that keeps losing the race for the next link tries.
+const LINK_TRIES: usize = 100;
+/// The most records one read pulls at a time.
+const PAGE: usize = 512;
+
+/// A token for a subject: 16 hex digits of sha256, `_` for none.
+fn token(value: Option<&str>) -> String {
+    value.map_or_else(|| "_".to_string(), super::id_hash)
+}
+
+/// An action as a subject token: the actions are the hub's own words.
+fn action_token(action: &str) -> String {
+    if !action.is_empty()
+        && action
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        action.to_string()
+    } else {
+        format!("h{}", super::id_hash(action))
+    }
+}
+
+/// The case a flow record is about.
+fn caseid_of(action: &str, detail: &str) -> Option<String> {
+    if action != "flow" {
+        return None;
+    }
+    let d: serde_json::Value = serde_json::from_str(detail).ok()?;
+    d["caseid"].as_str().map(str::to_string)
+}
+
+impl Inner {
+    fn audit_subject(&self, action: &str, actor: Option<&str>, caseid: Option<&str>) -> String {
+        format!(
+            "{}.audit.{}.{}.{}",
+            self.subjects.root,
+            action_token(action),
+            token(actor),
+            token(caseid)
+        )
+    }
+
+    /// The newest record's sequence and hash (0 and 64 zeros before the
+    /// first).
+    async fn audit_head(&self) -> Result<(i64, String), JournalError> {
+        let mut stream = self.audit.clone();
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| storage("audit stream", e))?
+            .state
+            .last_sequence;
+        if last == 0 {
+            return Ok((0, "0".repeat(64)));
+        }
+        let m = stream
+            .get_raw_message(last)
+            .await
+            .map_err(|e| storage("the audit chain's head", e))?;
+        let record: AuditRecord = serde_json::from_slice(&m.payload)
+            .map_err(|e| storage(&format!("audit record {last}"), e))?;
+        Ok((last as i64, record.hash))
+    }
+
+    /// Appends one record, linked to the one before it.
+    async fn append_audit(
+        &self,
+        [actor, action, target, detail]: [String; 4],
+        adapter_change: bool,
+    ) -> Result<AuditRecord, JournalError> {
+        let caseid = caseid_of(&action, &detail);
+        let subject = self.audit_subject(&action, Some(&actor), caseid.as_deref());
+        // One append at a time from this node; other nodes are ordered by
+        // the expected-sequence check.
+        let mut head = self.audit_head.lock().await;
+        for _ in 0..LINK_TRIES {
+            let (last, prev_hash) = match head.clone() {
+                Some(h) => h,
+                None => self.audit_head().await?,
+            };
+            let mut record = AuditRecord {
+                seq: last + 1,
+                at_ms: now_ms(),
+                actor: actor.clone(),
+                action: action.clone(),
+                target: target.clone(),
+                detail: detail.clone(),
+                prev_hash,
+                hash: String::new(),
+            };
+            record.hash = record.expected_hash();
+            let mut headers = HeaderMap::new();
+            headers.insert(EXPECTED_LAST_SEQUENCE, last.to_string().as_str());
+            let body = serde_json::to_vec(&record).map_err(|e| storage("audit record", e))?;
+            let sent = self
+                .js
+                .publish_with_headers(subject.clone(), headers, body.into())
+                .await
+                .map_err(|e| storage("audit chain", e))?
+                .await;
+            match sent {
+                Ok(ack) if ack.sequence as i64 == record.seq => {
+                    *head = Some((record.seq, record.hash.clone()));
+                    drop(head);
+                    if adapter_change {
+                        self.feed_adapter_change(&record).await?;
+                    }
+                    return Ok(record);
+                }
+                Ok(ack) => {
+                    return Err(storage(
+                        "audit chain",
+                        format!("record {} stored at {}", record.seq, ack.sequence),
+                    ))
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    // Another node linked first: read the head again.
+                    *head = None;
+                }
+                Err(e) => {
+                    *head = None;
+                    return Err(storage("audit chain", e));
+                }
+            }
+        }
+        Err(storage(
+            "audit chain",
+            "other nodes kept appending first; try again",
+        ))
+    }
+
+    /// A change of an adapter is on the change feed too (the cockpit shows
+    /// it), as on SQLite.
+    async fn feed_adapter_change(&self, record: &AuditRecord) -> Result<(), JournalError> {
+        let detail: serde_json::Value = serde_json::from_str(&record.detail).unwrap_or_default();
+        let data = serde_json::json!({
+            "adapter": record.target,
+            "change": record.action,
+            "detail": detail,
+            "at_ms": record.at_ms,
+            "audit_seq": record.seq,
+        });
+        self.js
+            .publish(
+                format!("{}.feed.{}", self.subjects.root, FeedKind::Adapter.as_str()),
+                data.to_string().into(),
+            )
+            .await
+            .map_err(|e| storage("feed", e))?
+            .await
+            .map_err(|e| storage("feed", e))?;
+        Ok(())
+    }
+
+    /// Records on `filter` after sequence `after`, in order, at most
+    /// `limit`: read through a short-lived consumer the server filters for.
+    async fn read_audit(
+        &self,
+        filter: String,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, JournalError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let reader = self
+            .audit
+            .create_consumer(consumer::pull::Config {
+                filter_subject: filter,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: (after.max(0) + 1) as u64,
+                },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                num_replicas: 1,
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| storage("reading the audit chain", e))?;
+        let mut reader_info = reader.clone();
+        let pending = reader_info
+            .info()
+            .await
+            .map_err(|e| storage("reading the audit chain", e))?
+            .num_pending as usize;
+        let wanted = pending.min(limit);
+        let mut records = Vec::with_capacity(wanted.min(PAGE * 4));
+        while records.len() < wanted {
+            let mut batch = reader
+                .fetch()
+                .max_messages((wanted - records.len()).min(PAGE))
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await
+                .map_err(|e| storage("reading the audit chain", e))?;
+            let before = records.len();
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| storage("reading the audit chain", e))?;
+                let record: AuditRecord = serde_json::from_slice(&m.payload)
+                    .map_err(|e| storage("an audit record", e))?;
+                records.push(record);
+            }
+            if records.len() == before {
+                return Err(storage(
+                    "reading the audit chain",
+                    format!("{} of {wanted} records arrived", records.len()),
+                ));
+            }
+        }
+        let _ = self.audit.delete_consumer(&reader.cached_info().name).await;
+        Ok(records)
+    }
+}
+
+impl AuditLog for NatsJournal {
+    fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Pending<AuditRecord> {
+        let this = self.handle();
+        let fields = [actor, action, target, detail].map(str::to_string);
+        Box::pin(async move { this.append_audit(fields, true).await })
+    }
+
+    fn audit_action(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Pending<AuditRecord> {
+        let this = self.handle();
+        let fields = [actor, action, target, detail].map(str::to_string);
+        Box::pin(async move { this.append_audit(fields, false).await })
+    }
+
+    fn audit_query(&self, q: &AuditQuery) -> Pending<Vec<AuditRecord>> {
+        let this = self.handle();
+        let q = q.clone();
+        Box::pin(async move {
+            // A case's records are flow records.
+            let action = match (&q.action, &q.caseid) {
+                (Some(a), Some(_)) if a != "flow" => return Ok(Vec::new()),
+                (_, Some(_)) => Some("flow".to_string()),
+                (a, None) => a.clone(),
+            };
+            let filter = format!(
+                "{}.audit.{}.{}.{}",
+                this.subjects.root,
+                action.as_deref().map_or_else(|| "*".into(), action_token),
+                q.actor
+                    .as_deref()
+                    .map_or_else(|| "*".into(), |a| token(Some(a))),
+                q.caseid
+                    .as_deref()
+                    .map_or_else(|| "*".into(), |c| token(Some(c)))
+            );
+            let mut records = this.read_audit(filter, q.after, q.limit).await?;
+            // The subject holds hashes: what they stand for is checked.
+            records.retain(|r| {
+                q.actor.as_ref().is_none_or(|a| &r.actor == a)
+                    && action.as_ref().is_none_or(|a| &r.action == a)
+                    && q.caseid
+                        .as_ref()
+                        .is_none_or(|c| caseid_of(&r.action, &r.detail).as_ref() == Some(c))
+            });
+            Ok(records)
+        })
+    }
+
+    fn audit_log(&self) -> Pending<Vec<AuditRecord>> {
+        let this = self.handle();
+        Box::pin(async move {
+            let filter = format!("{}.audit.>", this.subjects.root);
+            this.read_audit(filter, 0, usize::MAX).await
+        })
+    }
+}
+
+/// The audit stream's configuration.
+pub(crate) fn stream_config(config: &super::NatsConfig, root: &str) -> stream::Config {
+    stream::Config {
+        name: format!("{}_AUDIT", config.stream_name()),
+        subjects: vec![format!("{root}.audit.>")],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    }
+}
+
+/// The change feed's stream: the write side is here so far (adapter
+/// changes); the feed's readers come with the feed.
+pub(crate) fn feed_config(config: &super::NatsConfig, root: &str) -> stream::Config {
+    stream::Config {
+        name: format!("{}_FEED", config.stream_name()),
+        subjects: vec![format!("{root}.feed.>")],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        max_messages: config.feed_retain,
+        ..Default::default()
+    }
+}
