@@ -14,6 +14,10 @@
 //! The audit chain: one chain however many nodes append, queried by actor,
 //! action and case, on a stream nobody may purge.
 //!
+//! The adapter registry: a load through one node serves on the others, a
+//! rollback on a third takes effect everywhere, two nodes changing one
+//! adapter at once cannot both win; modules stored once, read anywhere.
+//!
 //! And the small tables (meta values, adapters' cursors and state): read
 //! at once from a copy every node keeps, filled before the start returns
 //! and following what the other nodes write.
@@ -26,7 +30,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use govhub::journal::nats::{NatsConfig, NatsJournal};
-use govhub::journal::{AdapterState, AuditLog, AuditQuery, EventLog, Meta, NewEvent};
+use govhub::journal::{
+    AdapterState, AuditLog, AuditQuery, EventLog, Meta, NewEvent, Registry, VersionRecord,
+};
 use govhub::router::Target;
 use govhub_sdk::{cloudevents, Event, Severity};
 use nats::NatsCluster;
@@ -498,10 +504,11 @@ async fn meta_cursors_and_adapter_state_are_read_at_once_and_shared_by_every_nod
     assert_eq!(police(&a), expected);
     a.flush().await.unwrap();
     eventually("b sees police's state", || police(&b) == expected).await;
-    assert_eq!(
-        b.state("fire").unwrap(),
-        [("token".to_string(), b"f-1".to_vec())]
-    );
+    // Written last: seen last.
+    eventually("b sees fire's state", || {
+        b.state("fire").unwrap() == [("token".to_string(), b"f-1".to_vec())]
+    })
+    .await;
     b.set_state("police", "token", None);
     assert_eq!(police(&b).len(), 1);
     b.flush().await.unwrap();
@@ -640,4 +647,138 @@ async fn one_audit_chain_however_many_nodes_append_and_nobody_may_purge_it() {
         "a record was deleted"
     );
     assert_eq!(chain.info().await.unwrap().state.messages, 2 * EACH as u64);
+}
+
+fn version(name: &str, sha256: &str) -> VersionRecord {
+    VersionRecord {
+        id: 0,
+        name: name.into(),
+        sha256: sha256.into(),
+        manifest: format!("name = \"{name}\"\nwasm = \"modules/{sha256}.wasm\"\n"),
+        origin: "admin".into(),
+        loaded_ms: 1_754_028_295_000,
+        active: false,
+    }
+}
+
+/// The serving version's (id, sha256) of each adapter, as `j` sees it.
+fn serving(j: &NatsJournal) -> Vec<(String, i64, String)> {
+    j.active_versions()
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.name, v.id, v.sha256))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_loaded_through_one_node_serves_on_all_and_a_rollback_anywhere_moves_all() {
+    let cluster = NatsCluster::shared();
+    let through = |i: usize| NatsConfig {
+        url: cluster.url(i),
+        ..config(cluster, "registry")
+    };
+    let nodes = [
+        NatsJournal::connect(&through(0)).await.unwrap(),
+        NatsJournal::connect(&through(1)).await.unwrap(),
+        NatsJournal::connect(&through(2)).await.unwrap(),
+    ];
+    let all_serve = |want: Vec<(String, i64, String)>| {
+        let nodes = &nodes;
+        async move {
+            eventually(&format!("every node serves {want:?}"), || {
+                nodes.iter().all(|n| serving(n) == want)
+            })
+            .await
+        }
+    };
+
+    // Loaded through node 1: serving there at once, then everywhere.
+    let v1 = nodes[0]
+        .add_version(version("police", "aa11"))
+        .await
+        .unwrap();
+    assert_eq!(serving(&nodes[0]), [("police".into(), v1, "aa11".into())]);
+    all_serve(vec![("police".into(), v1, "aa11".into())]).await;
+
+    // A new version through node 2 replaces it everywhere.
+    let v2 = nodes[1]
+        .add_version(version("police", "bb22"))
+        .await
+        .unwrap();
+    assert!(v2 > v1);
+    all_serve(vec![("police".into(), v2, "bb22".into())]).await;
+    let fire = nodes[1].add_version(version("fire", "ff00")).await.unwrap();
+    all_serve(vec![
+        ("fire".into(), fire, "ff00".into()),
+        ("police".into(), v2, "bb22".into()),
+    ])
+    .await;
+
+    // Rolled back on node 3: everywhere.
+    nodes[2].activate_version(v1).await.unwrap();
+    all_serve(vec![
+        ("fire".into(), fire, "ff00".into()),
+        ("police".into(), v1, "aa11".into()),
+    ])
+    .await;
+    let listed: Vec<(i64, bool)> = nodes[0]
+        .versions("police")
+        .unwrap()
+        .iter()
+        .map(|v| (v.id, v.active))
+        .collect();
+    assert_eq!(listed, [(v1, true), (v2, false)]);
+    assert!(nodes[0].activate_version(1 << 40).await.is_err());
+
+    // Unloaded through node 1: serving nowhere, still listed.
+    nodes[0].deactivate("fire").await.unwrap();
+    all_serve(vec![("police".into(), v1, "aa11".into())]).await;
+    assert_eq!(nodes[2].versions("fire").unwrap().len(), 1);
+
+    // Two nodes switching one adapter at once: a switch either wins or
+    // is told to try again, and every node ends on the same version.
+    let mut refused = 0;
+    for round in 0..20 {
+        let (a, b) = if round % 2 == 0 { (v1, v2) } else { (v2, v1) };
+        let (ra, rb) = tokio::join!(nodes[0].activate_version(a), nodes[1].activate_version(b));
+        for r in [ra, rb] {
+            if let Err(e) = r {
+                assert!(e.to_string().contains("try again"), "{e}");
+                refused += 1;
+            }
+        }
+        // The nodes come to agree (on whichever won).
+        eventually("the nodes agree", || {
+            let first = serving(&nodes[0]);
+            nodes.iter().all(|n| serving(n) == first)
+        })
+        .await;
+    }
+    eprintln!("{refused} of 40 concurrent switches were told to try again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_stored_through_one_node_is_read_through_another() {
+    let cluster = NatsCluster::shared();
+    let through = |i: usize| NatsConfig {
+        url: cluster.url(i),
+        ..config(cluster, "modules")
+    };
+    let a = NatsJournal::connect(&through(0)).await.unwrap();
+    let b = NatsJournal::connect(&through(1)).await.unwrap();
+    // Bigger than one object-store chunk (128 KiB).
+    let module: Vec<u8> = (0..400_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&module))
+    };
+    a.put_module(&sha, module.clone().into()).await.unwrap();
+    assert_eq!(b.module(&sha).await.unwrap(), Some(module.clone()));
+    assert_eq!(b.module(&"0".repeat(64)).await.unwrap(), None);
+    let wrong = a
+        .put_module(&"1".repeat(64), module.into())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(wrong.contains("hashes to"), "{wrong}");
 }

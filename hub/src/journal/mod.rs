@@ -370,7 +370,7 @@ pub struct DeadLetter {
 }
 
 /// One loaded version of an adapter, as the journal keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct VersionRecord {
     /// Its id (what rollback names).
     pub id: i64,

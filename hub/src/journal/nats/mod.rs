@@ -10,16 +10,20 @@
 //! accepted event and its work items as one atomic batch, duplicates found
 //! across nodes and partitions, events read back by sequence and identity;
 //! [`Meta`] and [`AdapterState`] on KV buckets, read from a watched copy
-//! in memory (`tables.rs`); and the [`AuditLog`], one hash chain however
-//! many nodes append (`audit.rs`).
+//! in memory (`tables.rs`); the [`AuditLog`], one hash chain however
+//! many nodes append (`audit.rs`); the [`Registry`], with the serving
+//! version changed by compare-and-set, and the modules in an object store
+//! (`registry.rs`).
 //!
 //! [`EventLog`]: super::EventLog
 //! [`Meta`]: super::Meta
 //! [`AdapterState`]: super::AdapterState
 //! [`AuditLog`]: super::AuditLog
+//! [`Registry`]: super::Registry
 
 mod audit;
 mod events;
+mod registry;
 mod tables;
 
 use super::JournalError;
@@ -139,8 +143,12 @@ impl Identity {
 }
 
 fn sha(text: &str) -> [u8; 32] {
+    sha_bytes(text.as_bytes())
+}
+
+fn sha_bytes(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes()).into()
+    sha2::Sha256::digest(bytes).into()
 }
 
 fn id_hash(id: &str) -> String {
@@ -193,6 +201,9 @@ pub(crate) struct Inner {
     meta: self::tables::Mirror,
     cursors: self::tables::Mirror,
     state: self::tables::Mirror,
+    /// The adapter registry, with its watched copy, and the modules.
+    registry: self::tables::Mirror,
+    modules: jetstream::object_store::ObjectStore,
     /// Writes nobody waits on, in order.
     deferred: tokio::sync::mpsc::UnboundedSender<self::tables::Deferred>,
     /// Dropped with the journal: the watches stop.
@@ -207,7 +218,27 @@ impl NatsJournal {
     /// Connects, checks the server, and makes (or updates) the streams and
     /// buckets. Refuses a server older than [`MINIMUM_SERVER`] and a
     /// partition count other than the one the deployment was made with.
+    ///
+    /// A cluster that was just started, or whose streams were just made,
+    /// answers "no responders" for a moment on some nodes: the start asks
+    /// again for up to three request timeouts.
     pub async fn connect(config: &NatsConfig) -> Result<NatsJournal, JournalError> {
+        let deadline = std::time::Instant::now() + config.request_timeout * 3;
+        loop {
+            match Self::connect_once(config).await {
+                Err(JournalError::Storage(why))
+                    if (why.contains("no responders") || why.contains("timed out"))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!("the NATS cluster is not ready yet: {why}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn connect_once(config: &NatsConfig) -> Result<NatsJournal, JournalError> {
         if config.partitions == 0 {
             return Err(storage("storage.nats_partitions", "must be at least 1"));
         }
@@ -286,9 +317,29 @@ impl NatsJournal {
             stopped.clone(),
         )
         .await?;
-        let state =
-            self::tables::Mirror::start(create_bucket(&js, bucket("state", 1)).await?, stopped)
-                .await?;
+        let state = self::tables::Mirror::start(
+            create_bucket(&js, bucket("state", 1)).await?,
+            stopped.clone(),
+        )
+        .await?;
+        let registry = self::tables::Mirror::start(
+            create_bucket(&js, bucket("registry", 1)).await?,
+            stopped.clone(),
+        )
+        .await?;
+        let modules_bucket = config.bucket("modules");
+        let modules = match js.get_object_store(&modules_bucket).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(jetstream::object_store::Config {
+                    bucket: modules_bucket.clone(),
+                    num_replicas: config.replicas,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| storage(&format!("object store {modules_bucket}"), e))?,
+        };
         let deferred = self::tables::start_writer(state.clone());
         Ok(NatsJournal {
             inner: std::sync::Arc::new(Inner {
@@ -303,6 +354,8 @@ impl NatsJournal {
                 meta,
                 cursors,
                 state,
+                registry,
+                modules,
                 deferred,
                 _stop: stop,
             }),

@@ -143,6 +143,62 @@ impl Mirror {
             .collect()
     }
 
+    /// The revision a key is at in the copy (0: never written), and its
+    /// value.
+    pub(crate) fn entry(&self, key: &str) -> (u64, Option<Bytes>) {
+        self.copy.get(key).map(|v| v.clone()).unwrap_or((0, None))
+    }
+
+    /// Every live key starting with `prefix`, with its revision and value,
+    /// in revision order.
+    pub(crate) fn scan_revisions(&self, prefix: &str) -> Vec<(String, u64, Bytes)> {
+        let mut found: Vec<(String, u64, Bytes)> = self
+            .copy
+            .iter()
+            .filter(|e| e.key().starts_with(prefix))
+            .filter_map(|e| Some((e.key().clone(), e.value().0, e.value().1.clone()?)))
+            .collect();
+        found.sort_by_key(|f| f.1);
+        found
+    }
+
+    /// Writes a value only if the key is still at `revision` (0: only if
+    /// it was never written); `Ok(None)` when another write came first.
+    pub(crate) async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> Result<Option<u64>, JournalError> {
+        match self.store.update(key, value.clone(), revision).await {
+            Ok(revision) => {
+                self.set(key.to_string(), revision, Some(value));
+                Ok(Some(revision))
+            }
+            // Another write came first: the client names it
+            // WrongLastRevision, or passes on the server's 10071 or 10164
+            // ("wrong last sequence") as another error.
+            Err(e)
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision
+                    || e.to_string().contains("wrong last sequence") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(storage(&format!("writing {key} to {}", self.store.name), e)),
+        }
+    }
+
+    /// Writes a value and holds it in the copy at once; its revision.
+    pub(crate) async fn put_revision(&self, key: &str, value: Bytes) -> Result<u64, JournalError> {
+        let revision = self
+            .store
+            .put(key, value.clone())
+            .await
+            .map_err(|e| storage(&format!("writing {key} to {}", self.store.name), e))?;
+        self.set(key.to_string(), revision, Some(value));
+        Ok(revision)
+    }
+
     /// Writes a value and holds it in the copy at once.
     pub(crate) async fn put(&self, key: &str, value: Bytes) -> Result<(), JournalError> {
         let revision = self
