@@ -782,3 +782,181 @@ async fn a_module_stored_through_one_node_is_read_through_another() {
         .to_string();
     assert!(wrong.contains("hashes to"), "{wrong}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_dead_letters_and_a_replay_are_recorded_once_for_every_node() {
+    use govhub::journal::DeliveryUpdate;
+    let cluster = NatsCluster::shared();
+    let through = |i: usize| NatsConfig {
+        url: cluster.url(i),
+        ..config(cluster, "outcomes")
+    };
+    let a = NatsJournal::connect(&through(0)).await.unwrap();
+    let b = NatsJournal::connect(&through(1)).await.unwrap();
+    let appended = a
+        .append(vec![
+            new_event(
+                "urn:govhub:police",
+                "d-1",
+                Some("YF-1"),
+                &["police", "village"],
+            ),
+            new_event("urn:govhub:police", "d-2", Some("YF-2"), &["police"]),
+        ])
+        .await
+        .unwrap();
+    let (police1, village1) = (appended[0].deliveries[0].id, appended[0].deliveries[1].id);
+    let police2 = appended[1].deliveries[0].id;
+
+    // d-1 reaches the police; the village committee gets it masked.
+    a.record(vec![
+        DeliveryUpdate::Delivered {
+            id: police1,
+            attempts: 1,
+            reference: Some("CAD-77".into()),
+            flow: Some(r#"{"caseid":"YF-1","fields":{}}"#.into()),
+        },
+        DeliveryUpdate::Retry {
+            id: village1,
+            attempts: 1,
+            error: "503 from the village system".into(),
+            next_attempt_ms: 1_754_028_300_000,
+        },
+    ])
+    .await
+    .unwrap();
+    let seen = b.events("d-1", Some("urn:govhub:police")).await.unwrap();
+    let states: Vec<(String, u32, Option<String>, Option<String>)> = seen[0]
+        .deliveries
+        .iter()
+        .map(|d| {
+            (
+                d.status.clone(),
+                d.attempts,
+                d.reference.clone(),
+                d.last_error.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("delivered".into(), 1, Some("CAD-77".into()), None),
+            (
+                "pending".into(),
+                1,
+                None,
+                Some("503 from the village system".into())
+            ),
+        ]
+    );
+    assert!(seen[0].deliveries[1].next_attempt_at.is_some());
+
+    // Both of d-2's and the village's d-1 die.
+    b.record(vec![
+        DeliveryUpdate::Dead {
+            id: village1,
+            attempts: 5,
+            error: "503 from the village system".into(),
+            flow: Some(r#"{"caseid":"YF-1","fields":{"/reporter/phone":"mask"}}"#.into()),
+        },
+        DeliveryUpdate::Dead {
+            id: police2,
+            attempts: 5,
+            error: "connection refused".into(),
+            flow: None,
+        },
+    ])
+    .await
+    .unwrap();
+    let dead = a.dead_letters(None, 10).await.unwrap();
+    let mut ids: Vec<i64> = dead.iter().map(|d| d.id).collect();
+    ids.sort();
+    assert_eq!(ids, [village1, police2]);
+    let village = a.dead_letter(village1).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            village.target.as_str(),
+            village.event_id.as_str(),
+            village.caseid.as_deref(),
+            village.attempts
+        ),
+        ("village", "d-1", Some("YF-1"), 5)
+    );
+    assert!(
+        a.dead_letter(police1).await.unwrap().is_none(),
+        "delivered is no dead letter"
+    );
+    let only_police = b
+        .dead_letters(Some(&["police".to_string()]), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        only_police.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [police2]
+    );
+    assert_eq!(a.dead_letters(None, 1).await.unwrap().len(), 1);
+
+    // The flow records are in the chain, with the delivery and its route.
+    let flows = a
+        .audit_query(&AuditQuery {
+            action: Some("flow".into()),
+            caseid: Some("YF-1".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    let last: serde_json::Value = serde_json::from_str(&flows[1].detail).unwrap();
+    assert_eq!(last["delivery"], village1);
+    assert_eq!(last["route"], "route:village");
+    assert_eq!(last["fields"]["/reporter/phone"], "mask");
+    assert_eq!(flows[1].target, "village");
+
+    // Two operators replay the same dead letter through two nodes: it goes
+    // back once, as a work item naming the delivery.
+    let (ra, rb) = tokio::join!(a.replay(village1), b.replay(village1));
+    let replays: Vec<_> = [ra.unwrap(), rb.unwrap()].into_iter().flatten().collect();
+    assert_eq!(replays.len(), 1, "{replays:?}");
+    let r = &replays[0];
+    assert_eq!(
+        (
+            r.id,
+            r.event_seq,
+            r.target.as_str(),
+            r.order_key.as_str(),
+            r.attempts
+        ),
+        (village1, appended[0].seq, "village", "YF-1", 0)
+    );
+    assert!(
+        a.replay(village1).await.unwrap().is_none(),
+        "not dead any more"
+    );
+    assert!(a.replay(police1).await.unwrap().is_none(), "never dead");
+    assert_eq!(
+        b.dead_letters(None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        [police2]
+    );
+    let counts = subject_counts(&a).await;
+    assert_eq!(
+        counts.get(
+            "outcomes.wk.village.{p}"
+                .replace(
+                    "{p}",
+                    &govhub::journal::nats::partition("YF-1", 8).to_string()
+                )
+                .as_str()
+        ),
+        Some(&2),
+        "{counts:?}"
+    );
+    let state = &b.events("d-1", None).await.unwrap()[0].deliveries[1];
+    assert_eq!((state.status.as_str(), state.attempts), ("pending", 0));
+}

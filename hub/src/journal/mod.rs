@@ -347,7 +347,7 @@ pub struct StoredEvent {
 }
 
 /// A dead letter: a delivery that failed for good.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DeadLetter {
     /// The delivery id (what `replay` takes).
     pub id: i64,

@@ -148,6 +148,19 @@ impl Inner {
         ))
     }
 
+    /// Appends a delivery's flow record.
+    pub(crate) async fn append_flow(
+        &self,
+        target: &str,
+        detail: String,
+    ) -> Result<AuditRecord, JournalError> {
+        self.append_audit(
+            ["hub".into(), "flow".into(), target.to_string(), detail],
+            false,
+        )
+        .await
+    }
+
     /// A change of an adapter is on the change feed too (the cockpit shows
     /// it), as on SQLite.
     async fn feed_adapter_change(&self, record: &AuditRecord) -> Result<(), JournalError> {

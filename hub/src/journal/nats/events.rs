@@ -335,7 +335,7 @@ fn targets_json(targets: &[Target]) -> String {
     .to_string()
 }
 
-fn targets_of(headers: &HeaderMap) -> Vec<Target> {
+pub(crate) fn targets_of(headers: &HeaderMap) -> Vec<Target> {
     let Some(json) = headers.get(TARGETS) else {
         return Vec::new();
     };
@@ -382,7 +382,7 @@ fn parse_answer(payload: &[u8]) -> Result<Option<Answer>, JournalError> {
     }))
 }
 
-fn decode(body: &[u8]) -> Result<Event, JournalError> {
+pub(crate) fn decode(body: &[u8]) -> Result<Event, JournalError> {
     govhub_sdk::cloudevents::from_slice(body).map_err(|e| storage("a stored event", e))
 }
 

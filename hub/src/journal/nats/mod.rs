@@ -13,7 +13,8 @@
 //! in memory (`tables.rs`); the [`AuditLog`], one hash chain however
 //! many nodes append (`audit.rs`); the [`Registry`], with the serving
 //! version changed by compare-and-set, and the modules in an object store
-//! (`registry.rs`).
+//! (`registry.rs`); delivery outcomes, dead letters and replay
+//! (`deliveries.rs`).
 //!
 //! [`EventLog`]: super::EventLog
 //! [`Meta`]: super::Meta
@@ -22,6 +23,7 @@
 //! [`Registry`]: super::Registry
 
 mod audit;
+mod deliveries;
 mod events;
 mod registry;
 mod tables;
@@ -195,6 +197,8 @@ pub(crate) struct Inner {
     deliveries: kv::Store,
     /// The audit chain, and the head this node last linked to.
     audit: stream::Stream,
+    /// Dead letters.
+    dead: stream::Stream,
     audit_head: tokio::sync::Mutex<Option<(i64, String)>>,
     /// The hub's meta values, adapters' cursors and state, with their
     /// watched copies.
@@ -297,6 +301,14 @@ impl NatsJournal {
             .get_stream(audit.config.name)
             .await
             .map_err(|e| storage("the audit stream", e))?;
+        let dead = js
+            .create_or_update_stream(deliveries::dead_config(config, &subjects.root))
+            .await
+            .map_err(|e| storage("the dead-letter stream", e))?;
+        let dead = js
+            .get_stream(dead.config.name)
+            .await
+            .map_err(|e| storage("the dead-letter stream", e))?;
         js.create_or_update_stream(audit::feed_config(config, &subjects.root))
             .await
             .map_err(|e| storage("the feed stream", e))?;
@@ -350,6 +362,7 @@ impl NatsJournal {
                 subjects,
                 deliveries,
                 audit,
+                dead,
                 audit_head: tokio::sync::Mutex::new(None),
                 meta,
                 cursors,

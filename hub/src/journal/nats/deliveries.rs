@@ -1,0 +1,497 @@
+//! Delivery outcomes, dead letters and their replay on JetStream.
+//!
+//! A delivery's id is its work item's stream sequence. Its state (what
+//! `GET /v1/events/{id}` shows) is one key per delivery in the
+//! `<prefix>-deliveries` bucket, written with each outcome. A delivery
+//! that fails for good is also published to `<PREFIX>_DEAD` on
+//! `<root>.dead.<target>`, and its flow record goes to the audit chain,
+//! as on SQLite. A replay sets the state back to pending (compare-and-set,
+//! so two operators replaying one dead letter put it back once) and
+//! publishes a new work item that names the delivery it continues
+//! (`Govhub-Delivery`) and its event (`Govhub-Event`).
+//!
+//! Still to come with the consumers that feed the delivery workers:
+//! acknowledging work items, and the `DeliveryLog` trait as a whole (on
+//! NATS, what is pending is what the consumers have not had acked).
+
+use super::{storage, Inner, NatsJournal};
+use crate::journal::{
+    now_ms, rfc3339_ms, DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, FeedKind,
+    JournalError,
+};
+use async_nats::jetstream::{consumer, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::time::Duration;
+
+/// Headers a work item carries (see `events.rs`), and those of a replay.
+const OFFSET: &str = "Govhub-Offset";
+const ORDER: &str = "Govhub-Order";
+const PRIORITY: &str = "Govhub-Priority";
+const DELIVERY: &str = "Govhub-Delivery";
+const EVENT: &str = "Govhub-Event";
+const MSG_ID: &str = "Nats-Msg-Id";
+
+/// A work item, read back from the stream.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkItem {
+    /// The delivery it is (its own sequence, or the one a replay names).
+    pub(crate) id: i64,
+    pub(crate) event_seq: i64,
+    pub(crate) target: String,
+    pub(crate) partition: u32,
+    pub(crate) order_key: String,
+    pub(crate) priority: u8,
+}
+
+fn header<T: std::str::FromStr>(h: &HeaderMap, name: &str) -> Option<T> {
+    h.get(name).and_then(|v| v.as_str().parse().ok())
+}
+
+impl Inner {
+    /// The work item stored at `seq` (a delivery's id), if that is one.
+    pub(crate) async fn work_item(&self, seq: i64) -> Result<Option<WorkItem>, JournalError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let Ok(at) = u64::try_from(seq) else {
+            return Ok(None);
+        };
+        let m = match self.stream.get_raw_message(at).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(storage("reading a work item", e)),
+        };
+        let prefix = format!("{}.wk.", self.subjects.root);
+        let Some(rest) = m.subject.strip_prefix(prefix.as_str()) else {
+            return Ok(None);
+        };
+        let Some((target, partition)) = rest.rsplit_once('.') else {
+            return Ok(None);
+        };
+        let h = &m.headers;
+        let event_seq = match (header::<i64>(h, EVENT), header::<i64>(h, OFFSET)) {
+            (Some(event), _) => event,
+            (None, Some(offset)) => seq - offset,
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(WorkItem {
+            id: header(h, DELIVERY).unwrap_or(seq),
+            event_seq,
+            target: target.to_string(),
+            partition: partition.parse().unwrap_or(0),
+            order_key: h
+                .get(ORDER)
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default(),
+            priority: header(h, PRIORITY).unwrap_or(0),
+        }))
+    }
+
+    /// A delivery's recorded state and its revision (0: nothing recorded:
+    /// pending since its event was accepted).
+    async fn delivery_state(&self, id: i64) -> Result<(Option<DeliveryStatus>, u64), JournalError> {
+        let entry = self
+            .deliveries
+            .entry(id.to_string())
+            .await
+            .map_err(|e| storage(&format!("delivery {id}"), e))?;
+        match entry {
+            Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+                let status = serde_json::from_slice(&e.value)
+                    .map_err(|err| storage(&format!("delivery {id}"), err))?;
+                Ok((Some(status), e.revision))
+            }
+            Some(e) => Ok((None, e.revision)),
+            None => Ok((None, 0)),
+        }
+    }
+
+    /// The state a delivery starts in: pending since its event came.
+    async fn initial_state(&self, item: &WorkItem) -> Result<DeliveryStatus, JournalError> {
+        let (received, rule) = self.event_facts(item).await?;
+        Ok(DeliveryStatus {
+            id: item.id,
+            target: item.target.clone(),
+            rule,
+            status: "pending".into(),
+            attempts: 0,
+            last_error: None,
+            reference: None,
+            created_at: rfc3339_ms(received),
+            updated_at: rfc3339_ms(received),
+            delivered_at: None,
+            next_attempt_at: None,
+        })
+    }
+
+    /// When the item's event was accepted and the rule that chose its
+    /// target.
+    async fn event_facts(&self, item: &WorkItem) -> Result<(i64, String), JournalError> {
+        let m = self
+            .stream
+            .get_raw_message(item.event_seq as u64)
+            .await
+            .map_err(|e| storage(&format!("event {}", item.event_seq), e))?;
+        let received = header(&m.headers, "Govhub-Received").unwrap_or(0);
+        let rule = super::events::targets_of(&m.headers)
+            .into_iter()
+            .find(|t| t.adapter == item.target)
+            .map(|t| t.rule)
+            .unwrap_or_default();
+        Ok((received, rule))
+    }
+
+    /// Records outcomes: the state, a dead letter, the flow record.
+    pub(crate) async fn record_outcomes(
+        &self,
+        updates: Vec<DeliveryUpdate>,
+    ) -> Result<(), JournalError> {
+        for u in updates {
+            let id = match &u {
+                DeliveryUpdate::Delivered { id, .. }
+                | DeliveryUpdate::Retry { id, .. }
+                | DeliveryUpdate::Dead { id, .. }
+                | DeliveryUpdate::Withheld { id, .. } => *id,
+            };
+            let item = self
+                .work_item(id)
+                .await?
+                .ok_or_else(|| storage("record", format!("no delivery {id}")))?;
+            let mut state = match self.delivery_state(id).await?.0 {
+                Some(s) => s,
+                None => self.initial_state(&item).await?,
+            };
+            let now = now_ms();
+            state.updated_at = rfc3339_ms(now);
+            let flow = match u {
+                DeliveryUpdate::Delivered {
+                    attempts,
+                    reference,
+                    flow,
+                    ..
+                } => {
+                    state.status = "delivered".into();
+                    state.attempts = attempts;
+                    state.reference = reference;
+                    state.delivered_at = Some(rfc3339_ms(now));
+                    state.next_attempt_at = None;
+                    flow
+                }
+                DeliveryUpdate::Retry {
+                    attempts,
+                    error,
+                    next_attempt_ms,
+                    ..
+                } => {
+                    state.attempts = attempts;
+                    state.last_error = Some(error);
+                    state.next_attempt_at = Some(rfc3339_ms(next_attempt_ms));
+                    None
+                }
+                DeliveryUpdate::Dead {
+                    attempts,
+                    error,
+                    flow,
+                    ..
+                } => {
+                    state.status = "dead".into();
+                    state.attempts = attempts;
+                    state.last_error = Some(error);
+                    state.next_attempt_at = None;
+                    flow
+                }
+                DeliveryUpdate::Withheld { reason, flow, .. } => {
+                    state.status = "withheld".into();
+                    state.last_error = Some(reason);
+                    state.next_attempt_at = None;
+                    flow
+                }
+            };
+            let body = serde_json::to_vec(&state).map_err(|e| storage("record", e))?;
+            self.deliveries
+                .put(id.to_string(), body.into())
+                .await
+                .map_err(|e| storage(&format!("recording delivery {id}"), e))?;
+            if state.status == "dead" {
+                self.publish_dead(&item, &state, now).await?;
+            }
+            if let Some(detail) = flow {
+                let detail = with_delivery(&detail, id, &state.rule);
+                self.append_flow(&item.target, detail).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_dead(
+        &self,
+        item: &WorkItem,
+        state: &DeliveryStatus,
+        now: i64,
+    ) -> Result<(), JournalError> {
+        let dead = self.dead_letter_of(item, state, now).await?;
+        let body = serde_json::to_vec(&dead).map_err(|e| storage("dead letter", e))?;
+        let mut headers = HeaderMap::new();
+        // A crash between publishing and acking repeats this: the same
+        // death is one message.
+        headers.insert(MSG_ID, format!("dead.{}.{}", item.id, now).as_str());
+        self.js
+            .publish_with_headers(
+                format!("{}.dead.{}", self.subjects.root, item.target),
+                headers,
+                body.clone().into(),
+            )
+            .await
+            .map_err(|e| storage("dead letter", e))?
+            .await
+            .map_err(|e| storage("dead letter", e))?;
+        self.feed_dead_letter(&dead, false).await
+    }
+
+    async fn dead_letter_of(
+        &self,
+        item: &WorkItem,
+        state: &DeliveryStatus,
+        now: i64,
+    ) -> Result<DeadLetter, JournalError> {
+        let m = self
+            .stream
+            .get_raw_message(item.event_seq as u64)
+            .await
+            .map_err(|e| storage(&format!("event {}", item.event_seq), e))?;
+        let event = super::events::decode(&m.payload)?;
+        Ok(DeadLetter {
+            id: item.id,
+            target: item.target.clone(),
+            event_id: event.id,
+            event_source: event.source,
+            event_type: event.type_,
+            caseid: event.caseid,
+            attempts: state.attempts,
+            last_error: state.last_error.clone(),
+            dead_at: rfc3339_ms(now),
+        })
+    }
+
+    async fn feed_dead_letter(
+        &self,
+        dead: &DeadLetter,
+        replayed: bool,
+    ) -> Result<(), JournalError> {
+        let mut data = serde_json::to_value(dead).unwrap_or_default();
+        data["replayed"] = replayed.into();
+        self.js
+            .publish(
+                format!(
+                    "{}.feed.{}",
+                    self.subjects.root,
+                    FeedKind::DeadLetter.as_str()
+                ),
+                data.to_string().into(),
+            )
+            .await
+            .map_err(|e| storage("feed", e))?
+            .await
+            .map_err(|e| storage("feed", e))?;
+        Ok(())
+    }
+
+    /// Puts a dead letter back: pending again with its attempts reset, and
+    /// a new work item for it. `None` when `id` is not a dead letter (now).
+    pub(crate) async fn replay_dead(&self, id: i64) -> Result<Option<DeliveryRef>, JournalError> {
+        let (Some(mut state), revision) = self.delivery_state(id).await? else {
+            return Ok(None);
+        };
+        if state.status != "dead" {
+            return Ok(None);
+        }
+        let Some(item) = self.work_item(id).await? else {
+            return Ok(None);
+        };
+        let dead = self.dead_letter_of(&item, &state, now_ms()).await?;
+        state.status = "pending".into();
+        state.attempts = 0;
+        state.next_attempt_at = None;
+        state.updated_at = rfc3339_ms(now_ms());
+        let body = serde_json::to_vec(&state).map_err(|e| storage("replay", e))?;
+        match self
+            .deliveries
+            .update(id.to_string(), body.into(), revision)
+            .await
+        {
+            Ok(_) => {}
+            // Replayed by someone else a moment ago.
+            Err(e) if e.to_string().contains("wrong last sequence") => return Ok(None),
+            Err(e) => return Err(storage(&format!("replaying {id}"), e)),
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(DELIVERY, id.to_string().as_str());
+        headers.insert(EVENT, item.event_seq.to_string().as_str());
+        headers.insert(ORDER, item.order_key.as_str());
+        headers.insert(PRIORITY, item.priority.to_string().as_str());
+        self.js
+            .publish_with_headers(
+                format!(
+                    "{}.wk.{}.{}",
+                    self.subjects.root, item.target, item.partition
+                ),
+                headers,
+                Bytes::new(),
+            )
+            .await
+            .map_err(|e| storage("replay", e))?
+            .await
+            .map_err(|e| storage("replay", e))?;
+        self.feed_dead_letter(&dead, true).await?;
+        Ok(Some(DeliveryRef {
+            id,
+            event_seq: item.event_seq,
+            target: item.target,
+            order_key: item.order_key,
+            attempts: 0,
+            not_before_ms: None,
+            priority: item.priority,
+        }))
+    }
+
+    /// Dead letters still dead, newest first, at most `limit`; of these
+    /// targets only, when given. Reads the dead-letter stream through a
+    /// short-lived consumer (it holds what died within `retain`).
+    pub(crate) async fn list_dead(
+        &self,
+        targets: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, JournalError> {
+        let filters: Vec<String> = match targets {
+            Some([]) => return Ok(Vec::new()),
+            Some(t) => t
+                .iter()
+                .map(|t| format!("{}.dead.{t}", self.subjects.root))
+                .collect(),
+            None => vec![format!("{}.dead.>", self.subjects.root)],
+        };
+        let reader = self
+            .dead
+            .create_consumer(consumer::pull::Config {
+                filter_subjects: filters,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                num_replicas: 1,
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| storage("reading dead letters", e))?;
+        let mut info = reader.clone();
+        let mut left = info
+            .info()
+            .await
+            .map_err(|e| storage("reading dead letters", e))?
+            .num_pending as usize;
+        // The latest death of each delivery.
+        let mut latest: std::collections::HashMap<i64, DeadLetter> = Default::default();
+        while left > 0 {
+            let mut batch = reader
+                .fetch()
+                .max_messages(left.min(512))
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await
+                .map_err(|e| storage("reading dead letters", e))?;
+            let mut got = 0;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| storage("reading dead letters", e))?;
+                got += 1;
+                if let Ok(d) = serde_json::from_slice::<DeadLetter>(&m.payload) {
+                    latest.insert(d.id, d);
+                }
+            }
+            if got == 0 {
+                break;
+            }
+            left = left.saturating_sub(got);
+        }
+        let _ = self.dead.delete_consumer(&reader.cached_info().name).await;
+        let mut dead: Vec<DeadLetter> = Vec::new();
+        let mut by_newest: Vec<DeadLetter> = latest.into_values().collect();
+        by_newest.sort_by(|a, b| b.dead_at.cmp(&a.dead_at).then(b.id.cmp(&a.id)));
+        for d in by_newest {
+            if dead.len() >= limit {
+                break;
+            }
+            // Replayed since (and not dead again): not a dead letter.
+            if let (Some(state), _) = self.delivery_state(d.id).await? {
+                if state.status == "dead" {
+                    dead.push(d);
+                }
+            }
+        }
+        Ok(dead)
+    }
+}
+
+/// The flow record with the delivery and the route that chose the target
+/// added (as the SQLite journal adds them).
+fn with_delivery(detail: &str, id: i64, rule: &str) -> String {
+    let body = detail.trim_end().strip_suffix('}').unwrap_or(detail);
+    let joined = if body.trim_end().ends_with('{') {
+        ""
+    } else {
+        ","
+    };
+    format!(
+        "{body}{joined}\"delivery\":{id},\"route\":{}}}",
+        serde_json::Value::String(rule.to_string())
+    )
+}
+
+impl NatsJournal {
+    /// Records delivery outcomes (the `DeliveryLog`'s `record`).
+    pub async fn record(&self, updates: Vec<DeliveryUpdate>) -> Result<(), JournalError> {
+        self.inner.record_outcomes(updates).await
+    }
+
+    /// Puts a dead letter back (the `DeliveryLog`'s `replay`).
+    pub async fn replay(&self, id: i64) -> Result<Option<DeliveryRef>, JournalError> {
+        self.inner.replay_dead(id).await
+    }
+
+    /// Dead letters, newest first (the `DeliveryLog`'s `dead_letters`).
+    pub async fn dead_letters(
+        &self,
+        targets: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, JournalError> {
+        self.inner.list_dead(targets, limit).await
+    }
+
+    /// One dead letter (the `DeliveryLog`'s `dead_letter`).
+    pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, JournalError> {
+        let (Some(state), _) = self.inner.delivery_state(id).await? else {
+            return Ok(None);
+        };
+        if state.status != "dead" {
+            return Ok(None);
+        }
+        let Some(item) = self.inner.work_item(id).await? else {
+            return Ok(None);
+        };
+        let mut dead = self.inner.dead_letter_of(&item, &state, now_ms()).await?;
+        dead.dead_at = state.updated_at;
+        Ok(Some(dead))
+    }
+}
+
+/// The dead-letter stream's configuration: kept as long as the events.
+pub(crate) fn dead_config(config: &super::NatsConfig, root: &str) -> stream::Config {
+    stream::Config {
+        name: format!("{}_DEAD", config.stream_name()),
+        subjects: vec![format!("{root}.dead.>")],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        max_age: config.retain,
+        duplicate_window: config.duplicate_window,
+        ..Default::default()
+    }
+}
