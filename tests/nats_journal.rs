@@ -960,3 +960,130 @@ async fn outcomes_dead_letters_and_a_replay_are_recorded_once_for_every_node() {
     let state = &b.events("d-1", None).await.unwrap()[0].deliveries[1];
     assert_eq!((state.status.as_str(), state.attempts), ("pending", 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_follows_one_change_feed_and_reads_it_back_by_cursor() {
+    use govhub::journal::{DeliveryUpdate, Feed, FeedKeys, FeedKind};
+    let cluster = NatsCluster::shared();
+    let through = |i: usize| NatsConfig {
+        url: cluster.url(i),
+        ..config(cluster, "feed")
+    };
+    let a = NatsJournal::connect(&through(0)).await.unwrap();
+    let b = NatsJournal::connect(&through(1)).await.unwrap();
+    let mut live = b.feed_subscribe();
+
+    // Changes made through node 1: three events, an adapter loaded, a
+    // delivery dead, the manual clock moved.
+    let appended = a
+        .append(vec![
+            new_event("urn:govhub:police", "f-1", Some("YF-9"), &["police"]),
+            new_event("urn:govhub:police", "f-2", Some("YF-9"), &["police"]),
+            new_event("urn:govhub:fire", "f-3", None, &[]),
+        ])
+        .await
+        .unwrap();
+    a.audit("duty-officer", "load", "police", r#"{"sha256":"aa11"}"#)
+        .await
+        .unwrap();
+    a.record(vec![DeliveryUpdate::Dead {
+        id: appended[0].deliveries[0].id,
+        attempts: 5,
+        error: "connection refused".into(),
+        flow: None,
+    }])
+    .await
+    .unwrap();
+    let clock = a
+        .feed_note(
+            FeedKind::Clock,
+            FeedKeys::default(),
+            r#"{"now_ms":1754031895000}"#.into(),
+        )
+        .await
+        .unwrap();
+
+    // Node 2's subscribers see all six, events included (the feed sources
+    // them from the event stream), in cursor order.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 6 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let item = tokio::time::timeout(left, live.recv())
+            .await
+            .expect("the feed went quiet")
+            .unwrap();
+        seen.push(item);
+    }
+    let mut kinds: Vec<FeedKind> = seen.iter().map(|i| i.kind).collect();
+    kinds.sort_by_key(|k| k.as_str());
+    assert_eq!(
+        kinds,
+        [
+            FeedKind::Adapter,
+            FeedKind::Clock,
+            FeedKind::DeadLetter,
+            FeedKind::Event,
+            FeedKind::Event,
+            FeedKind::Event
+        ]
+    );
+    assert!(seen.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    // The three were appended at once: in any order.
+    let first_event = seen
+        .iter()
+        .find(|i| i.kind == FeedKind::Event && i.data.contains("\"f-1\""))
+        .unwrap();
+    assert_eq!(
+        first_event.keys.type_.as_deref(),
+        Some("gov.incident.reported")
+    );
+    assert_eq!(first_event.keys.caseid.as_deref(), Some("YF-9"));
+    assert_eq!(first_event.keys.severity, Some(Severity::Major.rank()));
+    assert!(first_event.data.contains("\"f-1\""));
+    let dead = seen
+        .iter()
+        .find(|i| i.kind == FeedKind::DeadLetter)
+        .unwrap();
+    assert_eq!(dead.keys.caseid.as_deref(), Some("YF-9"));
+    assert!(dead.data.contains("connection refused"));
+    assert_eq!(
+        seen.iter()
+            .find(|i| i.kind == FeedKind::Clock)
+            .unwrap()
+            .cursor,
+        clock
+    );
+
+    // Read back through either node: the same items, by cursor and page.
+    let span = a.feed_span().await.unwrap();
+    assert_eq!((span.first, span.head), (1, seen.last().unwrap().cursor));
+    let all = a.feed_after(0, 100).await.unwrap();
+    let cursors = |items: &[govhub::journal::FeedItem]| {
+        items.iter().map(|i| (i.cursor, i.kind)).collect::<Vec<_>>()
+    };
+    let seen_items: Vec<_> = seen.iter().map(|i| (**i).clone()).collect();
+    assert_eq!(cursors(&all), cursors(&seen_items));
+    let page = b.feed_after(all[1].cursor, 2).await.unwrap();
+    assert_eq!(cursors(&page), cursors(&all[2..4]));
+    assert!(b.feed_after(span.head, 10).await.unwrap().is_empty());
+
+    // The newest of a kind, newest first, at or before a cursor.
+    let events = b.feed_latest(FeedKind::Event, span.head, 2).await.unwrap();
+    let newest: Vec<_> = all
+        .iter()
+        .filter(|i| i.kind == FeedKind::Event)
+        .rev()
+        .take(2)
+        .cloned()
+        .collect();
+    assert_eq!(cursors(&events), cursors(&newest));
+    let adapters = b
+        .feed_latest(FeedKind::Adapter, span.head, 10)
+        .await
+        .unwrap();
+    assert_eq!(adapters.len(), 1);
+    assert!(adapters[0].data.contains("\"change\":\"load\""));
+    let before = b.feed_latest(FeedKind::Clock, clock - 1, 10).await.unwrap();
+    assert!(before.is_empty());
+}

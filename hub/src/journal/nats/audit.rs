@@ -9,7 +9,9 @@
 //! actor or case is a subject filter the server applies.
 
 use super::{storage, Inner, NatsJournal};
-use crate::journal::{now_ms, AuditLog, AuditQuery, AuditRecord, FeedKind, JournalError, Pending};
+use crate::journal::{
+    now_ms, AuditLog, AuditQuery, AuditRecord, FeedKeys, FeedKind, JournalError, Pending,
+};
 use async_nats::jetstream::{consumer, context::PublishErrorKind, stream};
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
@@ -172,15 +174,8 @@ impl Inner {
             "at_ms": record.at_ms,
             "audit_seq": record.seq,
         });
-        self.js
-            .publish(
-                format!("{}.feed.{}", self.subjects.root, FeedKind::Adapter.as_str()),
-                data.to_string().into(),
-            )
-            .await
-            .map_err(|e| storage("feed", e))?
-            .await
-            .map_err(|e| storage("feed", e))?;
+        self.publish_feed(FeedKind::Adapter, &FeedKeys::default(), data.to_string())
+            .await?;
         Ok(())
     }
 
@@ -317,20 +312,6 @@ pub(crate) fn stream_config(config: &super::NatsConfig, root: &str) -> stream::C
         num_replicas: config.replicas,
         deny_delete: true,
         deny_purge: true,
-        ..Default::default()
-    }
-}
-
-/// The change feed's stream: the write side is here so far (adapter
-/// changes); the feed's readers come with the feed.
-pub(crate) fn feed_config(config: &super::NatsConfig, root: &str) -> stream::Config {
-    stream::Config {
-        name: format!("{}_FEED", config.stream_name()),
-        subjects: vec![format!("{root}.feed.>")],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        num_replicas: config.replicas,
-        max_messages: config.feed_retain,
         ..Default::default()
     }
 }

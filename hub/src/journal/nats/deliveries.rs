@@ -16,8 +16,8 @@
 
 use super::{storage, Inner, NatsJournal};
 use crate::journal::{
-    now_ms, rfc3339_ms, DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, FeedKind,
-    JournalError,
+    now_ms, rfc3339_ms, DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, FeedKeys,
+    FeedKind, JournalError,
 };
 use async_nats::jetstream::{consumer, stream};
 use async_nats::HeaderMap;
@@ -229,7 +229,7 @@ impl Inner {
         state: &DeliveryStatus,
         now: i64,
     ) -> Result<(), JournalError> {
-        let dead = self.dead_letter_of(item, state, now).await?;
+        let (dead, keys) = self.dead_letter_of(item, state, now).await?;
         let body = serde_json::to_vec(&dead).map_err(|e| storage("dead letter", e))?;
         let mut headers = HeaderMap::new();
         // A crash between publishing and acking repeats this: the same
@@ -245,7 +245,7 @@ impl Inner {
             .map_err(|e| storage("dead letter", e))?
             .await
             .map_err(|e| storage("dead letter", e))?;
-        self.feed_dead_letter(&dead, false).await
+        self.feed_dead_letter(&dead, &keys, false).await
     }
 
     async fn dead_letter_of(
@@ -253,14 +253,21 @@ impl Inner {
         item: &WorkItem,
         state: &DeliveryStatus,
         now: i64,
-    ) -> Result<DeadLetter, JournalError> {
+    ) -> Result<(DeadLetter, FeedKeys), JournalError> {
         let m = self
             .stream
             .get_raw_message(item.event_seq as u64)
             .await
             .map_err(|e| storage(&format!("event {}", item.event_seq), e))?;
         let event = super::events::decode(&m.payload)?;
-        Ok(DeadLetter {
+        let keys = FeedKeys {
+            type_: Some(event.type_.clone()),
+            grid: event.grid.clone(),
+            category: event.category.clone(),
+            severity: Some(item.priority),
+            caseid: event.caseid.clone(),
+        };
+        let dead = DeadLetter {
             id: item.id,
             target: item.target.clone(),
             event_id: event.id,
@@ -270,29 +277,20 @@ impl Inner {
             attempts: state.attempts,
             last_error: state.last_error.clone(),
             dead_at: rfc3339_ms(now),
-        })
+        };
+        Ok((dead, keys))
     }
 
     async fn feed_dead_letter(
         &self,
         dead: &DeadLetter,
+        keys: &FeedKeys,
         replayed: bool,
     ) -> Result<(), JournalError> {
         let mut data = serde_json::to_value(dead).unwrap_or_default();
         data["replayed"] = replayed.into();
-        self.js
-            .publish(
-                format!(
-                    "{}.feed.{}",
-                    self.subjects.root,
-                    FeedKind::DeadLetter.as_str()
-                ),
-                data.to_string().into(),
-            )
-            .await
-            .map_err(|e| storage("feed", e))?
-            .await
-            .map_err(|e| storage("feed", e))?;
+        self.publish_feed(FeedKind::DeadLetter, keys, data.to_string())
+            .await?;
         Ok(())
     }
 
@@ -308,7 +306,7 @@ impl Inner {
         let Some(item) = self.work_item(id).await? else {
             return Ok(None);
         };
-        let dead = self.dead_letter_of(&item, &state, now_ms()).await?;
+        let (dead, keys) = self.dead_letter_of(&item, &state, now_ms()).await?;
         state.status = "pending".into();
         state.attempts = 0;
         state.next_attempt_at = None;
@@ -342,7 +340,7 @@ impl Inner {
             .map_err(|e| storage("replay", e))?
             .await
             .map_err(|e| storage("replay", e))?;
-        self.feed_dead_letter(&dead, true).await?;
+        self.feed_dead_letter(&dead, &keys, true).await?;
         Ok(Some(DeliveryRef {
             id,
             event_seq: item.event_seq,
@@ -476,7 +474,7 @@ impl NatsJournal {
         let Some(item) = self.inner.work_item(id).await? else {
             return Ok(None);
         };
-        let mut dead = self.inner.dead_letter_of(&item, &state, now_ms()).await?;
+        let (mut dead, _) = self.inner.dead_letter_of(&item, &state, now_ms()).await?;
         dead.dead_at = state.updated_at;
         Ok(Some(dead))
     }

@@ -14,17 +14,20 @@
 //! many nodes append (`audit.rs`); the [`Registry`], with the serving
 //! version changed by compare-and-set, and the modules in an object store
 //! (`registry.rs`); delivery outcomes, dead letters and replay
-//! (`deliveries.rs`).
+//! (`deliveries.rs`); and the [`Feed`], one stream every node follows
+//! (`feed.rs`).
 //!
 //! [`EventLog`]: super::EventLog
 //! [`Meta`]: super::Meta
 //! [`AdapterState`]: super::AdapterState
 //! [`AuditLog`]: super::AuditLog
 //! [`Registry`]: super::Registry
+//! [`Feed`]: super::Feed
 
 mod audit;
 mod deliveries;
 mod events;
+mod feed;
 mod registry;
 mod tables;
 
@@ -60,6 +63,9 @@ pub struct NatsConfig {
     pub request_timeout: Duration,
     /// How many change-feed items are kept (`stream.retain`).
     pub feed_retain: i64,
+    /// How many items a live subscriber may fall behind before it is
+    /// told to read them back (`stream.buffer`).
+    pub feed_buffer: usize,
 }
 
 impl NatsConfig {
@@ -75,6 +81,7 @@ impl NatsConfig {
             prefix: "govhub".into(),
             request_timeout: Duration::from_secs(5),
             feed_retain: 100_000,
+            feed_buffer: 1024,
         }
     }
 
@@ -199,6 +206,9 @@ pub(crate) struct Inner {
     audit: stream::Stream,
     /// Dead letters.
     dead: stream::Stream,
+    /// The change feed, and this node's subscribers to it.
+    feed: stream::Stream,
+    feed_tx: tokio::sync::broadcast::Sender<std::sync::Arc<super::FeedItem>>,
     audit_head: tokio::sync::Mutex<Option<(i64, String)>>,
     /// The hub's meta values, adapters' cursors and state, with their
     /// watched copies.
@@ -309,7 +319,12 @@ impl NatsJournal {
             .get_stream(dead.config.name)
             .await
             .map_err(|e| storage("the dead-letter stream", e))?;
-        js.create_or_update_stream(audit::feed_config(config, &subjects.root))
+        let feed = js
+            .create_or_update_stream(feed::stream_config(config, &subjects.root))
+            .await
+            .map_err(|e| storage("the feed stream", e))?;
+        let feed = js
+            .get_stream(feed.config.name)
             .await
             .map_err(|e| storage("the feed stream", e))?;
         let bucket = |what: &str, history: i64| kv::Config {
@@ -353,6 +368,13 @@ impl NatsJournal {
                 .map_err(|e| storage(&format!("object store {modules_bucket}"), e))?,
         };
         let deferred = self::tables::start_writer(state.clone());
+        let (feed_tx, _) = tokio::sync::broadcast::channel(config.feed_buffer.max(1));
+        feed::start_follower(
+            feed.clone(),
+            subjects.root.clone(),
+            feed_tx.clone(),
+            stopped.clone(),
+        );
         Ok(NatsJournal {
             inner: std::sync::Arc::new(Inner {
                 config: config.clone(),
@@ -363,6 +385,8 @@ impl NatsJournal {
                 deliveries,
                 audit,
                 dead,
+                feed,
+                feed_tx,
                 audit_head: tokio::sync::Mutex::new(None),
                 meta,
                 cursors,
