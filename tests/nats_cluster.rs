@@ -34,21 +34,9 @@ use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use futures_util::StreamExt;
 use nats::NatsCluster;
 
-/// The oldest server the backend accepts: 2.12.1 lost acknowledged writes
-/// in Jepsen's analysis; later releases fixed what it found.
-const MINIMUM_VERSION: [u64; 3] = [2, 12, 3];
-
-/// `2.15.1` (or `v2.15.1`, `2.15.1-beta.2`) → [2, 15, 1].
-fn version(text: &str) -> [u64; 3] {
-    let mut parts = text.trim_start_matches('v').split('.').map(|p| {
-        p.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse::<u64>()
-            .unwrap_or(0)
-    });
-    [0; 3].map(|_| parts.next().unwrap_or(0))
-}
+/// The oldest server the backend accepts, and how it reads a version:
+/// the journal's own.
+use govhub::journal::nats::{version, MINIMUM_SERVER as MINIMUM_VERSION};
 
 async fn connect(cluster: &NatsCluster) -> async_nats::Client {
     async_nats::ConnectOptions::new()

@@ -1087,3 +1087,253 @@ async fn every_node_follows_one_change_feed_and_reads_it_back_by_cursor() {
     let before = b.feed_latest(FeedKind::Clock, clock - 1, 10).await.unwrap();
     assert!(before.is_empty());
 }
+
+fn case_row(id: &str, grid: &str, opened_ms: i64, closed: bool) -> govhub::journal::CaseRow {
+    govhub::journal::CaseRow {
+        id: id.into(),
+        kind: "incident".into(),
+        category: Some("public-safety.e-trike".into()),
+        grid: Some(grid.into()),
+        stage: if closed { 5 } else { 1 },
+        level: 0,
+        opened_ms,
+        accept_due_ms: opened_ms + 600_000,
+        resolve_due_ms: opened_ms + 7_200_000,
+        closed_ms: closed.then_some(opened_ms + 3_600_000),
+        doc: serde_json::json!({ "id": id, "grid": grid })
+            .to_string()
+            .into_bytes(),
+        severity: Some(2),
+        summary: serde_json::json!({ "id": id }).to_string().into_bytes(),
+    }
+}
+
+/// Takes from `j` until it has `n` events or 10 s pass.
+async fn take_until(j: &NatsJournal, n: usize) -> Vec<govhub::journal::CaseTake> {
+    use govhub::journal::CaseStore;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut takes = Vec::new();
+    let mut got = 0;
+    while got < n && Instant::now() < deadline {
+        let t = j.take_case_events(100).await.unwrap();
+        got += t.events.len();
+        if !t.events.is_empty() {
+            takes.push(t);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    takes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_tracks_the_cases_and_another_takes_over_what_it_never_settled() {
+    use govhub::journal::{CaseFilter, CaseStatus, CaseStore};
+    let cluster = NatsCluster::shared();
+    let through = |i: usize| NatsConfig {
+        url: cluster.url(i),
+        case_ack_wait: Duration::from_secs(2),
+        ..config(cluster, "cases")
+    };
+    let a = NatsJournal::connect(&through(0)).await.unwrap();
+    let mut b = Some(NatsJournal::connect(&through(1)).await.unwrap());
+    a.append(vec![new_event(
+        "urn:govhub:police",
+        "c-1",
+        Some("YF-1"),
+        &["police"],
+    )])
+    .await
+    .unwrap();
+    a.append(vec![new_event(
+        "urn:govhub:police",
+        "c-2",
+        None,
+        &["police"],
+    )])
+    .await
+    .unwrap();
+    a.append(vec![new_event(
+        "urn:govhub:fire",
+        "c-3",
+        Some("YF-2"),
+        &["fire"],
+    )])
+    .await
+    .unwrap();
+    a.append(vec![new_event(
+        "urn:govhub:police",
+        "c-4",
+        Some("YF-1"),
+        &["police"],
+    )])
+    .await
+    .unwrap();
+
+    // One node is pinned and gets the case events, in order; the other
+    // gets nothing.
+    let (owner, other) = loop {
+        let ta = a.take_case_events(100).await.unwrap();
+        let tb = b.as_ref().unwrap().take_case_events(100).await.unwrap();
+        match (ta.events.is_empty(), tb.events.is_empty()) {
+            (true, true) => tokio::time::sleep(Duration::from_millis(50)).await,
+            (false, true) => break ((0, ta), 1),
+            (true, false) => break ((1, tb), 0),
+            (false, false) => panic!("both nodes took case events"),
+        }
+    };
+    let (owner_index, mut take) = owner;
+    let by_index = |i: usize| if i == 0 { &a } else { b.as_ref().unwrap() };
+    let owner_j = by_index(owner_index);
+    // Each take holds what the ones before it took and did not settle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while take.events.len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        take = owner_j.take_case_events(100).await.unwrap();
+    }
+    let ids: Vec<&str> = take.events.iter().map(|e| e.event.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["c-1", "c-3", "c-4"],
+        "in stream order, the one without a case left out"
+    );
+    assert!(by_index(other)
+        .take_case_events(100)
+        .await
+        .unwrap()
+        .events
+        .is_empty());
+
+    // A failed pass: the next take gives the same events again.
+    let again = owner_j.take_case_events(100).await.unwrap();
+    assert_eq!(
+        again
+            .events
+            .iter()
+            .map(|e| e.event.id.as_str())
+            .collect::<Vec<_>>(),
+        ["c-1", "c-3", "c-4"]
+    );
+    assert_eq!(again.events[0].origin.as_deref(), Some("police"));
+    assert_eq!(again.events[0].targets[0].adapter, "police");
+
+    // Settled: the cases are stored, read on every node, and the events
+    // are not taken again.
+    owner_j
+        .settle_cases(
+            vec![
+                case_row("YF-1", "yingfeng/yingyi/2", 1_754_028_295_000, false),
+                case_row("YF-2", "yingfeng/yingfeng-comm/1", 1_754_031_895_000, true),
+            ],
+            again.receipt,
+        )
+        .await
+        .unwrap();
+    assert!(owner_j
+        .take_case_events(100)
+        .await
+        .unwrap()
+        .events
+        .is_empty());
+    let other_j = by_index(other);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while other_j.case("YF-2").await.unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the other node never read the cases"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let doc = other_j.case("YF-1").await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&doc).unwrap()["grid"],
+        "yingfeng/yingyi/2"
+    );
+    let list = |f: CaseFilter| async move {
+        other_j
+            .cases(&f)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| {
+                serde_json::from_slice::<serde_json::Value>(d).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let all = CaseFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(list(all.clone()).await, ["YF-2", "YF-1"], "newest first");
+    assert_eq!(
+        list(CaseFilter {
+            status: Some(CaseStatus::Open),
+            ..all.clone()
+        })
+        .await,
+        ["YF-1"]
+    );
+    assert_eq!(
+        list(CaseFilter {
+            grid: Some("yingfeng/yingyi".into()),
+            ..all.clone()
+        })
+        .await,
+        ["YF-1"]
+    );
+    assert!(list(CaseFilter {
+        grid: Some("yingfeng/ying".into()),
+        ..all.clone()
+    })
+    .await
+    .is_empty());
+    assert_eq!(
+        list(CaseFilter {
+            overdue_at: Some(1_754_028_295_000 + 700_000),
+            ..all.clone()
+        })
+        .await,
+        ["YF-1"],
+        "acceptance overdue"
+    );
+    assert_eq!(
+        list(CaseFilter {
+            offset: 1,
+            ..all.clone()
+        })
+        .await,
+        ["YF-1"]
+    );
+
+    // The owner takes a new event and dies before settling it: the other
+    // node is pinned and gets it once the owner's hold runs out.
+    a.append(vec![new_event(
+        "urn:govhub:police",
+        "c-5",
+        Some("YF-1"),
+        &["police"],
+    )])
+    .await
+    .unwrap();
+    let taken = take_until(owner_j, 1).await;
+    assert_eq!(taken.last().map(|t| t.events.len()), Some(1));
+    drop(taken);
+    let started = Instant::now();
+    let survivor = if owner_index == 0 {
+        drop(a);
+        b.take().unwrap()
+    } else {
+        b.take();
+        a
+    };
+    let taken_over = take_until(&survivor, 1).await;
+    let ids: Vec<&str> = taken_over
+        .iter()
+        .flat_map(|t| t.events.iter().map(|e| e.event.id.as_str()))
+        .collect();
+    eprintln!("taken over after {:?}", started.elapsed());
+    assert_eq!(ids, ["c-5"]);
+}

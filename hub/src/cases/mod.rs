@@ -49,7 +49,6 @@ const MIN_PASS_GAP: Duration = Duration::from_millis(20);
 pub struct Tracker {
     config: CasesConfig,
     open: Mutex<HashMap<String, Case>>,
-    fed: AtomicI64,
     wake: Notify,
     /// The hub-clock time deadlines were last checked at.
     checked_at: AtomicI64,
@@ -170,7 +169,6 @@ impl Tracker {
         Ok(Tracker {
             config,
             open: Mutex::new(open),
-            fed: AtomicI64::new(journal.case_feed_position()?),
             wake: Notify::new(),
             checked_at: AtomicI64::new(i64::MIN),
         })
@@ -216,33 +214,30 @@ impl Tracker {
     }
 
     /// After a failure half way, forget the in-memory state and read it
-    /// back from the journal (the feed position was not advanced).
+    /// back from the journal; what was taken and not settled is taken
+    /// again.
     async fn reload(&self, journal: &dyn CaseStore) {
+        journal.rewind_case_feed();
         if let Ok(fresh) = Tracker::load(self.config.clone(), journal).await {
             *self.lock() = fresh.open.into_inner().unwrap_or_default();
-            self.fed
-                .store(fresh.fed.load(Ordering::SeqCst), Ordering::SeqCst);
         }
     }
 
     /// Reads every case event stored since the last pass into the cases.
     pub async fn feed(&self, hub: &Arc<dyn Host>) -> anyhow::Result<()> {
         loop {
-            let from = self.fed.load(Ordering::SeqCst);
-            let (batch, position) = hub.store().case_events_after(from, FEED_BATCH).await?;
+            let take = hub.store().take_case_events(FEED_BATCH).await?;
+            let batch = take.events;
             if batch.is_empty() {
-                // Only events without a case since: nothing to store; the
-                // position is kept in memory (after a restart those events
-                // are skipped again, cheaply).
-                self.fed.store(position, Ordering::SeqCst);
+                // Only events without a case since: nothing to store (after
+                // a restart those events are skipped again, cheaply).
                 return Ok(());
             }
             let full = batch.len() == FEED_BATCH;
             let closed = self.closed_cases_of(&*hub.store(), &batch).await?;
             let (rows, effects) = self.apply_batch(closed, batch);
             self.emit(hub, effects).await?;
-            hub.store().store_cases(rows, Some(position)).await?;
-            self.fed.store(position, Ordering::SeqCst);
+            hub.store().settle_cases(rows, take.receipt).await?;
             self.forget_closed();
             if !full {
                 return Ok(());
@@ -377,7 +372,7 @@ impl Tracker {
             return Ok(());
         }
         self.emit(hub, effects).await?;
-        hub.store().store_cases(rows, None).await?;
+        hub.store().store_cases(rows).await?;
         Ok(())
     }
 

@@ -427,6 +427,28 @@ pub struct AuditQuery {
 }
 
 impl AuditRecord {
+    /// Record `seq`, linked to `prev_hash`, with its hash: what every
+    /// backend appends.
+    pub fn linked(
+        seq: i64,
+        prev_hash: String,
+        at_ms: i64,
+        [actor, action, target, detail]: &[String; 4],
+    ) -> AuditRecord {
+        let mut record = AuditRecord {
+            seq,
+            at_ms,
+            actor: actor.clone(),
+            action: action.clone(),
+            target: target.clone(),
+            detail: detail.clone(),
+            prev_hash,
+            hash: String::new(),
+        };
+        record.hash = record.expected_hash();
+        record
+    }
+
     /// The hash this record must carry, from its fields and `prev_hash`.
     pub fn expected_hash(&self) -> String {
         use sha2::Digest;
@@ -516,20 +538,52 @@ pub trait AdapterState: Send + Sync + 'static {
     fn state(&self, adapter: &str) -> Result<Vec<(String, Vec<u8>)>, JournalError>;
 }
 
+/// Case events taken from the case feed, not yet settled.
+#[derive(Debug)]
+pub struct CaseTake {
+    /// The events, oldest first: each case sees its own in order.
+    pub events: Vec<FedEvent>,
+    /// What settling the take records.
+    pub receipt: Receipt,
+}
+
+/// What a backend needs to settle a take: SQLite, the position read up
+/// to (stored with the cases); NATS, acknowledging the messages taken
+/// once the cases are stored.
+pub enum Receipt {
+    /// Read up to this event sequence.
+    Position(i64),
+    /// Run once the cases are stored.
+    Then(Box<dyn FnOnce() -> Pending<()> + Send>),
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Receipt::Position(p) => write!(f, "Position({p})"),
+            Receipt::Then(_) => write!(f, "Then(..)"),
+        }
+    }
+}
+
 /// Case state: the case tracker's feed of case events and the cases it
-/// derives.
+/// derives. The feed is take-then-settle: events taken are taken again
+/// after a crash or a [`CaseStore::rewind_case_feed`] until a settle
+/// stores the cases they made, so no event is lost to a failure in
+/// between and none is applied twice once settled.
 pub trait CaseStore: Send + Sync + 'static {
-    /// Up to `limit` events of a case (with a `caseid`) after sequence
-    /// number `seq`, oldest first, and the position read up to (past the
-    /// events without a case in between).
-    fn case_events_after(&self, seq: i64, limit: usize) -> Pending<(Vec<FedEvent>, i64)>;
+    /// Takes up to `limit` events of a case (with a `caseid`) that have
+    /// not been taken, oldest first.
+    fn take_case_events(&self, limit: usize) -> Pending<CaseTake>;
 
-    /// Stores cases and, when given, how far the case tracker has read the
-    /// journal, in one transaction.
-    fn store_cases(&self, rows: Vec<CaseRow>, fed_up_to: Option<i64>) -> Pending<()>;
+    /// Stores the cases a take made and settles it, together.
+    fn settle_cases(&self, rows: Vec<CaseRow>, receipt: Receipt) -> Pending<()>;
 
-    /// How far the case tracker has read the journal.
-    fn case_feed_position(&self) -> Result<i64, JournalError>;
+    /// Gives back every take not settled: they are taken again.
+    fn rewind_case_feed(&self);
+
+    /// Stores cases changed without a take (an escalation).
+    fn store_cases(&self, rows: Vec<CaseRow>) -> Pending<()>;
 
     /// One case, JSON.
     fn case(&self, id: &str) -> Pending<Option<Vec<u8>>>;

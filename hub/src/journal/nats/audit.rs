@@ -12,16 +12,12 @@ use super::{storage, Inner, NatsJournal};
 use crate::journal::{
     now_ms, AuditLog, AuditQuery, AuditRecord, FeedKeys, FeedKind, JournalError, Pending,
 };
-use async_nats::jetstream::{consumer, context::PublishErrorKind, stream};
+use async_nats::jetstream::{context::PublishErrorKind, stream};
 use async_nats::HeaderMap;
-use futures_util::StreamExt;
-use std::time::Duration;
 
 const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
 /// How often a node that keeps losing the race for the next link tries.
 const LINK_TRIES: usize = 100;
-/// The most records one read pulls at a time.
-const PAGE: usize = 512;
 
 /// A token for a subject: 16 hex digits of sha256, `_` for none.
 fn token(value: Option<&str>) -> String {
@@ -86,11 +82,12 @@ impl Inner {
     /// Appends one record, linked to the one before it.
     async fn append_audit(
         &self,
-        [actor, action, target, detail]: [String; 4],
+        fields: [String; 4],
         adapter_change: bool,
     ) -> Result<AuditRecord, JournalError> {
-        let caseid = caseid_of(&action, &detail);
-        let subject = self.audit_subject(&action, Some(&actor), caseid.as_deref());
+        let [actor, action, _, detail] = &fields;
+        let caseid = caseid_of(action, detail);
+        let subject = self.audit_subject(action, Some(actor), caseid.as_deref());
         // One append at a time from this node; other nodes are ordered by
         // the expected-sequence check.
         let mut head = self.audit_head.lock().await;
@@ -99,17 +96,7 @@ impl Inner {
                 Some(h) => h,
                 None => self.audit_head().await?,
             };
-            let mut record = AuditRecord {
-                seq: last + 1,
-                at_ms: now_ms(),
-                actor: actor.clone(),
-                action: action.clone(),
-                target: target.clone(),
-                detail: detail.clone(),
-                prev_hash,
-                hash: String::new(),
-            };
-            record.hash = record.expected_hash();
+            let record = AuditRecord::linked(last + 1, prev_hash, now_ms(), &fields);
             let mut headers = HeaderMap::new();
             headers.insert(EXPECTED_LAST_SEQUENCE, last.to_string().as_str());
             let body = serde_json::to_vec(&record).map_err(|e| storage("audit record", e))?;
@@ -187,56 +174,18 @@ impl Inner {
         after: i64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, JournalError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let reader = self
-            .audit
-            .create_consumer(consumer::pull::Config {
-                filter_subject: filter,
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: (after.max(0) + 1) as u64,
-                },
-                ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                num_replicas: 1,
-                memory_storage: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| storage("reading the audit chain", e))?;
-        let mut reader_info = reader.clone();
-        let pending = reader_info
-            .info()
-            .await
-            .map_err(|e| storage("reading the audit chain", e))?
-            .num_pending as usize;
-        let wanted = pending.min(limit);
-        let mut records = Vec::with_capacity(wanted.min(PAGE * 4));
-        while records.len() < wanted {
-            let mut batch = reader
-                .fetch()
-                .max_messages((wanted - records.len()).min(PAGE))
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await
-                .map_err(|e| storage("reading the audit chain", e))?;
-            let before = records.len();
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(|e| storage("reading the audit chain", e))?;
-                let record: AuditRecord = serde_json::from_slice(&m.payload)
-                    .map_err(|e| storage("an audit record", e))?;
-                records.push(record);
-            }
-            if records.len() == before {
-                return Err(storage(
-                    "reading the audit chain",
-                    format!("{} of {wanted} records arrived", records.len()),
-                ));
-            }
-        }
-        let _ = self.audit.delete_consumer(&reader.cached_info().name).await;
-        Ok(records)
+        let messages = super::read_filtered(
+            &self.audit,
+            vec![filter],
+            (after.max(0) + 1) as u64,
+            limit,
+            "the audit chain",
+        )
+        .await?;
+        messages
+            .iter()
+            .map(|m| serde_json::from_slice(m).map_err(|e| storage("an audit record", e)))
+            .collect()
     }
 }
 

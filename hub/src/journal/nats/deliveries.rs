@@ -19,11 +19,9 @@ use crate::journal::{
     now_ms, rfc3339_ms, DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, FeedKeys,
     FeedKind, JournalError,
 };
-use async_nats::jetstream::{consumer, stream};
+use async_nats::jetstream::stream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use std::time::Duration;
 
 /// Headers a work item carries (see `events.rs`), and those of a replay.
 const OFFSET: &str = "Govhub-Offset";
@@ -368,48 +366,14 @@ impl Inner {
                 .collect(),
             None => vec![format!("{}.dead.>", self.subjects.root)],
         };
-        let reader = self
-            .dead
-            .create_consumer(consumer::pull::Config {
-                filter_subjects: filters,
-                ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                num_replicas: 1,
-                memory_storage: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| storage("reading dead letters", e))?;
-        let mut info = reader.clone();
-        let mut left = info
-            .info()
-            .await
-            .map_err(|e| storage("reading dead letters", e))?
-            .num_pending as usize;
         // The latest death of each delivery.
         let mut latest: std::collections::HashMap<i64, DeadLetter> = Default::default();
-        while left > 0 {
-            let mut batch = reader
-                .fetch()
-                .max_messages(left.min(512))
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await
-                .map_err(|e| storage("reading dead letters", e))?;
-            let mut got = 0;
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(|e| storage("reading dead letters", e))?;
-                got += 1;
-                if let Ok(d) = serde_json::from_slice::<DeadLetter>(&m.payload) {
-                    latest.insert(d.id, d);
-                }
+        for body in super::read_filtered(&self.dead, filters, 1, usize::MAX, "dead letters").await?
+        {
+            if let Ok(d) = serde_json::from_slice::<DeadLetter>(&body) {
+                latest.insert(d.id, d);
             }
-            if got == 0 {
-                break;
-            }
-            left = left.saturating_sub(got);
         }
-        let _ = self.dead.delete_consumer(&reader.cached_info().name).await;
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut by_newest: Vec<DeadLetter> = latest.into_values().collect();
         by_newest.sort_by(|a, b| b.dead_at.cmp(&a.dead_at).then(b.id.cmp(&a.id)));

@@ -106,6 +106,10 @@ pub(crate) fn start_follower(
 ) {
     tokio::spawn(async move {
         let mut from = consumer::DeliverPolicy::New;
+        // What was handed on last: async-nats 0.51's ordered consumer,
+        // recreated before its first message, starts again from the
+        // stream's first, and nothing is handed on twice.
+        let mut handed = feed.cached_info().state.last_sequence;
         loop {
             let messages = async {
                 feed.create_consumer(consumer::pull::OrderedConfig {
@@ -122,7 +126,6 @@ pub(crate) fn start_follower(
                 m = messages => m,
                 _ = stop.changed() => return,
             };
-            let mut last = None;
             if let Ok(messages) = messages.as_mut() {
                 loop {
                     let next = tokio::select! {
@@ -132,8 +135,11 @@ pub(crate) fn start_follower(
                     let Some(Ok(m)) = next else { break };
                     let Ok(info) = m.info() else { continue };
                     let seq = info.stream_sequence;
+                    if seq <= handed {
+                        continue;
+                    }
+                    handed = seq;
                     let at = unix_ms(info.published);
-                    last = Some(seq);
                     if let Some(item) =
                         item_of(&root, seq, at, &m.subject, m.headers.as_ref(), &m.payload)
                     {
@@ -142,11 +148,9 @@ pub(crate) fn start_follower(
                 }
             }
             // Lost: follow again from the item after the last one handed on.
-            if let Some(seq) = last {
-                from = consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: seq + 1,
-                };
-            }
+            from = consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: handed + 1,
+            };
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = stop.changed() => return,
@@ -244,6 +248,11 @@ impl Inner {
             };
             let info = next.info().map_err(|e| storage("reading the feed", e))?;
             let seq = info.stream_sequence;
+            if (seq as i64) < from {
+                // async-nats 0.51's ordered consumer, recreated before its
+                // first message, starts again from the stream's first.
+                continue;
+            }
             if seq as i64 > to {
                 break;
             }

@@ -14,8 +14,11 @@
 //! many nodes append (`audit.rs`); the [`Registry`], with the serving
 //! version changed by compare-and-set, and the modules in an object store
 //! (`registry.rs`); delivery outcomes, dead letters and replay
-//! (`deliveries.rs`); and the [`Feed`], one stream every node follows
-//! (`feed.rs`).
+//! (`deliveries.rs`); the [`Feed`], one stream every node follows
+//! (`feed.rs`); and the [`CaseStore`], one tracker at a time through a
+//! pinned consumer, the cases in a bucket (`cases.rs`). Still to come:
+//! the delivery consumers (and with them the whole `DeliveryLog`), the
+//! deadlines as message schedules, and the hub's wiring.
 //!
 //! [`EventLog`]: super::EventLog
 //! [`Meta`]: super::Meta
@@ -23,8 +26,10 @@
 //! [`AuditLog`]: super::AuditLog
 //! [`Registry`]: super::Registry
 //! [`Feed`]: super::Feed
+//! [`CaseStore`]: super::CaseStore
 
 mod audit;
+mod cases;
 mod deliveries;
 mod events;
 mod feed;
@@ -66,6 +71,11 @@ pub struct NatsConfig {
     /// How many items a live subscriber may fall behind before it is
     /// told to read them back (`stream.buffer`).
     pub feed_buffer: usize,
+    /// How long the case tracker may hold events it took before the
+    /// server gives them to another node.
+    pub case_ack_wait: Duration,
+    /// How many events the case tracker may hold unsettled.
+    pub case_window: usize,
 }
 
 impl NatsConfig {
@@ -82,6 +92,8 @@ impl NatsConfig {
             request_timeout: Duration::from_secs(5),
             feed_retain: 100_000,
             feed_buffer: 1024,
+            case_ack_wait: Duration::from_secs(30),
+            case_window: 1000,
         }
     }
 
@@ -215,6 +227,10 @@ pub(crate) struct Inner {
     meta: self::tables::Mirror,
     cursors: self::tables::Mirror,
     state: self::tables::Mirror,
+    /// The cases, with their watched copy, and this node's end of the
+    /// case tracker's feed.
+    cases: self::tables::Mirror,
+    case_feed: std::sync::Arc<cases::CaseFeed>,
     /// The adapter registry, with its watched copy, and the modules.
     registry: self::tables::Mirror,
     modules: jetstream::object_store::ObjectStore,
@@ -354,6 +370,21 @@ impl NatsJournal {
             stopped.clone(),
         )
         .await?;
+        let cases = self::tables::Mirror::start(
+            create_bucket(&js, bucket("cases", 1)).await?,
+            stopped.clone(),
+        )
+        .await?;
+        let case_feed = std::sync::Arc::new(
+            cases::start(
+                &stream,
+                &subjects.root,
+                config.case_ack_wait,
+                config.case_window,
+                stopped.clone(),
+            )
+            .await?,
+        );
         let modules_bucket = config.bucket("modules");
         let modules = match js.get_object_store(&modules_bucket).await {
             Ok(store) => store,
@@ -391,6 +422,8 @@ impl NatsJournal {
                 meta,
                 cursors,
                 state,
+                cases,
+                case_feed,
                 registry,
                 modules,
                 deferred,
@@ -418,6 +451,63 @@ impl NatsJournal {
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.inner.js
     }
+}
+
+/// The payloads of the messages on `filters` from sequence `start` on,
+/// in order, at most `limit`: read through a short-lived consumer the
+/// server filters for, and removed after.
+pub(crate) async fn read_filtered(
+    stream: &stream::Stream,
+    filters: Vec<String>,
+    start: u64,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<bytes::Bytes>, JournalError> {
+    use async_nats::jetstream::consumer;
+    use futures_util::StreamExt;
+    /// The most messages one fetch asks for.
+    const PAGE: usize = 512;
+    if limit == 0 || filters.is_empty() {
+        return Ok(Vec::new());
+    }
+    let what = format!("reading {what}");
+    let reader = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subjects: filters,
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start.max(1),
+            },
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            num_replicas: 1,
+            memory_storage: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| storage(&what, e))?;
+    let wanted = (reader.cached_info().num_pending as usize).min(limit);
+    let mut bodies = Vec::with_capacity(wanted.min(PAGE * 4));
+    while bodies.len() < wanted {
+        let mut batch = reader
+            .fetch()
+            .max_messages((wanted - bodies.len()).min(PAGE))
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(|e| storage(&what, e))?;
+        let before = bodies.len();
+        while let Some(m) = batch.next().await {
+            bodies.push(m.map_err(|e| storage(&what, e))?.payload.clone());
+        }
+        if bodies.len() == before {
+            return Err(storage(
+                &what,
+                format!("{} of {wanted} messages arrived", bodies.len()),
+            ));
+        }
+    }
+    let _ = stream.delete_consumer(&reader.cached_info().name).await;
+    Ok(bodies)
 }
 
 async fn create_bucket(

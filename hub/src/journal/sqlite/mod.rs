@@ -10,8 +10,9 @@ mod feed;
 
 use super::{
     now_ms, rfc3339_ms, Appended, AuditQuery, AuditRecord, CaseFilter, CaseRow, CaseStatus,
-    DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, FedEvent, FeedItem, FeedKeys,
-    FeedKind, FeedSpan, Journal, JournalError, NewEvent, Pending, StoredEvent, VersionRecord,
+    CaseTake, DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, FedEvent, FeedItem,
+    FeedKeys, FeedKind, FeedSpan, Journal, JournalError, NewEvent, Pending, Receipt, StoredEvent,
+    VersionRecord,
 };
 use super::{AdapterState, AuditLog, CaseStore, DeliveryLog, EventLog, Feed, Meta, Registry};
 use crate::router::Target;
@@ -275,6 +276,9 @@ pub struct SqliteJournal {
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     stats: Arc<Stats>,
     feed: tokio::sync::broadcast::Sender<Arc<FeedItem>>,
+    /// How far the case tracker has taken the journal's events (ahead of
+    /// the stored `case_feed` until a settle stores it).
+    case_taken: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// How often the checkpointer moves the WAL into the database file.
@@ -380,14 +384,17 @@ impl SqliteJournal {
             .name("govhub-journal".into())
             .spawn(move || write_loop(writer, rx, writing))
             .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
-        Ok(SqliteJournal {
+        let journal = SqliteJournal {
             tx: Mutex::new(Some(tx)),
             reader: Arc::new(Mutex::new(reader)),
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some((stop, checkpointer))),
             stats,
             feed,
-        })
+            case_taken: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        };
+        journal.rewind_case_feed();
+        Ok(journal)
     }
 
     /// The writer's counters.
@@ -700,11 +707,12 @@ fn activate(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), rusqlite::Err
 
 fn append_audit(
     tx: &rusqlite::Transaction<'_>,
-    [actor, action, target, detail]: &[String; 4],
+    fields: &[String; 4],
     adapter_change: bool,
     now: i64,
     feed: &mut feed::Batch,
 ) -> Result<AuditRecord, rusqlite::Error> {
+    let [_, action, target, detail] = fields;
     // Cached statements, and the transaction's own last record: a flow
     // record per delivery makes this hot.
     let last: Option<(i64, String)> = match feed.audit_last.take() {
@@ -718,17 +726,7 @@ fn append_audit(
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, "0".repeat(64)),
     };
-    let mut record = AuditRecord {
-        seq,
-        at_ms: now,
-        actor: actor.clone(),
-        action: action.clone(),
-        target: target.clone(),
-        detail: detail.clone(),
-        prev_hash,
-        hash: String::new(),
-    };
-    record.hash = record.expected_hash();
+    let record = AuditRecord::linked(seq, prev_hash, now, fields);
     tx.prepare_cached(
         "INSERT INTO audit (seq, at_ms, actor, action, target, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -1276,61 +1274,87 @@ impl AdapterState for SqliteJournal {
 }
 
 impl CaseStore for SqliteJournal {
-    fn case_events_after(&self, seq: i64, limit: usize) -> Pending<(Vec<FedEvent>, i64)> {
-        self.read_later(move |c| {
-            // One read transaction: the events and the position are from
-            // the same snapshot, so nothing between them is skipped.
-            let tx = c.unchecked_transaction()?;
-            let mut s = tx.prepare_cached(
-                "SELECT seq, received_ms, origin, cloudevent FROM events
+    fn take_case_events(&self, limit: usize) -> Pending<CaseTake> {
+        // Taken in memory from where the last settle (or a rewind) left
+        // off; the position is stored with the cases a settle stores.
+        let seq = self.case_taken.load(Ordering::SeqCst);
+        let taken = self.case_taken.clone();
+        let read: Pending<(Vec<FedEvent>, i64)> = {
+            self.read_later(move |c| {
+                // One read transaction: the events and the position are from
+                // the same snapshot, so nothing between them is skipped.
+                let tx = c.unchecked_transaction()?;
+                let mut s = tx.prepare_cached(
+                    "SELECT seq, received_ms, origin, cloudevent FROM events
                  WHERE seq > ?1 AND caseid IS NOT NULL ORDER BY seq LIMIT ?2",
-            )?;
-            let rows: Vec<(i64, i64, Option<String>, Vec<u8>)> = s
-                .query_map(params![seq, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })?
-                .collect::<Result<_, _>>()?;
-            let position = if rows.len() == limit {
-                rows.last().map(|r| r.0).unwrap_or(seq)
-            } else {
-                tx.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?
-            };
-            let mut t = tx.prepare_cached(
-                "SELECT target, rule FROM deliveries WHERE event_seq = ?1 ORDER BY id",
-            )?;
-            let events = rows
-                .into_iter()
-                .map(|(seq, received_ms, origin, body)| {
-                    let targets = t
-                        .query_map(params![seq], |r| {
-                            Ok(Target {
-                                adapter: r.get(0)?,
-                                rule: r.get(1)?,
-                            })
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok(FedEvent {
-                        seq,
-                        received_ms,
-                        origin,
-                        event: decode(&body)?,
-                        targets,
+                )?;
+                let rows: Vec<(i64, i64, Option<String>, Vec<u8>)> = s
+                    .query_map(params![seq, limit as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let position = if rows.len() == limit {
+                    rows.last().map(|r| r.0).unwrap_or(seq)
+                } else {
+                    tx.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?
+                };
+                let mut t = tx.prepare_cached(
+                    "SELECT target, rule FROM deliveries WHERE event_seq = ?1 ORDER BY id",
+                )?;
+                let events = rows
+                    .into_iter()
+                    .map(|(seq, received_ms, origin, body)| {
+                        let targets = t
+                            .query_map(params![seq], |r| {
+                                Ok(Target {
+                                    adapter: r.get(0)?,
+                                    rule: r.get(1)?,
+                                })
+                            })?
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Ok(FedEvent {
+                            seq,
+                            received_ms,
+                            origin,
+                            event: decode(&body)?,
+                            targets,
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>, rusqlite::Error>>()?;
-            Ok((events, position.max(seq)))
+                    .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+                Ok((events, position.max(seq)))
+            })
+        };
+        Box::pin(async move {
+            let (events, position) = read.await?;
+            // Only this tracker takes: a concurrent take cannot move it.
+            let _ = taken.compare_exchange(seq, position, Ordering::SeqCst, Ordering::SeqCst);
+            Ok(CaseTake {
+                events,
+                receipt: Receipt::Position(position),
+            })
         })
     }
 
-    fn store_cases(&self, rows: Vec<CaseRow>, fed_up_to: Option<i64>) -> Pending<()> {
-        self.ask(|reply| Command::Cases(rows, fed_up_to, reply))
+    fn settle_cases(&self, rows: Vec<CaseRow>, receipt: Receipt) -> Pending<()> {
+        let fed = match receipt {
+            Receipt::Position(p) => Some(p),
+            Receipt::Then(_) => None,
+        };
+        self.ask(|reply| Command::Cases(rows, fed, reply))
     }
 
-    fn case_feed_position(&self) -> Result<i64, JournalError> {
-        Ok(self
-            .meta("case_feed")?
+    fn rewind_case_feed(&self) {
+        let stored = self
+            .meta("case_feed")
+            .ok()
+            .flatten()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+            .unwrap_or(0);
+        self.case_taken.store(stored, Ordering::SeqCst);
+    }
+
+    fn store_cases(&self, rows: Vec<CaseRow>) -> Pending<()> {
+        self.ask(|reply| Command::Cases(rows, None, reply))
     }
 
     fn case(&self, id: &str) -> Pending<Option<Vec<u8>>> {
@@ -1800,6 +1824,46 @@ mod tests {
             pending.iter().map(|d| d.priority).collect::<Vec<_>>(),
             [3, 2, 0]
         );
+    }
+
+    #[tokio::test]
+    async fn case_events_are_taken_again_until_a_settle_stores_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids =
+            |t: &CaseTake| -> Vec<String> { t.events.iter().map(|e| e.event.id.clone()).collect() };
+        {
+            let j = journal(dir.path());
+            j.append(vec![
+                new_event("a", Some("c1"), &["police"]),
+                new_event("b", None, &["police"]),
+                new_event("c", Some("c2"), &["police"]),
+            ])
+            .await
+            .unwrap();
+            let t = j.take_case_events(10).await.unwrap();
+            assert_eq!(ids(&t), ["a", "c"]);
+            assert!(j.take_case_events(10).await.unwrap().events.is_empty());
+            // A failure before the settle: given back, taken again.
+            j.rewind_case_feed();
+            let again = j.take_case_events(10).await.unwrap();
+            assert_eq!(ids(&again), ["a", "c"]);
+            j.settle_cases(Vec::new(), again.receipt).await.unwrap();
+            j.rewind_case_feed();
+            assert!(j.take_case_events(10).await.unwrap().events.is_empty());
+            // A page at a time.
+            j.append(vec![
+                new_event("d", Some("c3"), &["police"]),
+                new_event("e", Some("c4"), &["police"]),
+            ])
+            .await
+            .unwrap();
+            assert_eq!(ids(&j.take_case_events(1).await.unwrap()), ["d"]);
+            assert_eq!(ids(&j.take_case_events(1).await.unwrap()), ["e"]);
+            j.flush().await.unwrap();
+        }
+        // Reopened (a crash): what was taken and never settled comes again.
+        let j = journal(dir.path());
+        assert_eq!(ids(&j.take_case_events(10).await.unwrap()), ["d", "e"]);
     }
 
     #[tokio::test]
