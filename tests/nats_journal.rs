@@ -1337,3 +1337,46 @@ async fn one_node_tracks_the_cases_and_another_takes_over_what_it_never_settled(
     eprintln!("taken over after {:?}", started.elapsed());
     assert_eq!(ids, ["c-5"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_batches_at_once_than_the_server_keeps_open_are_all_stored() {
+    let cluster = NatsCluster::shared();
+    // Above the server's 50 open batches per stream, on purpose: the ones
+    // it refuses (10210) are asked again.
+    let journal = Arc::new(
+        NatsJournal::connect(&NatsConfig {
+            batches_in_flight: 200,
+            ..config(cluster, "inflight")
+        })
+        .await
+        .unwrap(),
+    );
+    let appends = (0..300).map(|i| {
+        let journal = journal.clone();
+        async move {
+            journal
+                .append(vec![new_event(
+                    "urn:govhub:video-patrol",
+                    &format!("busy-{i}"),
+                    Some(&format!("YF-{}", i % 40)),
+                    &["police", "city-management"],
+                )])
+                .await
+        }
+    });
+    let results = futures_util::future::join_all(appends).await;
+    let stored = results
+        .into_iter()
+        .map(|r| r.expect("an append was refused"))
+        .filter(|a| !a[0].duplicate)
+        .count();
+    assert_eq!(stored, 300);
+    let counts = subject_counts(&journal).await;
+    assert_eq!(
+        counts
+            .keys()
+            .filter(|s| s.starts_with("inflight.ev."))
+            .count(),
+        300
+    );
+}

@@ -7,7 +7,8 @@
 //! by it). Each round runs both, one after the other, with the same
 //! events and the same number in flight, and prints the ratio.
 //! `NATS_BENCH_EVENTS`, `NATS_BENCH_IN_FLIGHT` and `NATS_BENCH_ROUNDS` set
-//! the sizes (5,000, 64 and 3).
+//! the sizes (5,000, 64 and 3); `NATS_BENCH_BATCHES` the journal's open
+//! batches (16, its default).
 
 #[path = "../../tests/support/nats.rs"]
 mod nats;
@@ -118,6 +119,7 @@ fn main() {
             // govhub: the journal's append, one event per call.
             let journal = NatsJournal::connect(&NatsConfig {
                 prefix: format!("bench{round}"),
+                batches_in_flight: env("NATS_BENCH_BATCHES", 16),
                 request_timeout: Duration::from_secs(10),
                 ..NatsConfig::at(&cluster.urls())
             })

@@ -44,6 +44,10 @@ const ERR_ATOMIC_PUBLISH_DUPLICATE: u64 = 10201;
 /// asked again in a moment, it is a duplicate, or ours if theirs failed.
 const ERR_DUPLICATE_IN_PROCESS: u64 = 10158;
 const ERR_WRONG_LAST_SEQUENCE_CONSTANT: u64 = 10164;
+/// The server holds a bounded number of open batches per stream (50 in
+/// nats-server 2.15, over every client): past it, a batch is refused at
+/// its first message and is asked again in a moment.
+const ERR_ATOMIC_TOO_MANY_IN_FLIGHT: u64 = 10210;
 /// How often a race with another node is asked again, and how long apart.
 const RACE_TRIES: u32 = 40;
 const RACE_PAUSE: Duration = Duration::from_millis(25);
@@ -120,6 +124,12 @@ impl Inner {
 
     /// Publishes `parts` as one atomic batch; the answer to its commit.
     async fn publish_batch(&self, parts: &[Part]) -> Result<Answer, JournalError> {
+        // This node's share of the server's open batches.
+        let _open = self
+            .batches
+            .acquire()
+            .await
+            .map_err(|_| JournalError::Closed)?;
         let batch = format!(
             "{}-{}",
             uuid::Uuid::new_v4().simple(),
@@ -213,7 +223,9 @@ impl Inner {
                     ERR_ATOMIC_PUBLISH_DUPLICATE => {
                         return Ok(duplicate(self.stored_seq(&identity).await?));
                     }
-                    ERR_DUPLICATE_IN_PROCESS | ERR_WRONG_LAST_SEQUENCE_CONSTANT => {
+                    ERR_DUPLICATE_IN_PROCESS
+                    | ERR_WRONG_LAST_SEQUENCE_CONSTANT
+                    | ERR_ATOMIC_TOO_MANY_IN_FLIGHT => {
                         attempt += 1;
                         tokio::time::sleep(RACE_PAUSE * attempt.min(8)).await;
                     }

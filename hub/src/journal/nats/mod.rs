@@ -76,6 +76,9 @@ pub struct NatsConfig {
     pub case_ack_wait: Duration,
     /// How many events the case tracker may hold unsettled.
     pub case_window: usize,
+    /// How many acceptance batches this node keeps open at once: its
+    /// share of the server's 50 per stream, over every node.
+    pub batches_in_flight: usize,
 }
 
 impl NatsConfig {
@@ -94,6 +97,7 @@ impl NatsConfig {
             feed_buffer: 1024,
             case_ack_wait: Duration::from_secs(30),
             case_window: 1000,
+            batches_in_flight: 16,
         }
     }
 
@@ -212,6 +216,8 @@ pub(crate) struct Inner {
     js: jetstream::Context,
     stream: stream::Stream,
     subjects: Subjects,
+    /// This node's open acceptance batches.
+    batches: tokio::sync::Semaphore,
     /// Delivery outcomes by delivery id (written by the delivery log).
     deliveries: kv::Store,
     /// The audit chain, and the head this node last linked to.
@@ -413,6 +419,7 @@ impl NatsJournal {
                 js,
                 stream,
                 subjects,
+                batches: tokio::sync::Semaphore::new(config.batches_in_flight.max(1)),
                 deliveries,
                 audit,
                 dead,
