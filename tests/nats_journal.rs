@@ -1380,3 +1380,95 @@ async fn more_batches_at_once_than_the_server_keeps_open_are_all_stored() {
         300
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_of_one_append_share_a_batch_and_a_duplicate_among_them_is_found() {
+    let cluster = NatsCluster::shared();
+    let journal = NatsJournal::connect(&config(cluster, "group"))
+        .await
+        .unwrap();
+    let group: Vec<NewEvent> = (0..20)
+        .map(|i| {
+            new_event(
+                "urn:govhub:police",
+                &format!("g-{i}"),
+                Some(&format!("YF-{}", i % 3)),
+                &["police", "fire"],
+            )
+        })
+        .collect();
+    let stored = journal.append(group).await.unwrap();
+    // One batch: consecutive, each event followed by its two work items.
+    for (i, a) in stored.iter().enumerate() {
+        assert!(!a.duplicate);
+        assert_eq!(a.seq, stored[0].seq + 3 * i as i64, "{stored:?}");
+        assert_eq!(
+            a.deliveries.iter().map(|d| d.id).collect::<Vec<_>>(),
+            [a.seq + 1, a.seq + 2]
+        );
+    }
+    for (i, a) in stored.iter().enumerate() {
+        let e = journal.event_by_seq(a.seq).await.unwrap().unwrap();
+        assert_eq!(e.id, format!("g-{i}"));
+    }
+
+    // A group holding a stored event and the same new event twice: the
+    // stored one is reported with its sequence, the new one stored once.
+    let again = journal
+        .append(vec![
+            new_event("urn:govhub:police", "g-new", Some("YF-1"), &["police"]),
+            new_event(
+                "urn:govhub:police",
+                "g-7",
+                Some("YF-1"),
+                &["police", "fire"],
+            ),
+            new_event("urn:govhub:police", "g-new", Some("YF-1"), &["police"]),
+        ])
+        .await
+        .unwrap();
+    assert!(again[1].duplicate);
+    assert_eq!(again[1].seq, stored[7].seq);
+    let new: Vec<_> = [&again[0], &again[2]]
+        .into_iter()
+        .filter(|a| !a.duplicate)
+        .collect();
+    assert_eq!(new.len(), 1, "{again:?}");
+    assert_eq!(again[0].seq, again[2].seq);
+    let counts = subject_counts(&journal).await;
+    assert_eq!(
+        counts.keys().filter(|s| s.starts_with("group.ev.")).count(),
+        21
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_many_events_is_stored_whole_and_in_its_order() {
+    let cluster = NatsCluster::shared();
+    let journal = NatsJournal::connect(&config(cluster, "many"))
+        .await
+        .unwrap();
+    // 500 events of 20 cases with two targets each: 1,500 messages, more
+    // than one batch holds.
+    let events: Vec<NewEvent> = (0..500)
+        .map(|i| {
+            new_event(
+                "urn:govhub:four-platforms",
+                &format!("m-{i}"),
+                Some(&format!("YF-{}", i % 20)),
+                &["police", "village"],
+            )
+        })
+        .collect();
+    let stored = journal.append(events).await.unwrap();
+    assert_eq!(stored.len(), 500);
+    assert!(stored.iter().all(|a| !a.duplicate));
+    assert!(
+        stored.windows(2).all(|w| w[0].seq < w[1].seq),
+        "stored out of the request's order"
+    );
+    for i in [0, 250, 499] {
+        let e = journal.event_by_seq(stored[i].seq).await.unwrap().unwrap();
+        assert_eq!(e.id, format!("m-{i}"));
+    }
+}

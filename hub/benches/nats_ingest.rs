@@ -8,7 +8,10 @@
 //! events and the same number in flight, and prints the ratio.
 //! `NATS_BENCH_EVENTS`, `NATS_BENCH_IN_FLIGHT` and `NATS_BENCH_ROUNDS` set
 //! the sizes (5,000, 64 and 3); `NATS_BENCH_BATCHES` the journal's open
-//! batches (16, its default).
+//! batches (16, its default); `NATS_BENCH_GROUP` how many events one
+//! append carries (1: one per call, as single-event requests do), with
+//! the in-flight count divided among the groups (the same number of
+//! events in flight as the baseline).
 
 #[path = "../../tests/support/nats.rs"]
 mod nats;
@@ -128,15 +131,23 @@ fn main() {
             journal.append(vec![event(round + 1000, 0)]).await.unwrap();
             let started = Instant::now();
             let journal = Arc::new(journal);
-            futures_util::stream::iter(bodies)
-                .map(|e| {
+            let group = env("NATS_BENCH_GROUP", 1).max(1);
+            let mut groups: Vec<Vec<NewEvent>> = Vec::new();
+            for e in bodies {
+                match groups.last_mut() {
+                    Some(g) if g.len() < group => g.push(e),
+                    _ => groups.push(vec![e]),
+                }
+            }
+            futures_util::stream::iter(groups)
+                .map(|g| {
                     let journal = journal.clone();
                     async move {
-                        let a = journal.append(vec![e]).await.unwrap();
-                        assert!(!a[0].duplicate);
+                        let a = journal.append(g).await.unwrap();
+                        assert!(a.iter().all(|a| !a.duplicate));
                     }
                 })
-                .buffer_unordered(in_flight)
+                .buffer_unordered((in_flight / group).max(1))
                 .collect::<Vec<_>>()
                 .await;
             let ours = events as f64 / started.elapsed().as_secs_f64();

@@ -1,9 +1,11 @@
-//! The event log on JetStream: each accepted event and its work items as
-//! one atomic batch on the `GOVHUB` stream.
+//! The event log on JetStream: accepted events and their work items as
+//! atomic batches on the `GOVHUB` stream, several events per batch when
+//! several are waiting (group commit; a group refused as a duplicate is
+//! stored one event per batch).
 //!
 //! A batch's messages get consecutive stream sequences (measured:
-//! `tests/nats_cluster.rs`), so the event's sequence is the first, and
-//! work item `k` (1-based) is the event's sequence plus `k`: that is the
+//! `tests/nats_cluster.rs`), so an event's sequence is its place in the
+//! batch, and work item `k` (1-based) is the event's sequence plus `k`: that is the
 //! delivery's id, and the item carries `k` (`Govhub-Offset`) so that a
 //! consumer finds its event without a lookup.
 
@@ -53,6 +55,67 @@ const RACE_TRIES: u32 = 40;
 const RACE_PAUSE: Duration = Duration::from_millis(25);
 
 static BATCHES: AtomicU64 = AtomicU64::new(0);
+
+/// The most messages one atomic batch may hold (nats-server's limit is
+/// 1,000); a bigger group is stored one event per batch.
+const MAX_BATCH: usize = 1000;
+/// The most events the group committer puts in one batch.
+const MAX_GROUP: usize = 64;
+
+/// An event waiting for the group committer, and where its answer goes.
+/// One call's events stay together, in their order: events of one case
+/// sent in one request are stored in the order they came.
+pub(crate) type Grouped = (
+    Vec<NewEvent>,
+    tokio::sync::oneshot::Sender<Result<Vec<Appended>, JournalError>>,
+);
+
+/// The group committer: waits for a share of the server's open batches,
+/// then takes everything waiting (up to `MAX_GROUP` events) into one
+/// batch. While every share is busy the queue grows, so groups grow with
+/// the load. Stops when the journal is dropped.
+pub(crate) fn start_grouper(
+    inner: std::sync::Weak<Inner>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Grouped>,
+) {
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let Some(this) = inner.upgrade() else { return };
+            let Ok(open) = this.batches.clone().acquire_owned().await else {
+                return;
+            };
+            let mut size = first.0.len();
+            let mut group = vec![first];
+            while size < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(g) => {
+                        size += g.0.len();
+                        group.push(g);
+                    }
+                    Err(_) => break,
+                }
+            }
+            tokio::spawn(async move {
+                let sizes: Vec<usize> = group.iter().map(|g| g.0.len()).collect();
+                let (calls, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                let events: Vec<NewEvent> = calls.into_iter().flatten().collect();
+                match this.append_group(events, open).await {
+                    Ok(appended) => {
+                        let mut appended = appended.into_iter();
+                        for (reply, n) in replies.into_iter().zip(sizes) {
+                            let _ = reply.send(Ok(appended.by_ref().take(n).collect()));
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
 
 /// One message of a batch.
 struct Part {
@@ -130,6 +193,11 @@ impl Inner {
             .acquire()
             .await
             .map_err(|_| JournalError::Closed)?;
+        self.publish_batch_open(parts).await
+    }
+
+    /// [`Inner::publish_batch`] for a caller that holds a share already.
+    async fn publish_batch_open(&self, parts: &[Part]) -> Result<Answer, JournalError> {
         let batch = format!(
             "{}-{}",
             uuid::Uuid::new_v4().simple(),
@@ -242,6 +310,121 @@ impl Inner {
             "append",
             "another node kept storing the same event; try again",
         ))
+    }
+
+    /// Stores several events in one atomic batch (the per-batch cost
+    /// shared: group commit). The group's messages get consecutive
+    /// sequences, so each event's sequence is the first plus its offset in
+    /// the batch. A group the server refuses for any reason but a moment's
+    /// contention (a duplicate among them, say) is stored one event per
+    /// batch instead, which finds the duplicate and stores the rest.
+    async fn append_group(
+        &self,
+        events: Vec<NewEvent>,
+        open: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Vec<Appended>, JournalError> {
+        // Cut into batches the server takes (at most `MAX_BATCH` messages),
+        // committed one after the other, in order.
+        let mut chunks: Vec<Vec<NewEvent>> = Vec::new();
+        let mut messages = 0;
+        for e in events {
+            let m = 1 + e.targets.len();
+            match chunks.last_mut() {
+                Some(c) if messages + m <= MAX_BATCH && c.len() < MAX_GROUP => c.push(e),
+                _ => {
+                    chunks.push(vec![e]);
+                    messages = 0;
+                }
+            }
+            messages += m;
+        }
+        let mut out = Vec::new();
+        let mut open = Some(open);
+        for chunk in chunks {
+            let share = match open.take() {
+                Some(share) => share,
+                None => self
+                    .batches
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| JournalError::Closed)?,
+            };
+            out.extend(self.commit_group(chunk, share).await?);
+        }
+        Ok(out)
+    }
+
+    /// One group that fits in a batch.
+    async fn commit_group(
+        &self,
+        events: Vec<NewEvent>,
+        open: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Vec<Appended>, JournalError> {
+        if events.len() < 2 {
+            drop(open);
+            let mut out = Vec::new();
+            for e in events {
+                out.push(self.append_one(e).await?);
+            }
+            return Ok(out);
+        }
+        let mut parts = Vec::new();
+        let mut accepted = Vec::with_capacity(events.len());
+        for e in &events {
+            let (_, _, p, refs) = self.acceptance(e);
+            accepted.push((parts.len() as i64, refs));
+            parts.extend(p);
+        }
+        if parts.len() > MAX_BATCH {
+            drop(open);
+            return self.append_each(events).await;
+        }
+        let mut attempt = 0;
+        loop {
+            match self.publish_batch_open(&parts).await? {
+                Answer::Stored { last, count } if count == parts.len() as u64 => {
+                    let first = (last + 1 - count) as i64;
+                    return Ok(accepted
+                        .into_iter()
+                        .map(|(offset, mut refs)| {
+                            let seq = first + offset;
+                            for (k, r) in refs.iter_mut().enumerate() {
+                                r.id = seq + k as i64 + 1;
+                                r.event_seq = seq;
+                            }
+                            Appended {
+                                seq,
+                                duplicate: false,
+                                deliveries: refs,
+                            }
+                        })
+                        .collect());
+                }
+                Answer::Refused {
+                    code: ERR_ATOMIC_TOO_MANY_IN_FLIGHT,
+                    ..
+                } if attempt < RACE_TRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(RACE_PAUSE * attempt.min(8)).await;
+                }
+                _ => {
+                    drop(open);
+                    return self.append_each(events).await;
+                }
+            }
+        }
+    }
+
+    /// One batch per event, all in flight at once.
+    /// One batch per event, one after the other: events of one case keep
+    /// their order.
+    async fn append_each(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, JournalError> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            out.push(self.append_one(e).await?);
+        }
+        Ok(out)
     }
 
     /// The sequence of the stored event with this identity.
@@ -400,18 +583,14 @@ pub(crate) fn decode(body: &[u8]) -> Result<Event, JournalError> {
 
 impl EventLog for NatsJournal {
     fn append(&self, events: Vec<NewEvent>) -> Pending<Vec<Appended>> {
-        // Each event is its own batch, all in flight at once: a duplicate
-        // refuses only itself.
-        let this = self.handle();
+        // The call's events go to the group committer together, which
+        // puts what is waiting into one batch (a duplicate among them
+        // sends each through its own, in order).
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let sent = self.inner.grouped.send((events, reply));
         Box::pin(async move {
-            let all = events.into_iter().map(|e| {
-                let this = this.clone();
-                async move { this.append_one(e).await }
-            });
-            futures_util::future::join_all(all)
-                .await
-                .into_iter()
-                .collect()
+            sent.map_err(|_| JournalError::Closed)?;
+            rx.await.map_err(|_| JournalError::Closed)?
         })
     }
 

@@ -217,7 +217,9 @@ pub(crate) struct Inner {
     stream: stream::Stream,
     subjects: Subjects,
     /// This node's open acceptance batches.
-    batches: tokio::sync::Semaphore,
+    batches: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Events waiting for the group committer.
+    grouped: tokio::sync::mpsc::UnboundedSender<events::Grouped>,
     /// Delivery outcomes by delivery id (written by the delivery log).
     deliveries: kv::Store,
     /// The audit chain, and the head this node last linked to.
@@ -412,14 +414,18 @@ impl NatsJournal {
             feed_tx.clone(),
             stopped.clone(),
         );
-        Ok(NatsJournal {
+        let (grouped, to_group) = tokio::sync::mpsc::unbounded_channel();
+        let journal = NatsJournal {
             inner: std::sync::Arc::new(Inner {
                 config: config.clone(),
                 client,
                 js,
                 stream,
                 subjects,
-                batches: tokio::sync::Semaphore::new(config.batches_in_flight.max(1)),
+                batches: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                    config.batches_in_flight.max(1),
+                )),
+                grouped,
                 deliveries,
                 audit,
                 dead,
@@ -436,7 +442,9 @@ impl NatsJournal {
                 deferred,
                 _stop: stop,
             }),
-        })
+        };
+        events::start_grouper(std::sync::Arc::downgrade(&journal.inner), to_group);
+        Ok(journal)
     }
 
     /// What a future that outlives the call holds on to.
@@ -474,6 +482,8 @@ pub(crate) async fn read_filtered(
     use futures_util::StreamExt;
     /// The most messages one fetch asks for.
     const PAGE: usize = 512;
+    /// How many fetches in a row may bring nothing before the read fails.
+    const FETCH_STALLS: usize = 40;
     if limit == 0 || filters.is_empty() {
         return Ok(Vec::new());
     }
@@ -494,24 +504,45 @@ pub(crate) async fn read_filtered(
         .map_err(|e| storage(&what, e))?;
     let wanted = (reader.cached_info().num_pending as usize).min(limit);
     let mut bodies = Vec::with_capacity(wanted.min(PAGE * 4));
+    // A consumer just made may not be known yet on the node a fetch
+    // reaches (503, no responders): fetched again after a moment. What a
+    // fetch delivered before failing is kept (nothing is acknowledged, so
+    // nothing is delivered twice).
+    let mut stalls = 0;
     while bodies.len() < wanted {
-        let mut batch = reader
+        let before = bodies.len();
+        let failed = match reader
             .fetch()
             .max_messages((wanted - bodies.len()).min(PAGE))
             .expires(Duration::from_secs(2))
             .messages()
             .await
-            .map_err(|e| storage(&what, e))?;
-        let before = bodies.len();
-        while let Some(m) = batch.next().await {
-            bodies.push(m.map_err(|e| storage(&what, e))?.payload.clone());
+        {
+            Ok(mut batch) => loop {
+                match batch.next().await {
+                    Some(Ok(m)) => bodies.push(m.payload.clone()),
+                    Some(Err(e)) => break Some(e.to_string()),
+                    None => break None,
+                }
+            },
+            Err(e) => Some(e.to_string()),
+        };
+        if bodies.len() > before {
+            stalls = 0;
+            continue;
         }
-        if bodies.len() == before {
+        stalls += 1;
+        if stalls > FETCH_STALLS {
             return Err(storage(
                 &what,
-                format!("{} of {wanted} messages arrived", bodies.len()),
+                format!(
+                    "{} of {wanted} messages arrived{}",
+                    bodies.len(),
+                    failed.map(|e| format!(": {e}")).unwrap_or_default()
+                ),
             ));
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stream.delete_consumer(&reader.cached_info().name).await;
     Ok(bodies)
