@@ -103,19 +103,7 @@ impl Stored {
 
 /// A case id as a bucket key: itself when it is one, encoded otherwise.
 fn case_key(id: &str) -> String {
-    let plain = !id.is_empty()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if plain {
-        id.to_string()
-    } else {
-        use base64::Engine;
-        format!(
-            "=b64.{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
-        )
-    }
+    super::tables::bucket_key(id)
 }
 
 /// This node's end of the tracker's consumer: what arrived and was not

@@ -257,11 +257,7 @@ pub(crate) fn start_writer(state: Mirror) -> mpsc::UnboundedSender<Deferred> {
 /// An adapter's state key in the bucket: `<adapter>.k<base64url(key)>`
 /// (any string an adapter chose is a valid key).
 fn state_key(adapter: &str, key: &str) -> String {
-    use base64::Engine;
-    format!(
-        "{adapter}.k{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
-    )
+    format!("{adapter}.k{}", b64(key))
 }
 
 fn state_key_name(stored: &str) -> Option<String> {
@@ -273,24 +269,32 @@ fn state_key_name(stored: &str) -> Option<String> {
     String::from_utf8(raw).ok()
 }
 
-/// A meta key in the bucket: readable when it is a valid key already
-/// (`clock_ms`, `governance_policy`), encoded otherwise.
-fn meta_key(key: &str) -> String {
+/// URL-safe base64 without padding: only characters a bucket key takes.
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+/// A key of the hub's choosing in a bucket (a meta key, a case id):
+/// itself when it is a valid key already (`clock_ms`, `YF-2025-0801-001`),
+/// encoded otherwise.
+pub(crate) fn bucket_key(key: &str) -> String {
     let plain = !key.is_empty()
         && !key.starts_with('.')
         && !key.ends_with('.')
+        && !key.contains("..")
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b));
     if plain {
         key.to_string()
     } else {
-        use base64::Engine;
-        format!(
-            "=b64.{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
-        )
+        format!("=b64.{}", b64(key))
     }
+}
+
+fn meta_key(key: &str) -> String {
+    bucket_key(key)
 }
 
 fn text(bytes: Bytes) -> String {
@@ -405,5 +409,7 @@ mod tests {
         assert_eq!(meta_key("cursor/police"), "cursor/police");
         assert!(meta_key("a b").starts_with("=b64."));
         assert!(meta_key(".x").starts_with("=b64."));
+        assert!(meta_key("a..b").starts_with("=b64."));
+        assert_eq!(bucket_key("YF-2025-0801-001"), "YF-2025-0801-001");
     }
 }
