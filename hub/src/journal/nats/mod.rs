@@ -308,8 +308,9 @@ impl NatsJournal {
         let subjects = Subjects {
             root: config.prefix.clone(),
         };
-        let stream = js
-            .create_or_update_stream(stream::Config {
+        let stream = ensure_stream(
+            &js,
+            stream::Config {
                 name: config.stream_name(),
                 subjects: subjects.all(),
                 retention: stream::RetentionPolicy::Limits,
@@ -320,37 +321,12 @@ impl NatsJournal {
                 allow_atomic_publish: true,
                 allow_message_schedules: true,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| storage(&format!("stream {}", config.stream_name()), e))?;
-        let stream = js
-            .get_stream(stream.config.name)
-            .await
-            .map_err(|e| storage("stream", e))?;
-        let audit = js
-            .create_or_update_stream(audit::stream_config(config, &subjects.root))
-            .await
-            .map_err(|e| storage("the audit stream", e))?;
-        let audit = js
-            .get_stream(audit.config.name)
-            .await
-            .map_err(|e| storage("the audit stream", e))?;
-        let dead = js
-            .create_or_update_stream(deliveries::dead_config(config, &subjects.root))
-            .await
-            .map_err(|e| storage("the dead-letter stream", e))?;
-        let dead = js
-            .get_stream(dead.config.name)
-            .await
-            .map_err(|e| storage("the dead-letter stream", e))?;
-        let feed = js
-            .create_or_update_stream(feed::stream_config(config, &subjects.root))
-            .await
-            .map_err(|e| storage("the feed stream", e))?;
-        let feed = js
-            .get_stream(feed.config.name)
-            .await
-            .map_err(|e| storage("the feed stream", e))?;
+            },
+        )
+        .await?;
+        let audit = ensure_stream(&js, audit::stream_config(config, &subjects.root)).await?;
+        let dead = ensure_stream(&js, deliveries::dead_config(config, &subjects.root)).await?;
+        let feed = ensure_stream(&js, feed::stream_config(config, &subjects.root)).await?;
         let bucket = |what: &str, history: i64| kv::Config {
             bucket: config.bucket(what),
             history,
@@ -546,6 +522,21 @@ pub(crate) async fn read_filtered(
     }
     let _ = stream.delete_consumer(&reader.cached_info().name).await;
     Ok(bodies)
+}
+
+/// Makes a stream, or brings an existing one up to `config`, and returns
+/// a handle on it.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, JournalError> {
+    let name = config.name.clone();
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| storage(&format!("stream {name}"), e))?;
+    js.get_stream(&name)
+        .await
+        .map_err(|e| storage(&format!("stream {name}"), e))
 }
 
 async fn create_bucket(

@@ -201,13 +201,7 @@ impl Mirror {
 
     /// Writes a value and holds it in the copy at once.
     pub(crate) async fn put(&self, key: &str, value: Bytes) -> Result<(), JournalError> {
-        let revision = self
-            .store
-            .put(key, value.clone())
-            .await
-            .map_err(|e| storage(&format!("writing {key} to {}", self.store.name), e))?;
-        self.set(key.to_string(), revision, Some(value));
-        Ok(())
+        self.put_revision(key, value).await.map(|_| ())
     }
 
     /// Deletes a value (the bucket keeps a marker, which the watch brings).
