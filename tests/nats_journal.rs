@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use govhub::journal::nats::{NatsConfig, NatsJournal};
 use govhub::journal::{
-    AdapterState, AuditLog, AuditQuery, EventLog, Meta, NewEvent, Registry, VersionRecord,
+    AdapterState, AuditLog, AuditQuery, DeliveryLog, EventLog, Meta, NewEvent, Registry,
+    VersionRecord,
 };
 use govhub::router::Target;
 use govhub_sdk::{cloudevents, Event, Severity};
@@ -1132,7 +1133,7 @@ async fn one_node_tracks_the_cases_and_another_takes_over_what_it_never_settled(
     let cluster = NatsCluster::shared();
     let through = |i: usize| NatsConfig {
         url: cluster.url(i),
-        case_ack_wait: Duration::from_secs(2),
+        lease: Duration::from_secs(1),
         ..config(cluster, "cases")
     };
     let a = NatsJournal::connect(&through(0)).await.unwrap();
@@ -1170,28 +1171,28 @@ async fn one_node_tracks_the_cases_and_another_takes_over_what_it_never_settled(
     .await
     .unwrap();
 
-    // One node is pinned and gets the case events, in order; the other
-    // gets nothing.
-    let (owner, other) = loop {
-        let ta = a.take_case_events(100).await.unwrap();
-        let tb = b.as_ref().unwrap().take_case_events(100).await.unwrap();
-        match (ta.events.is_empty(), tb.events.is_empty()) {
-            (true, true) => tokio::time::sleep(Duration::from_millis(50)).await,
-            (false, true) => break ((0, ta), 1),
-            (true, false) => break ((1, tb), 0),
-            (false, false) => panic!("both nodes took case events"),
+    // One node holds the tracker's lease and gets the case events, in
+    // order; the other gets nothing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let owner_index = loop {
+        match (a.tracking(), b.as_ref().unwrap().tracking()) {
+            (Some(_), None) => break 0,
+            (None, Some(_)) => break 1,
+            (Some(_), Some(_)) => panic!("both nodes track the cases"),
+            (None, None) => {
+                assert!(Instant::now() < deadline, "no node took the lease");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     };
-    let (owner_index, mut take) = owner;
+    let other = 1 - owner_index;
     let by_index = |i: usize| if i == 0 { &a } else { b.as_ref().unwrap() };
     let owner_j = by_index(owner_index);
-    // Each take holds what the ones before it took and did not settle.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while take.events.len() < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        take = owner_j.take_case_events(100).await.unwrap();
-    }
-    let ids: Vec<&str> = take.events.iter().map(|e| e.event.id.as_str()).collect();
+    let ids: Vec<String> = take_until(owner_j, 3)
+        .await
+        .iter()
+        .flat_map(|t| t.events.iter().map(|e| e.event.id.clone()))
+        .collect();
     assert_eq!(
         ids,
         ["c-1", "c-3", "c-4"],
@@ -1204,18 +1205,22 @@ async fn one_node_tracks_the_cases_and_another_takes_over_what_it_never_settled(
         .events
         .is_empty());
 
-    // A failed pass: the next take gives the same events again.
-    let again = owner_j.take_case_events(100).await.unwrap();
+    // A failed pass: after a rewind the next take gives the same events
+    // again.
+    owner_j.rewind_case_feed();
+    let mut again = take_until(owner_j, 3).await;
+    let events: Vec<&govhub::journal::FedEvent> =
+        again.iter().flat_map(|t| t.events.iter()).collect();
     assert_eq!(
-        again
-            .events
+        events
             .iter()
             .map(|e| e.event.id.as_str())
             .collect::<Vec<_>>(),
         ["c-1", "c-3", "c-4"]
     );
-    assert_eq!(again.events[0].origin.as_deref(), Some("police"));
-    assert_eq!(again.events[0].targets[0].adapter, "police");
+    assert_eq!(events[0].origin.as_deref(), Some("police"));
+    assert_eq!(events[0].targets[0].adapter, "police");
+    let again = again.pop().unwrap();
 
     // Settled: the cases are stored, read on every node, and the events
     // are not taken again.
@@ -1309,7 +1314,8 @@ async fn one_node_tracks_the_cases_and_another_takes_over_what_it_never_settled(
     );
 
     // The owner takes a new event and dies before settling it: the other
-    // node is pinned and gets it once the owner's hold runs out.
+    // node takes the lease once it runs out, and reads on from the
+    // position the owner settled.
     a.append(vec![new_event(
         "urn:govhub:police",
         "c-5",

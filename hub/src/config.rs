@@ -52,6 +52,47 @@ pub struct StorageConfig {
     pub synchronous: String,
     /// Most journal commands committed in one transaction (group commit).
     pub group_commit_max: usize,
+    /// NATS: partitions of the case space, fixed for the deployment's life.
+    pub nats_partitions: u32,
+    /// NATS: replicas of every stream and bucket (3 in a cluster, 1 on a
+    /// single server).
+    pub nats_replicas: usize,
+    /// NATS: the name the streams and buckets start with (one cluster can
+    /// hold several deployments).
+    pub nats_prefix: String,
+    /// NATS: how long a node may hold a delivery, its call included,
+    /// before the server hands it to another node. Longer than any
+    /// adapter's call deadline.
+    pub nats_ack_wait_ms: u64,
+    /// NATS: how long the case tracker's lease lasts without a renewal
+    /// (how long cases wait when the tracking node dies).
+    pub nats_lease_ms: u64,
+    /// NATS: days events, work items and dead letters are kept.
+    pub nats_retain_days: u64,
+    /// NATS: how long one request to the server may take.
+    pub nats_request_timeout_ms: u64,
+    /// NATS: acceptance batches this node keeps open at once (its share
+    /// of the server's 50 per stream, over every node).
+    pub nats_batches_in_flight: usize,
+}
+
+impl StorageConfig {
+    /// The NATS backend's settings.
+    pub fn nats(&self, stream: &StreamConfig) -> crate::journal::nats::NatsConfig {
+        let mut c =
+            crate::journal::nats::NatsConfig::at(self.nats_url.as_deref().unwrap_or_default());
+        c.partitions = self.nats_partitions;
+        c.replicas = self.nats_replicas;
+        c.prefix = self.nats_prefix.clone();
+        c.ack_wait = std::time::Duration::from_millis(self.nats_ack_wait_ms);
+        c.lease = std::time::Duration::from_millis(self.nats_lease_ms);
+        c.retain = std::time::Duration::from_secs(self.nats_retain_days * 86_400);
+        c.request_timeout = std::time::Duration::from_millis(self.nats_request_timeout_ms);
+        c.batches_in_flight = self.nats_batches_in_flight;
+        c.feed_retain = stream.retain as i64;
+        c.feed_buffer = stream.buffer;
+        c
+    }
 }
 
 impl Default for StorageConfig {
@@ -62,6 +103,14 @@ impl Default for StorageConfig {
             nats_url: None,
             synchronous: "full".into(),
             group_commit_max: 1024,
+            nats_partitions: 16,
+            nats_replicas: 3,
+            nats_prefix: "govhub".into(),
+            nats_ack_wait_ms: 60_000,
+            nats_lease_ms: 5_000,
+            nats_retain_days: 30,
+            nats_request_timeout_ms: 5_000,
+            nats_batches_in_flight: 16,
         }
     }
 }
@@ -592,9 +641,7 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("server.listen `{}`: {e}", self.server.listen))?;
         match self.storage.backend.as_str() {
             "sqlite" => {}
-            "nats" => anyhow::bail!(
-                "storage.backend = \"nats\" (JetStream scale-out) is not available in this version; use \"sqlite\""
-            ),
+            "nats" => check_nats(&self.storage, &self.cases)?,
             other => anyhow::bail!("storage.backend `{other}` is not one of sqlite, nats"),
         }
         if crate::journal::sqlite::Synchronous::parse(&self.storage.synchronous).is_none() {
@@ -715,6 +762,67 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// What `storage.backend = "nats"` needs, and the keys it cannot honour.
+fn check_nats(s: &StorageConfig, cases: &CasesConfig) -> anyhow::Result<()> {
+    let d = StorageConfig::default();
+    match s.nats_url.as_deref() {
+        None | Some("") => anyhow::bail!(
+            "storage.nats_url is needed with storage.backend = \"nats\" (e.g. \"nats://127.0.0.1:4222\", several separated by commas)"
+        ),
+        Some(_) => {}
+    }
+    if s.synchronous != d.synchronous {
+        anyhow::bail!(
+            "storage.synchronous applies to the SQLite journal only: on NATS each server's `jetstream {{ sync_interval: always }}` makes writes durable; remove the key"
+        );
+    }
+    if s.group_commit_max != d.group_commit_max {
+        anyhow::bail!(
+            "storage.group_commit_max applies to the SQLite journal only (on NATS use storage.nats_batches_in_flight); remove the key"
+        );
+    }
+    if cases.clock == "manual" {
+        anyhow::bail!(
+            "cases.clock = \"manual\" is not available with storage.backend = \"nats\": every node judges deadlines by its own system clock"
+        );
+    }
+    for (key, value) in [
+        ("storage.nats_partitions", s.nats_partitions as u64),
+        ("storage.nats_replicas", s.nats_replicas as u64),
+        ("storage.nats_ack_wait_ms", s.nats_ack_wait_ms),
+        ("storage.nats_lease_ms", s.nats_lease_ms),
+        ("storage.nats_retain_days", s.nats_retain_days),
+        ("storage.nats_request_timeout_ms", s.nats_request_timeout_ms),
+        (
+            "storage.nats_batches_in_flight",
+            s.nats_batches_in_flight as u64,
+        ),
+    ] {
+        if value == 0 {
+            anyhow::bail!("{key} must be at least 1");
+        }
+    }
+    if s.nats_replicas > 5 {
+        anyhow::bail!("storage.nats_replicas is at most 5 (JetStream's limit)");
+    }
+    if s.nats_lease_ms < 300 {
+        anyhow::bail!(
+            "storage.nats_lease_ms must be at least 300 (it is renewed every third of it)"
+        );
+    }
+    let prefix_ok = !s.nats_prefix.is_empty()
+        && s.nats_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !prefix_ok {
+        anyhow::bail!(
+            "storage.nats_prefix `{}` may hold only letters, digits, `_` and `-`",
+            s.nats_prefix
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -159,12 +159,24 @@ impl StateStore for JournalState {
     }
 }
 
-impl Hub {
-    /// Opens the journal, builds the runtime, loads every manifest in
-    /// `adapters.dir` and checks that every route names a loaded adapter.
-    /// Nothing runs in the background until [`Hub::run_background`].
-    pub async fn start(config: Config) -> anyhow::Result<Arc<Hub>> {
-        let journal: Arc<dyn Journal> = Arc::new(
+/// Opens the journal `storage.backend` names.
+async fn open_journal(config: &Config) -> anyhow::Result<Arc<dyn Journal>> {
+    Ok(match config.storage.backend.as_str() {
+        "nats" => {
+            let nats = config.storage.nats(&config.stream);
+            let journal = crate::journal::nats::NatsJournal::connect(&nats)
+                .await
+                .with_context(|| format!("the NATS journal at {}", nats.url))?;
+            tracing::info!(
+                url = %nats.url,
+                server = %journal.server_version(),
+                partitions = nats.partitions,
+                replicas = nats.replicas,
+                "journal on NATS JetStream"
+            );
+            Arc::new(journal)
+        }
+        _ => Arc::new(
             SqliteJournal::open(&SqliteConfig {
                 path: config.storage.path.clone(),
                 synchronous: Synchronous::parse(&config.storage.synchronous)
@@ -174,7 +186,16 @@ impl Hub {
                 feed_buffer: config.stream.buffer,
             })
             .with_context(|| format!("journal {}", config.storage.path.display()))?,
-        );
+        ),
+    })
+}
+
+impl Hub {
+    /// Opens the journal, builds the runtime, loads every manifest in
+    /// `adapters.dir` and checks that every route names a loaded adapter.
+    /// Nothing runs in the background until [`Hub::run_background`].
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Hub>> {
+        let journal = open_journal(&config).await?;
         let metrics = crate::metrics::Metrics::new();
         let auth = Arc::new(crate::auth::Authority::new(
             &config.auth,
@@ -295,6 +316,9 @@ impl Hub {
             );
         }
         self.deliveries.enqueue(pending, None);
+        if self.journal.shared_work() {
+            self.follow_registry();
+        }
         let host = Arc::downgrade(self) as std::sync::Weak<dyn crate::cases::Host>;
         tokio::spawn(self.cases.clone().run(host));
         self.start_polling();
@@ -499,7 +523,9 @@ impl Hub {
         let mut accepted = Vec::with_capacity(summary.len());
         for ((event, targets), stored) in summary.into_iter().zip(appended) {
             self.metrics.received(origin, stored.duplicate);
-            if !stored.deliveries.is_empty() {
+            // Shared work (NATS): whichever node holds the partition
+            // delivers, fed by the backend.
+            if !stored.deliveries.is_empty() && !self.journal.shared_work() {
                 self.deliveries
                     .enqueue(stored.deliveries, Some(event.clone()));
             }
@@ -562,7 +588,7 @@ impl Hub {
                 "grace period over: deliveries still in flight stay pending in the journal"
             );
         }
-        if let Err(e) = self.journal.flush().await {
+        if let Err(e) = self.journal.leave().await {
             tracing::error!("final journal flush failed: {e}");
         }
     }

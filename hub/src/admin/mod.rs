@@ -4,5 +4,6 @@
 
 pub mod api;
 pub mod audit;
+pub mod cluster;
 pub mod signing;
 pub mod versions;

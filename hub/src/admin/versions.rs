@@ -179,6 +179,11 @@ impl Hub {
         if let Some(sig) = &c.signature {
             std::fs::write(stored.with_extension("wasm.sig"), sig)?;
         }
+        // Every node of a cluster fetches it from there (and checks its
+        // hash and signature itself).
+        self.journal
+            .share_module(&adapter.sha256, module, c.signature.clone())
+            .await?;
         let version_id = self
             .journal
             .add_version(VersionRecord {
@@ -221,8 +226,13 @@ impl Hub {
     }
 
     /// Swaps the registry entry: new calls get the new version at once.
-    fn swap(&self, loaded: Loaded) {
+    /// With shared work (NATS), this node pulls the adapter's deliveries
+    /// from then on.
+    pub(crate) fn swap(&self, loaded: Loaded) {
         let name = loaded.adapter.name().to_string();
+        if self.journal.shared_work() {
+            self.serve_deliveries(&name);
+        }
         self.adapters.insert(
             name.clone(),
             Slot {
@@ -235,8 +245,37 @@ impl Hub {
         self.deliveries.wake(&name);
     }
 
-    /// Loads a stored version again (a restart, a rollback).
-    async fn restore(&self, v: &VersionRecord) -> anyhow::Result<Loaded> {
+    /// Puts a module another node shared beside this node's journal,
+    /// once its hash is checked; nothing when it is there already.
+    async fn fetch_module(&self, sha256: &str) -> anyhow::Result<()> {
+        let stored = self.stored_module(sha256);
+        if stored.exists() {
+            return Ok(());
+        }
+        let Some((module, signature)) = self.journal.shared_module(sha256).await? else {
+            anyhow::bail!(
+                "module {sha256} is neither in {} nor shared by another node",
+                self.modules_dir().display()
+            );
+        };
+        let actual = crate::runtime::sha256_hex(&module);
+        if actual != sha256 {
+            anyhow::bail!("the shared module {sha256} hashes to {actual}: refused");
+        }
+        std::fs::create_dir_all(self.modules_dir())?;
+        let tmp = stored.with_extension("tmp");
+        std::fs::write(&tmp, &module)?;
+        std::fs::rename(&tmp, &stored)?;
+        if let Some(sig) = signature {
+            std::fs::write(stored.with_extension("wasm.sig"), sig)?;
+        }
+        Ok(())
+    }
+
+    /// Loads a stored version again (a restart, a rollback, a version
+    /// another node of the cluster loaded).
+    pub(crate) async fn restore(&self, v: &VersionRecord) -> anyhow::Result<Loaded> {
+        self.fetch_module(&v.sha256).await?;
         let module = self.stored_module(&v.sha256);
         let mut manifest = Manifest::parse(&v.manifest, &module)?;
         manifest.wasm = module.clone();

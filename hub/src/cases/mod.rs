@@ -192,8 +192,27 @@ impl Tracker {
     /// woken or the next check.
     pub async fn run(self: Arc<Tracker>, host: Weak<dyn Host>) {
         let interval = Duration::from_millis(self.config.check_interval_ms);
+        let arrivals = host.upgrade().and_then(|h| h.store().arrivals());
+        // The term this node tracks under: the cases are read back from
+        // the store each time it starts to track (on NATS another node may
+        // have tracked them in between).
+        let mut term = Some(0);
         loop {
             let Some(hub) = host.upgrade() else { return };
+            let now_term = hub.store().tracking();
+            if now_term != term {
+                if now_term.is_some() {
+                    self.reload(&*hub.store()).await;
+                    self.checked_at.store(i64::MIN, Ordering::SeqCst);
+                }
+                term = now_term;
+            }
+            if term.is_none() {
+                // Another node tracks the cases.
+                drop(hub);
+                tokio::time::sleep(interval.min(Duration::from_millis(500))).await;
+                continue;
+            }
             // The time is read before the feed: everything the journal
             // held at `now` is applied before deadlines are judged at
             // `now` (a status that came in just before a clock step is
@@ -208,7 +227,19 @@ impl Tracker {
                 self.reload(&*hub.store()).await;
             }
             drop(hub);
-            let _ = tokio::time::timeout(interval, self.wake.notified()).await;
+            let arrived = async {
+                match &arrivals {
+                    Some(a) => a.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let woken = async {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = arrived => {}
+                }
+            };
+            let _ = tokio::time::timeout(interval, woken).await;
             tokio::time::sleep(MIN_PASS_GAP).await;
         }
     }

@@ -113,6 +113,17 @@ impl Deliveries {
         }
     }
 
+    /// Where a backend with shared work hands this node deliveries:
+    /// `None` before the hub attached its parts.
+    pub fn sink(&self) -> Option<crate::journal::WorkSink> {
+        let host = self.host.get()?.clone();
+        Some(Arc::new(move |r: DeliveryRef| {
+            if let Some(hub) = host.upgrade() {
+                hub.deliveries().enqueue(vec![r], None);
+            }
+        }))
+    }
+
     /// The queue of `target`, created (with its worker) on first use.
     pub fn queue(&self, target: &str) -> Arc<TargetQueue> {
         if let Some(q) = self.queues.get(target) {
@@ -351,7 +362,12 @@ async fn attempt(hub: Arc<dyn Host>, queue: Arc<TargetQueue>, job: Job) {
         // tried again after a restart; here it is retried after a pause.
         tracing::error!(adapter = %d.target, "cannot record a delivery outcome: {e}");
     }
-    queue.finish(job, &update);
+    match update {
+        // Shared work: the backend hands the retry out again (perhaps to
+        // another node) once its backoff ends.
+        DeliveryUpdate::Retry { .. } if hub.outcomes().shared_work() => queue.hand_back(job),
+        _ => queue.finish(job, &update),
+    }
     if hub.deliveries().in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
         hub.deliveries().idle.notify_waiters();
     }

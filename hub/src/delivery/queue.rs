@@ -260,8 +260,7 @@ impl TargetQueue {
         let mut s = self.lock();
         s.running = s.running.saturating_sub(1);
         let key = job.delivery.order_key.clone();
-        let mut done = None;
-        match update {
+        let done = match update {
             DeliveryUpdate::Retry {
                 attempts,
                 next_attempt_ms,
@@ -273,32 +272,56 @@ impl TargetQueue {
                     head.event = job.event;
                 }
                 s.waiting.push(Reverse((*next_attempt_ms, key)));
+                None
             }
             DeliveryUpdate::Delivered { .. }
             | DeliveryUpdate::Dead { .. }
-            | DeliveryUpdate::Withheld { .. } => {
-                let mut now_empty = false;
-                if let Some(lane) = s.lanes.get_mut(&key) {
-                    if let Some(head) = lane.jobs.pop_front() {
-                        let p = lane_of(&head);
-                        lane.counts[p] = lane.counts[p].saturating_sub(1);
-                        done = Some(p);
-                    }
-                    now_empty = lane.jobs.is_empty();
-                }
-                if now_empty {
-                    s.lanes.remove(&key);
-                } else {
-                    s.make_ready(key);
-                }
-            }
-        }
+            | DeliveryUpdate::Withheld { .. } => s.pop_head(key),
+        };
         drop(s);
-        if let Some(p) = done {
+        self.popped(done);
+    }
+
+    /// Lets go of a job whose delivery the backend takes back (shared
+    /// work: the backend hands a retry out again once its backoff ends):
+    /// the lane moves on here as after a final outcome.
+    pub fn hand_back(&self, job: Job) {
+        let mut s = self.lock();
+        s.running = s.running.saturating_sub(1);
+        let done = s.pop_head(job.delivery.order_key);
+        drop(s);
+        self.popped(done);
+    }
+
+    fn popped(&self, priority: Option<usize>) {
+        if let Some(p) = priority {
             self.depth.fetch_sub(1, Ordering::SeqCst);
             self.lane_depth[p].fetch_sub(1, Ordering::SeqCst);
         }
         self.notify.notify_one();
+    }
+}
+
+impl State {
+    /// Drops lane `key`'s head and readies the next; the priority of the
+    /// job dropped.
+    fn pop_head(&mut self, key: String) -> Option<usize> {
+        let mut done = None;
+        let mut now_empty = false;
+        if let Some(lane) = self.lanes.get_mut(&key) {
+            if let Some(head) = lane.jobs.pop_front() {
+                let p = lane_of(&head);
+                lane.counts[p] = lane.counts[p].saturating_sub(1);
+                done = Some(p);
+            }
+            now_empty = lane.jobs.is_empty();
+        }
+        if now_empty {
+            self.lanes.remove(&key);
+        } else {
+            self.make_ready(key);
+        }
+        done
     }
 }
 

@@ -484,6 +484,12 @@ pub trait Journal:
 {
     /// Waits until everything sent so far is committed.
     fn flush(&self) -> Pending<()>;
+
+    /// The node stops: commits what it holds and, where work is shared,
+    /// hands back what it took so other nodes go on at once.
+    fn leave(&self) -> Pending<()> {
+        self.flush()
+    }
 }
 
 /// The event log: accepted events with their routing decisions, read back
@@ -520,7 +526,32 @@ pub trait DeliveryLog: Send + Sync + 'static {
 
     /// The dead letter with this id (a delivery that failed for good).
     fn dead_letter(&self, id: i64) -> Pending<Option<DeadLetter>>;
+
+    /// How delivery work reaches this node's workers. `false` (SQLite): the
+    /// node that appends an event queues its deliveries, [`pending`]
+    /// resumes them after a restart, and a `Retry` outcome stays in the
+    /// node's queue until its backoff ends. `true` (NATS): the work is
+    /// shared by every node; the backend hands each node the deliveries
+    /// it holds through [`serve`], whichever node accepted the event, and
+    /// a `Retry` outcome gives the delivery back to the backend, which
+    /// hands it out again once its backoff ends.
+    ///
+    /// [`pending`]: DeliveryLog::pending
+    /// [`serve`]: DeliveryLog::serve
+    fn shared_work(&self) -> bool {
+        false
+    }
+
+    /// Starts handing `target`'s deliveries to `sink` (shared work only;
+    /// a second call for one target does nothing).
+    fn serve(&self, target: &str, sink: WorkSink) {
+        let _ = (target, sink);
+    }
 }
+
+/// Where a backend with shared work hands a delivery to this node's
+/// workers.
+pub type WorkSink = std::sync::Arc<dyn Fn(DeliveryRef) + Send + Sync>;
 
 /// Adapters' own state and poll cursors.
 pub trait AdapterState: Send + Sync + 'static {
@@ -582,6 +613,23 @@ pub trait CaseStore: Send + Sync + 'static {
     /// Gives back every take not settled: they are taken again.
     fn rewind_case_feed(&self);
 
+    /// Whether this node tracks the cases now, and since when: `Some(term)`
+    /// while it does, a term that changes each time it starts to (the
+    /// tracker then reads the cases back before it goes on); `None` while
+    /// another node does. SQLite: always this node, term 0. NATS: the node
+    /// holding the tracker's lease.
+    fn tracking(&self) -> Option<u64> {
+        Some(0)
+    }
+
+    /// Notified when case events arrive that this node did not append
+    /// itself (NATS: another node accepted them); `None` where every
+    /// event goes through this node (SQLite), which wakes the tracker
+    /// itself.
+    fn arrivals(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Stores cases changed without a take (an escalation).
     fn store_cases(&self, rows: Vec<CaseRow>) -> Pending<()>;
 
@@ -618,6 +666,25 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Every version of `name`, oldest first.
     fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, JournalError>;
+
+    /// Keeps a module, and its signature, where every node finds it.
+    /// SQLite: nothing to do (the hub keeps modules beside the journal).
+    fn share_module(
+        &self,
+        sha256: &str,
+        module: Vec<u8>,
+        signature: Option<String>,
+    ) -> Pending<()> {
+        let _ = (sha256, module, signature);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// A module another node shared, with its signature; `None` when no
+    /// node did (always, on SQLite).
+    fn shared_module(&self, sha256: &str) -> Pending<Option<(Vec<u8>, Option<String>)>> {
+        let _ = sha256;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// The audit hash chain: operators' acts, adapter changes, flow records.

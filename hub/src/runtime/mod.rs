@@ -482,7 +482,12 @@ pub fn read_module(manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
 
 /// Hex sha256 of a file, for manifests.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    Ok(hex::encode(Sha256::digest(std::fs::read(path)?)))
+    Ok(sha256_hex(&std::fs::read(path)?))
+}
+
+/// Hex sha256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]

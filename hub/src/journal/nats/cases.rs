@@ -1,20 +1,22 @@
-//! Case state on JetStream: the case tracker's feed is a durable consumer
-//! of the accepted events, and the cases are a KV bucket.
+//! Case state on JetStream: one node tracks the cases at a time, under a
+//! lease; the cases are a KV bucket every node reads.
 //!
-//! - **One tracker at a time.** The `cases` consumer on `<root>.ev.>` has a
-//!   pinned priority group: exactly one node receives the events; when it
-//!   dies, another is pinned after the TTL and receives what the dead one
-//!   took and never settled, once `ack_wait` runs out. Partitioned case
-//!   consumers (one per partition, pinned separately) are the next step
-//!   if one tracker proves too slow; the benchmark decides.
-//! - **Take then settle.** A take is what has arrived, sorted by stream
-//!   sequence (a redelivery does not keep stream order); the settle writes
-//!   each case with compare-and-set on the revision this node last saw
-//!   (a tracker that lost its pin and missed a write fails, reloads and
-//!   takes again), publishes the case's feed item, then acknowledges the
-//!   messages, and waits for the server to confirm each. A crash before
-//!   the acknowledgements repeats the take; applying an event twice is
-//!   what the tracker already tolerates after a crash on SQLite.
+//! - **The tracker's lease.** `tracker.lease` in the meta bucket names the
+//!   node that tracks and until when (`storage.nats_lease_ms`). Each node
+//!   tries to take it when it is free or has run out, and the holder
+//!   renews it; each take and renewal is a compare-and-set on the key's
+//!   revision, so two nodes never both succeed. Only the holder applies
+//!   events to cases and judges deadlines, with its own clock, which fire
+//!   once: whoever holds the lease, an escalation's event id comes from
+//!   (case, level), and a repeat is a duplicate the event log drops.
+//! - **The feed is the event log itself, read in stream order** from the
+//!   position stored with the cases (`tracker.position`), as the SQLite
+//!   journal reads its table: the tracker reads each event once, in the
+//!   order it was stored, and a new holder goes on from where the old one
+//!   settled. A settle writes each case with compare-and-set on the
+//!   revision this node saw, then the position, with compare-and-set too:
+//!   a node that lost the lease and did not notice fails there, reloads,
+//!   and stops.
 //! - Every node keeps a watched copy of the bucket: `case` and `cases`
 //!   answer from memory on any node.
 
@@ -27,16 +29,13 @@ use async_nats::jetstream::{consumer, Message};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
 
-/// The priority group the trackers pull in.
-const GROUP: &str = "govhub";
-/// How long one pull waits; the pin outlives a dead node by
-/// `PINNED_TTL` counted from its last pull.
-const PULL_EXPIRES: Duration = Duration::from_secs(1);
-const PINNED_TTL: Duration = Duration::from_secs(3);
+/// The meta keys of the tracker's lease and of its position in the log.
+const LEASE: &str = "tracker.lease";
+const POSITION: &str = "tracker.position";
 
 /// A case as the bucket keeps it.
 #[derive(Serialize, Deserialize)]
@@ -106,87 +105,234 @@ fn case_key(id: &str) -> String {
     super::tables::bucket_key(id)
 }
 
-/// This node's end of the tracker's consumer: what arrived and was not
-/// taken, and what was taken and not settled (a failed pass: taken again
-/// first, in order, ahead of anything newer).
+/// The lease as the bucket keeps it.
+#[derive(Serialize, Deserialize)]
+struct Lease {
+    node: String,
+    until_ms: i64,
+}
+
+/// This node's side of the tracking: whether it holds the lease (and since
+/// which revision of it), and its reader of the event log.
 pub(crate) struct CaseFeed {
-    rx: Mutex<mpsc::Receiver<Message>>,
-    held: Mutex<Vec<Message>>,
+    term: std::sync::Mutex<Option<u64>>,
+    reader: Mutex<Reader>,
+    /// Told when the reader hands on an event.
+    arrived: std::sync::Arc<tokio::sync::Notify>,
 }
 
-fn seq_of(m: &Message) -> u64 {
-    m.info().map(|i| i.stream_sequence).unwrap_or(0)
+#[derive(Default)]
+struct Reader {
+    /// Events of the log from the position on, while reading.
+    rx: Option<mpsc::Receiver<Message>>,
+    /// Stops the reading task.
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The last sequence taken, and the position's revision when reading
+    /// started.
+    taken: u64,
+    position_revision: u64,
 }
 
-/// Starts pulling the `cases` consumer in the priority group; stops when
-/// the journal is dropped.
-pub(crate) async fn start(
-    inner_stream: &async_nats::jetstream::stream::Stream,
-    root: &str,
-    ack_wait: Duration,
-    window: usize,
-    mut stop: tokio::sync::watch::Receiver<()>,
-) -> Result<CaseFeed, JournalError> {
-    let consumer: consumer::PullConsumer = inner_stream
-        .get_or_create_consumer(
-            "cases",
-            consumer::pull::Config {
-                durable_name: Some("cases".into()),
-                filter_subject: format!("{root}.ev.>"),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait,
-                max_ack_pending: window as i64,
-                priority_policy: consumer::PriorityPolicy::PinnedClient,
-                priority_groups: vec![GROUP.into()],
-                priority_timeout: PINNED_TTL,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| storage("the cases consumer", e))?;
-    let (tx, rx) = mpsc::channel(window.max(1));
+impl CaseFeed {
+    pub(crate) fn new() -> CaseFeed {
+        CaseFeed {
+            term: std::sync::Mutex::new(None),
+            reader: Mutex::new(Reader::default()),
+            arrived: Default::default(),
+        }
+    }
+
+    fn term(&self) -> Option<u64> {
+        *self.term.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_term(&self, term: Option<u64>) {
+        *self.term.lock().unwrap_or_else(|p| p.into_inner()) = term;
+    }
+}
+
+fn now_ms() -> i64 {
+    crate::journal::now_ms()
+}
+
+/// Takes and renews the lease every third of its length; stops when the
+/// journal is dropped, and gives the lease up on the way out.
+pub(crate) fn start_lease(inner: Weak<Inner>, mut stop: tokio::sync::watch::Receiver<()>) {
     tokio::spawn(async move {
         loop {
-            let messages = consumer
-                .stream()
-                .group(GROUP)
-                .expires(PULL_EXPIRES)
-                .max_messages_per_batch(window.max(1))
-                .messages();
-            let mut messages = tokio::select! {
-                m = messages => match m {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!("cases consumer: {e}");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                            _ = stop.changed() => return,
-                        }
-                    }
-                },
-                _ = stop.changed() => return,
+            let Some(journal) = inner.upgrade() else {
+                return;
             };
-            loop {
-                let next = tokio::select! {
-                    next = messages.next() => next,
-                    _ = stop.changed() => return,
-                };
-                match next {
-                    Some(Ok(m)) => {
-                        if tx.send(m).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) => tracing::debug!("cases consumer: {e}"),
-                    None => break,
+            let every = journal.config.lease / 3;
+            if let Err(e) = journal.heartbeat().await {
+                tracing::warn!("node heartbeat: {e}");
+            }
+            if let Err(e) = journal.renew_lease().await {
+                tracing::warn!("case tracker lease: {e}");
+                if journal.case_feed.term().is_some() {
+                    journal.case_feed.set_term(None);
                 }
+            }
+            drop(journal);
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
             }
         }
     });
-    Ok(CaseFeed {
-        rx: Mutex::new(rx),
-        held: Mutex::new(Vec::new()),
-    })
+}
+
+impl Inner {
+    /// Takes the lease when it is free or ran out, renews it when this
+    /// node holds it.
+    async fn renew_lease(&self) -> Result<(), JournalError> {
+        let feed = &self.case_feed;
+        let (revision, value) = self.meta.fetch(LEASE).await?;
+        let held: Option<Lease> = value.and_then(|v| serde_json::from_slice(&v).ok());
+        let mine = held.as_ref().is_some_and(|l| l.node == self.node);
+        let free = held.as_ref().is_none_or(|l| l.until_ms < now_ms());
+        if !mine && !free {
+            if feed.term().is_some() {
+                tracing::warn!("this node no longer tracks the cases: another took the lease");
+                feed.set_term(None);
+            }
+            return Ok(());
+        }
+        let lease = Lease {
+            node: self.node.clone(),
+            until_ms: now_ms() + self.config.lease.as_millis() as i64,
+        };
+        let body = serde_json::to_vec(&lease).map_err(|e| storage("lease", e))?;
+        match self.meta.update(LEASE, Bytes::from(body), revision).await? {
+            Some(new) => {
+                if !mine || feed.term().is_none() {
+                    tracing::info!("this node tracks the cases now");
+                    // Read from the stored position on.
+                    *feed.reader.lock().await = Reader::default();
+                    feed.set_term(Some(new));
+                }
+            }
+            None => {
+                if feed.term().is_some() {
+                    tracing::warn!("this node no longer tracks the cases: another took the lease");
+                }
+                feed.set_term(None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the lease up when this node holds it (a node stopping).
+    pub(crate) async fn release_lease(&self) {
+        if self.case_feed.term().is_none() {
+            return;
+        }
+        self.case_feed.set_term(None);
+        if let Ok((revision, Some(value))) = self.meta.fetch(LEASE).await {
+            let mine = serde_json::from_slice::<Lease>(&value).is_ok_and(|l| l.node == self.node);
+            if mine {
+                let free = Lease {
+                    node: String::new(),
+                    until_ms: 0,
+                };
+                let body = serde_json::to_vec(&free).unwrap_or_default();
+                let _ = self.meta.update(LEASE, Bytes::from(body), revision).await;
+            }
+        }
+    }
+
+    /// Starts reading the log from the stored position.
+    async fn start_reader(&self, reader: &mut Reader) -> Result<(), JournalError> {
+        let (revision, value) = self.meta.fetch(POSITION).await?;
+        let position: u64 = value
+            .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
+            .unwrap_or(0);
+        let (tx, rx) = mpsc::channel(1024);
+        let (stop_tx, mut stop) = tokio::sync::oneshot::channel();
+        let stream = self.stream.clone();
+        let filter = format!("{}.ev.>", self.subjects.root);
+        let arrived = self.case_feed.arrived.clone();
+        tokio::spawn(async move {
+            let mut handed = position;
+            loop {
+                let messages = async {
+                    stream
+                        .create_consumer(consumer::pull::OrderedConfig {
+                            filter_subject: filter.clone(),
+                            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                                start_sequence: handed + 1,
+                            },
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .messages()
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                let messages = tokio::select! {
+                    m = messages => m,
+                    _ = &mut stop => return,
+                };
+                if let Ok(mut messages) = messages {
+                    loop {
+                        let next = tokio::select! {
+                            next = messages.next() => next,
+                            _ = &mut stop => return,
+                        };
+                        let Some(Ok(m)) = next else { break };
+                        let Ok(info) = m.info() else { continue };
+                        // async-nats 0.51's ordered consumer, recreated
+                        // before its first message, starts from the
+                        // stream's first: skip what was handed on.
+                        let seq = info.stream_sequence;
+                        if seq <= handed {
+                            continue;
+                        }
+                        handed = seq;
+                        if tx.send(m).await.is_err() {
+                            return;
+                        }
+                        arrived.notify_one();
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = &mut stop => return,
+                }
+            }
+        });
+        *reader = Reader {
+            rx: Some(rx),
+            _stop: Some(stop_tx),
+            taken: position,
+            position_revision: revision,
+        };
+        Ok(())
+    }
+
+    async fn settle_position(&self, position: i64) -> Result<(), JournalError> {
+        let mut reader = self.case_feed.reader.lock().await;
+        let revision = reader.position_revision;
+        match self
+            .meta
+            .update(POSITION, Bytes::from(position.to_string()), revision)
+            .await?
+        {
+            Some(new) => {
+                reader.position_revision = new;
+                Ok(())
+            }
+            None => {
+                *reader = Reader::default();
+                self.case_feed.set_term(None);
+                Err(storage(
+                    "case tracker",
+                    "another node moved the tracker's position: this node no longer tracks the cases",
+                ))
+            }
+        }
+    }
 }
 
 fn fed_event(m: &Message) -> Result<Option<FedEvent>, JournalError> {
@@ -214,24 +360,6 @@ fn fed_event(m: &Message) -> Result<Option<FedEvent>, JournalError> {
             .unwrap_or_default(),
         event,
     }))
-}
-
-/// Acknowledges `messages` in order, each confirmed by the server, and
-/// lets go of them.
-fn acknowledge(feed: Arc<CaseFeed>, messages: Vec<Message>) -> Pending<()> {
-    Box::pin(async move {
-        for m in &messages {
-            m.double_ack()
-                .await
-                .map_err(|e| storage("settling case events", e))?;
-        }
-        let settled: std::collections::HashSet<u64> = messages.iter().map(seq_of).collect();
-        feed.held
-            .lock()
-            .await
-            .retain(|m| !settled.contains(&seq_of(m)));
-        Ok(())
-    })
 }
 
 impl Inner {
@@ -281,34 +409,34 @@ impl CaseStore for NatsJournal {
     fn take_case_events(&self, limit: usize) -> Pending<CaseTake> {
         let this = self.handle();
         Box::pin(async move {
-            let feed = this.case_feed.clone();
-            let mut held = feed.held.lock().await;
-            let mut taken: Vec<Message> = held.clone();
-            let mut rx = feed.rx.lock().await;
-            while taken.len() < limit.max(held.len()) {
-                match rx.try_recv() {
-                    Ok(m) => taken.push(m),
-                    Err(_) => break,
-                }
+            let mut reader = this.case_feed.reader.lock().await;
+            if this.case_feed.term().is_none() {
+                return Ok(CaseTake {
+                    events: Vec::new(),
+                    receipt: Receipt::Position(reader.taken as i64),
+                });
             }
-            drop(rx);
-            // A held message the server already delivered again (its
-            // ack_wait ran out) is taken once, by its newest delivery.
-            taken.sort_by_key(seq_of);
-            taken.reverse();
-            taken.dedup_by_key(|m| seq_of(m));
-            taken.reverse();
-            *held = taken.clone();
-            drop(held);
-            let mut events = Vec::with_capacity(taken.len());
-            for m in &taken {
-                if let Some(e) = fed_event(m)? {
+            if reader.rx.is_none() {
+                this.start_reader(&mut reader).await?;
+            }
+            let mut events = Vec::new();
+            let mut seen = 0;
+            while events.len() < limit && seen < limit * 4 {
+                let Some(rx) = reader.rx.as_mut() else { break };
+                let Ok(m) = rx.try_recv() else { break };
+                seen += 1;
+                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                if seq <= reader.taken {
+                    continue;
+                }
+                reader.taken = seq;
+                if let Some(e) = fed_event(&m)? {
                     events.push(e);
                 }
             }
             Ok(CaseTake {
                 events,
-                receipt: Receipt::Then(Box::new(move || acknowledge(feed, taken))),
+                receipt: Receipt::Position(reader.taken as i64),
             })
         })
     }
@@ -318,15 +446,30 @@ impl CaseStore for NatsJournal {
         Box::pin(async move {
             this.put_cases(rows).await?;
             match receipt {
+                Receipt::Position(p) => this.settle_position(p).await,
                 Receipt::Then(settle) => settle().await,
-                Receipt::Position(_) => Ok(()),
             }
         })
     }
 
     fn rewind_case_feed(&self) {
-        // What was taken and not settled is held, and the next take
-        // returns it first.
+        // Read again from the stored position at the next take.
+        if let Ok(mut reader) = self.inner.case_feed.reader.try_lock() {
+            *reader = Reader::default();
+        } else {
+            let inner = self.handle();
+            tokio::spawn(async move {
+                *inner.case_feed.reader.lock().await = Reader::default();
+            });
+        }
+    }
+
+    fn tracking(&self) -> Option<u64> {
+        self.inner.case_feed.term()
+    }
+
+    fn arrivals(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Some(self.inner.case_feed.arrived.clone())
     }
 
     fn store_cases(&self, rows: Vec<CaseRow>) -> Pending<()> {

@@ -16,8 +16,8 @@
 
 use super::{storage, Inner, NatsJournal};
 use crate::journal::{
-    now_ms, rfc3339_ms, DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, FeedKeys,
-    FeedKind, JournalError,
+    now_ms, rfc3339_ms, DeadLetter, DeliveryLog, DeliveryRef, DeliveryStatus, DeliveryUpdate,
+    FeedKeys, FeedKind, JournalError, Pending, WorkSink,
 };
 use async_nats::jetstream::stream;
 use async_nats::HeaderMap;
@@ -47,6 +47,31 @@ fn header<T: std::str::FromStr>(h: &HeaderMap, name: &str) -> Option<T> {
     h.get(name).and_then(|v| v.as_str().parse().ok())
 }
 
+impl WorkItem {
+    /// The work item stored at `seq` on `subject`; `None` when that is
+    /// not a work item.
+    pub(crate) fn parse(root: &str, seq: i64, subject: &str, h: &HeaderMap) -> Option<WorkItem> {
+        let rest = subject.strip_prefix(root)?.strip_prefix(".wk.")?;
+        let (target, partition) = rest.rsplit_once('.')?;
+        let event_seq = match (header::<i64>(h, EVENT), header::<i64>(h, OFFSET)) {
+            (Some(event), _) => event,
+            (None, Some(offset)) => seq - offset,
+            (None, None) => return None,
+        };
+        Some(WorkItem {
+            id: header(h, DELIVERY).unwrap_or(seq),
+            event_seq,
+            target: target.to_string(),
+            partition: partition.parse().unwrap_or(0),
+            order_key: h
+                .get(ORDER)
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default(),
+            priority: header(h, PRIORITY).unwrap_or(0),
+        })
+    }
+}
+
 impl Inner {
     /// The work item stored at `seq` (a delivery's id), if that is one.
     pub(crate) async fn work_item(&self, seq: i64) -> Result<Option<WorkItem>, JournalError> {
@@ -59,35 +84,20 @@ impl Inner {
             Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
             Err(e) => return Err(storage("reading a work item", e)),
         };
-        let prefix = format!("{}.wk.", self.subjects.root);
-        let Some(rest) = m.subject.strip_prefix(prefix.as_str()) else {
-            return Ok(None);
-        };
-        let Some((target, partition)) = rest.rsplit_once('.') else {
-            return Ok(None);
-        };
-        let h = &m.headers;
-        let event_seq = match (header::<i64>(h, EVENT), header::<i64>(h, OFFSET)) {
-            (Some(event), _) => event,
-            (None, Some(offset)) => seq - offset,
-            (None, None) => return Ok(None),
-        };
-        Ok(Some(WorkItem {
-            id: header(h, DELIVERY).unwrap_or(seq),
-            event_seq,
-            target: target.to_string(),
-            partition: partition.parse().unwrap_or(0),
-            order_key: h
-                .get(ORDER)
-                .map(|v| v.as_str().to_string())
-                .unwrap_or_default(),
-            priority: header(h, PRIORITY).unwrap_or(0),
-        }))
+        Ok(WorkItem::parse(
+            &self.subjects.root,
+            seq,
+            &m.subject,
+            &m.headers,
+        ))
     }
 
     /// A delivery's recorded state and its revision (0: nothing recorded:
     /// pending since its event was accepted).
-    async fn delivery_state(&self, id: i64) -> Result<(Option<DeliveryStatus>, u64), JournalError> {
+    pub(crate) async fn delivery_state(
+        &self,
+        id: i64,
+    ) -> Result<(Option<DeliveryStatus>, u64), JournalError> {
         let entry = self
             .deliveries
             .entry(id.to_string())
@@ -151,10 +161,13 @@ impl Inner {
                 | DeliveryUpdate::Dead { id, .. }
                 | DeliveryUpdate::Withheld { id, .. } => *id,
             };
-            let item = self
-                .work_item(id)
-                .await?
-                .ok_or_else(|| storage("record", format!("no delivery {id}")))?;
+            let item = match self.held_item(id) {
+                Some(item) => item,
+                None => self
+                    .work_item(id)
+                    .await?
+                    .ok_or_else(|| storage("record", format!("no delivery {id}")))?,
+            };
             let mut state = match self.delivery_state(id).await?.0 {
                 Some(s) => s,
                 None => self.initial_state(&item).await?,
@@ -407,40 +420,76 @@ fn with_delivery(detail: &str, id: i64, rule: &str) -> String {
     )
 }
 
-impl NatsJournal {
-    /// Records delivery outcomes (the `DeliveryLog`'s `record`).
-    pub async fn record(&self, updates: Vec<DeliveryUpdate>) -> Result<(), JournalError> {
-        self.inner.record_outcomes(updates).await
+impl DeliveryLog for NatsJournal {
+    /// Records each outcome, then settles its work item: acknowledged
+    /// when final, given back with its backoff on a retry.
+    fn record(&self, updates: Vec<DeliveryUpdate>) -> Pending<()> {
+        let this = self.handle();
+        Box::pin(async move {
+            for u in updates {
+                this.record_outcomes(vec![u.clone()]).await?;
+                this.settle_item(&u).await?;
+            }
+            Ok(())
+        })
     }
 
-    /// Puts a dead letter back (the `DeliveryLog`'s `replay`).
-    pub async fn replay(&self, id: i64) -> Result<Option<DeliveryRef>, JournalError> {
-        self.inner.replay_dead(id).await
+    fn replay(&self, id: i64) -> Pending<Option<DeliveryRef>> {
+        let this = self.handle();
+        Box::pin(async move { this.replay_dead(id).await })
     }
 
-    /// Dead letters, newest first (the `DeliveryLog`'s `dead_letters`).
-    pub async fn dead_letters(
-        &self,
-        targets: Option<&[String]>,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, JournalError> {
-        self.inner.list_dead(targets, limit).await
+    /// Nothing: the work is shared, and the consumers hand each node what
+    /// it holds ([`DeliveryLog::serve`]).
+    fn pending(&self) -> Pending<Vec<DeliveryRef>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 
-    /// One dead letter (the `DeliveryLog`'s `dead_letter`).
-    pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, JournalError> {
-        let (Some(state), _) = self.inner.delivery_state(id).await? else {
-            return Ok(None);
-        };
-        if state.status != "dead" {
-            return Ok(None);
-        }
-        let Some(item) = self.inner.work_item(id).await? else {
-            return Ok(None);
-        };
-        let (mut dead, _) = self.inner.dead_letter_of(&item, &state, now_ms()).await?;
-        dead.dead_at = state.updated_at;
-        Ok(Some(dead))
+    fn dead_letters(&self, targets: Option<&[String]>, limit: usize) -> Pending<Vec<DeadLetter>> {
+        let this = self.handle();
+        let targets = targets.map(<[String]>::to_vec);
+        Box::pin(async move { this.list_dead(targets.as_deref(), limit).await })
+    }
+
+    fn dead_letter(&self, id: i64) -> Pending<Option<DeadLetter>> {
+        let this = self.handle();
+        Box::pin(async move {
+            let (Some(state), _) = this.delivery_state(id).await? else {
+                return Ok(None);
+            };
+            if state.status != "dead" {
+                return Ok(None);
+            }
+            let Some(item) = this.work_item(id).await? else {
+                return Ok(None);
+            };
+            let (mut dead, _) = this.dead_letter_of(&item, &state, now_ms()).await?;
+            dead.dead_at = state.updated_at;
+            Ok(Some(dead))
+        })
+    }
+
+    fn shared_work(&self) -> bool {
+        true
+    }
+
+    fn serve(&self, target: &str, sink: WorkSink) {
+        self.serve_work(target, sink);
+    }
+}
+
+impl crate::journal::Journal for NatsJournal {
+    fn flush(&self) -> Pending<()> {
+        NatsJournal::flush(self)
+    }
+
+    fn leave(&self) -> Pending<()> {
+        let this = self.handle();
+        let flush = NatsJournal::flush(self);
+        Box::pin(async move {
+            flush.await?;
+            this.leave().await
+        })
     }
 }
 

@@ -35,6 +35,7 @@ mod events;
 mod feed;
 mod registry;
 mod tables;
+mod work;
 
 use super::JournalError;
 use async_nats::jetstream::{self, kv, stream};
@@ -71,11 +72,13 @@ pub struct NatsConfig {
     /// How many items a live subscriber may fall behind before it is
     /// told to read them back (`stream.buffer`).
     pub feed_buffer: usize,
-    /// How long the case tracker may hold events it took before the
-    /// server gives them to another node.
-    pub case_ack_wait: Duration,
-    /// How many events the case tracker may hold unsettled.
-    pub case_window: usize,
+    /// How long a node may hold a delivery (its call included) before
+    /// the server hands it to another node (`storage.nats_ack_wait_ms`).
+    pub ack_wait: Duration,
+    /// How long the case tracker's lease lasts without a renewal
+    /// (`storage.nats_lease_ms`): how long the cases wait when the
+    /// tracking node dies.
+    pub lease: Duration,
     /// How many acceptance batches this node keeps open at once: its
     /// share of the server's 50 per stream, over every node.
     pub batches_in_flight: usize,
@@ -95,8 +98,8 @@ impl NatsConfig {
             request_timeout: Duration::from_secs(5),
             feed_retain: 100_000,
             feed_buffer: 1024,
-            case_ack_wait: Duration::from_secs(30),
-            case_window: 1000,
+            ack_wait: Duration::from_secs(60),
+            lease: Duration::from_secs(5),
             batches_in_flight: 16,
         }
     }
@@ -239,6 +242,11 @@ pub(crate) struct Inner {
     /// case tracker's feed.
     cases: self::tables::Mirror,
     case_feed: std::sync::Arc<cases::CaseFeed>,
+    /// The work items this node holds for its delivery workers.
+    held: work::Held,
+    /// This node's id in heartbeats and the tracker's lease (new at each
+    /// start).
+    node: String,
     /// The adapter registry, with its watched copy, and the modules.
     registry: self::tables::Mirror,
     modules: jetstream::object_store::ObjectStore,
@@ -359,16 +367,7 @@ impl NatsJournal {
             stopped.clone(),
         )
         .await?;
-        let case_feed = std::sync::Arc::new(
-            cases::start(
-                &stream,
-                &subjects.root,
-                config.case_ack_wait,
-                config.case_window,
-                stopped.clone(),
-            )
-            .await?,
-        );
+        let case_feed = std::sync::Arc::new(cases::CaseFeed::new());
         let modules_bucket = config.bucket("modules");
         let modules = match js.get_object_store(&modules_bucket).await {
             Ok(store) => store,
@@ -413,6 +412,8 @@ impl NatsJournal {
                 state,
                 cases,
                 case_feed,
+                held: Default::default(),
+                node: uuid::Uuid::new_v4().simple().to_string(),
                 registry,
                 modules,
                 deferred,
@@ -420,6 +421,9 @@ impl NatsJournal {
             }),
         };
         events::start_grouper(std::sync::Arc::downgrade(&journal.inner), to_group);
+        // Seen by the other nodes before this one pulls anything.
+        journal.inner.heartbeat().await?;
+        cases::start_lease(std::sync::Arc::downgrade(&journal.inner), stopped);
         Ok(journal)
     }
 

@@ -192,4 +192,41 @@ impl Registry for NatsJournal {
     fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, JournalError> {
         Ok(self.version_records(name))
     }
+
+    fn share_module(
+        &self,
+        sha256: &str,
+        module: Vec<u8>,
+        signature: Option<String>,
+    ) -> Pending<()> {
+        let this = self.clone();
+        let sha256 = sha256.to_string();
+        Box::pin(async move {
+            this.put_module(&sha256, Bytes::from(module)).await?;
+            if let Some(sig) = signature {
+                let mut reader = std::io::Cursor::new(sig.into_bytes());
+                this.inner
+                    .modules
+                    .put(format!("{sha256}.sig").as_str(), &mut reader)
+                    .await
+                    .map_err(|e| storage(&format!("storing the signature of {sha256}"), e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn shared_module(&self, sha256: &str) -> Pending<Option<(Vec<u8>, Option<String>)>> {
+        let this = self.clone();
+        let sha256 = sha256.to_string();
+        Box::pin(async move {
+            let Some(module) = this.module(&sha256).await? else {
+                return Ok(None);
+            };
+            let signature = this
+                .module(&format!("{sha256}.sig"))
+                .await?
+                .map(|s| String::from_utf8_lossy(&s).into_owned());
+            Ok(Some((module, signature)))
+        })
+    }
 }

@@ -188,6 +188,24 @@ impl Mirror {
         }
     }
 
+    /// Reads a key from the bucket itself (not the copy), and holds what
+    /// it read: its revision (0: never written) and value.
+    pub(crate) async fn fetch(&self, key: &str) -> Result<(u64, Option<Bytes>), JournalError> {
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|e| storage(&format!("reading {key} from {}", self.store.name), e))?;
+        Ok(match entry {
+            Some(e) => {
+                let value = (e.operation == kv::Operation::Put).then(|| e.value.clone());
+                self.set(key.to_string(), e.revision, value.clone());
+                (e.revision, value)
+            }
+            None => (0, None),
+        })
+    }
+
     /// Writes a value and holds it in the copy at once; its revision.
     pub(crate) async fn put_revision(&self, key: &str, value: Bytes) -> Result<u64, JournalError> {
         let revision = self
