@@ -890,6 +890,39 @@ mod tests {
                 "[tls]\nca_files = [\"nowhere.pem\"]",
                 &["tls.ca_files", "nowhere.pem"],
             ),
+            ("[storage]\nbackend = \"nats\"", &["storage.nats_url"]),
+            (
+                "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\nsynchronous = \"normal\"",
+                &["storage.synchronous", "sync_interval"],
+            ),
+            (
+                "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\ngroup_commit_max = 10",
+                &["storage.group_commit_max"],
+            ),
+            (
+                "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\n[cases]\nclock = \"manual\"",
+                &["cases.clock"],
+            ),
+            (
+                "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\nnats_partitions = 0",
+                &["storage.nats_partitions"],
+            ),
+            (
+                "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\nnats_ack_wait_ms = 0",
+                &["storage.nats_ack_wait_ms"],
+            ),
+            (
+                "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\nnats_lease_ms = 100",
+                &["storage.nats_lease_ms"],
+            ),
+            (
+                "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\nnats_replicas = 7",
+                &["storage.nats_replicas"],
+            ),
+            (
+                "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\nnats_prefix = \"a.b\"",
+                &["storage.nats_prefix"],
+            ),
         ] {
             let e = format!("{:#}", Config::load(&write(dir.path(), text)).unwrap_err());
             assert!(named.iter().all(|n| e.contains(n)), "{text}: {e}");

@@ -523,6 +523,7 @@ impl Hub {
         let mut accepted = Vec::with_capacity(summary.len());
         for ((event, targets), stored) in summary.into_iter().zip(appended) {
             self.metrics.received(origin, stored.duplicate);
+            tracing::debug!(event = %event.id, seq = stored.seq, duplicate = stored.duplicate, deliveries = ?stored.deliveries.iter().map(|d| (d.target.as_str(), d.id)).collect::<Vec<_>>(), "stored");
             // Shared work (NATS): whichever node holds the partition
             // delivers, fed by the backend.
             if !stored.deliveries.is_empty() && !self.journal.shared_work() {

@@ -256,6 +256,19 @@ pub(crate) struct Inner {
     _stop: tokio::sync::watch::Sender<()>,
 }
 
+/// Whether an error at the start says the cluster is still forming (no
+/// leader answers yet, or too few peers are known to place replicas on).
+fn not_ready_yet(why: &str) -> bool {
+    [
+        "no responders",
+        "timed out",
+        "no suitable peers",
+        "insufficient resources",
+    ]
+    .iter()
+    .any(|s| why.contains(s))
+}
+
 fn storage(what: &str, e: impl std::fmt::Display) -> JournalError {
     JournalError::Storage(format!("nats: {what}: {e}"))
 }
@@ -266,15 +279,15 @@ impl NatsJournal {
     /// partition count other than the one the deployment was made with.
     ///
     /// A cluster that was just started, or whose streams were just made,
-    /// answers "no responders" for a moment on some nodes: the start asks
-    /// again for up to three request timeouts.
+    /// answers "no responders" (or cannot place replicas yet: a peer not
+    /// known) for a moment on some nodes: the start asks again for up to
+    /// three request timeouts.
     pub async fn connect(config: &NatsConfig) -> Result<NatsJournal, JournalError> {
         let deadline = std::time::Instant::now() + config.request_timeout * 3;
         loop {
             match Self::connect_once(config).await {
                 Err(JournalError::Storage(why))
-                    if (why.contains("no responders") || why.contains("timed out"))
-                        && std::time::Instant::now() < deadline =>
+                    if not_ready_yet(&why) && std::time::Instant::now() < deadline =>
                 {
                     tracing::debug!("the NATS cluster is not ready yet: {why}");
                     tokio::time::sleep(Duration::from_millis(100)).await;

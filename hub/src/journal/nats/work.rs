@@ -156,6 +156,7 @@ impl Inner {
             not_before_ms: None,
             priority: item.priority,
         };
+        tracing::debug!(adapter = %item.target, partition = item.partition, delivery = item.id, seq, delivered, "work item taken");
         self.held.items.insert(item.id, (m, item));
         sink(delivery);
         Ok(())
@@ -183,8 +184,13 @@ impl Inner {
             | DeliveryUpdate::Withheld { id, .. } => (*id, AckKind::Ack),
         };
         let Some((_, (m, _))) = self.held.items.remove(&id) else {
+            tracing::debug!(
+                delivery = id,
+                "outcome of a work item this node does not hold"
+            );
             return Ok(());
         };
+        tracing::debug!(delivery = id, ack = ?kind, "work item settled");
         m.ack_with(kind)
             .await
             .map_err(|e| storage(&format!("settling delivery {id}"), e))
@@ -260,11 +266,11 @@ impl Inner {
 
     /// Whether this node owns (target, partition) now.
     fn owns(&self, target: &str, p: u32) -> bool {
-        let live = self.live_nodes();
+        let mut live = self.live_nodes();
         if !live.contains(&self.node) {
-            // Its own heartbeat is late (or not seen yet): it pulls, and
-            // the pin keeps one node per consumer.
-            return true;
+            // Its own heartbeat is late (a busy moment): it counts itself
+            // in all the same, so what it owns does not flap.
+            live.push(self.node.clone());
         }
         live.iter()
             .max_by_key(|n| score(n, target, p))
@@ -303,11 +309,13 @@ async fn pull(
         let Some(c) = consumer.as_ref() else { continue };
         if !journal.owns(&target, p) {
             drop(journal);
+            tracing::trace!(adapter = %target, partition = p, "not this node's partition");
             tokio::select! {
                 _ = tokio::time::sleep(OWNER_CHECK) => continue,
                 _ = stop.changed() => return,
             }
         }
+        tracing::debug!(adapter = %target, partition = p, "pulling");
         let messages = c
             .stream()
             .group(GROUP)
@@ -337,14 +345,24 @@ async fn pull(
                     if journal.owns(&target, p) {
                         continue;
                     }
-                    // Another node owns it now: stop pulling, and let
-                    // the server pin that node at once.
+                    // Another node owns it now: stop pulling and, once
+                    // the pulls this node left with the server expired
+                    // (so none of them can be pinned), let the server pin
+                    // the owner at once rather than after the pin's TTL.
                     drop(messages);
-                    let name = consumer_name(&target, p);
-                    if let Err(e) = journal.stream.unpin_consumer(&name, GROUP).await {
-                        tracing::debug!(adapter = %target, partition = p, "unpinning: {e}");
-                    }
+                    drop(journal);
                     tracing::debug!(adapter = %target, partition = p, "partition handed to another node");
+                    tokio::select! {
+                        _ = tokio::time::sleep(PULL_EXPIRES + OWNER_CHECK) => {}
+                        _ = stop.changed() => return,
+                    }
+                    let Some(journal) = inner.upgrade() else { return };
+                    if !journal.owns(&target, p) {
+                        let name = consumer_name(&target, p);
+                        if let Err(e) = journal.stream.unpin_consumer(&name, GROUP).await {
+                            tracing::debug!(adapter = %target, partition = p, "unpinning: {e}");
+                        }
+                    }
                     break;
                 }
                 _ = stop.changed() => return,
