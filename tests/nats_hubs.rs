@@ -42,9 +42,10 @@ struct Nodes {
 }
 
 impl Drop for Nodes {
-    /// A failed test leaves each node's log in `target/nats-hubs-logs/`.
+    /// A failed test (or any, with `GOVHUB_TEST_KEEP_LOGS` set) leaves
+    /// each node's log in `target/nats-hubs-logs/`.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("GOVHUB_TEST_KEEP_LOGS").is_none() {
             return;
         }
         let dir = root().join("target/nats-hubs-logs");
@@ -679,4 +680,88 @@ fn a_killed_nats_node_stops_neither_ingest_nor_delivery_and_misses_nothing_after
             false => Err(format!("last sequences differ: {a} {b} {c}")),
         }
     });
+}
+
+/// The benchmark of BENCHMARKS.md section 9a (not part of the suite):
+/// the end-to-end rate (accepted through `POST /v1/events`, delivered to
+/// a department) with one hub node and with three, over the same
+/// three-node NATS cluster, alternating, each round with its own streams.
+///
+/// `cargo test --release -p govhub --test nats_hubs -- --ignored --nocapture`
+/// (`NATS_E2E_EVENTS`, `NATS_E2E_CLIENTS`, `NATS_E2E_ROUNDS`).
+#[test]
+#[ignore]
+fn end_to_end_rate_with_one_and_with_three_hub_nodes() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (events, clients, rounds) = (
+        env("NATS_E2E_EVENTS", 3000),
+        env("NATS_E2E_CLIENTS", 32),
+        env("NATS_E2E_ROUNDS", 2),
+    );
+    let cluster = NatsCluster::shared();
+    println!("| round | hub nodes | events | accepted/s | end to end/s | delivered by node |");
+    println!("|---|---|---|---|---|---|");
+    for round in 1..=rounds {
+        for n in [1usize, 3] {
+            let department = Receiver::start();
+            let spec = AdapterSpec::new("police-desk", "webhook-adapter")
+                .top("subscribe = [\"gov.incident.*\"]")
+                .tables(&format!(
+                    "[limits]\nconcurrency = 16\n[capabilities]\noutbound_hosts = [\"{host}\"]\n[config]\nurl = \"http://{host}/events\"",
+                    host = department.host()
+                ));
+            let mut nodes = Nodes::start(cluster, &format!("bench{round}n{n}"), &[spec], "");
+            // The nodes not in this run are stopped.
+            for i in n..3 {
+                if let Some(mut h) = nodes.hubs[i].take() {
+                    h.kill9();
+                }
+            }
+            let bases: Vec<String> = (0..n).map(|i| nodes.base(i)).collect();
+            let next = Arc::new(AtomicUsize::new(0));
+            let started = Instant::now();
+            let threads: Vec<_> = (0..clients)
+                .map(|c| {
+                    let (bases, next) = (bases.clone(), next.clone());
+                    std::thread::spawn(move || loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= events {
+                            return;
+                        }
+                        let event = cloudevent(
+                            &format!("bench-{i}"),
+                            Some(&format!("YF-B{}", i % 500)),
+                            256,
+                        );
+                        let base = &bases[(i + c) % bases.len()];
+                        let mut tries = 0;
+                        while !matches!(send_event(base, &event), Some((202, _, _))) {
+                            tries += 1;
+                            assert!(tries < 50, "event {i} refused 50 times");
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let accepted = started.elapsed();
+            department.wait_for(events, Duration::from_secs(600));
+            let delivered = started.elapsed();
+            let by_node: Vec<f64> = (0..n)
+                .map(|i| delivered_by(nodes.hub(i), "police-desk"))
+                .collect();
+            println!(
+                "| {round} | {n} | {events} | {:.0} | {:.0} | {by_node:?} |",
+                events as f64 / accepted.as_secs_f64(),
+                events as f64 / delivered.as_secs_f64(),
+            );
+        }
+    }
 }

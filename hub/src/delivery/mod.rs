@@ -310,29 +310,35 @@ async fn attempt(hub: Arc<dyn Host>, queue: Arc<TargetQueue>, job: Job) {
     let attempts = d.attempts + 1;
     let config = &hub.deliveries().config;
     let event = match &job.event {
-        Some(e) => Some(e.clone()),
+        Some(e) => Ok(Some(e.clone())),
         None => hub
             .events()
             .event_by_seq(d.event_seq)
             .await
-            .ok()
-            .flatten()
-            .map(Arc::new),
+            .map(|e| e.map(Arc::new)),
     };
     let update = match (event, hub.adapter(&d.target)) {
-        (None, _) => DeliveryUpdate::Dead {
+        // Not read (a timeout, an election on NATS): tried again, never a
+        // dead letter for a read that failed.
+        (Err(e), _) => DeliveryUpdate::Retry {
+            id: d.id,
+            attempts: d.attempts,
+            error: format!("event #{} could not be read: {e}", d.event_seq),
+            next_attempt_ms: now_ms() + backoff(config, attempts).as_millis() as i64,
+        },
+        (Ok(None), _) => DeliveryUpdate::Dead {
             id: d.id,
             attempts,
             error: format!("event #{} is missing from the journal", d.event_seq),
             flow: None,
         },
-        (Some(_), None) => DeliveryUpdate::Retry {
+        (Ok(Some(_)), None) => DeliveryUpdate::Retry {
             id: d.id,
             attempts: d.attempts,
             error: format!("adapter `{}` is not loaded", d.target),
             next_attempt_ms: now_ms() + config.backoff_cap_ms as i64,
         },
-        (Some(event), Some(adapter)) => match hub.governance().outgoing(&event, &d.target) {
+        (Ok(Some(event)), Some(adapter)) => match hub.governance().outgoing(&event, &d.target) {
             Outgoing::Withhold(reason) => {
                 tracing::info!(adapter = %d.target, event = %event.id, "delivery withheld: {reason}");
                 DeliveryUpdate::Withheld {

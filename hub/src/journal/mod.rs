@@ -302,6 +302,16 @@ impl DeliveryUpdate {
     pub fn is_final(&self) -> bool {
         !matches!(self, DeliveryUpdate::Retry { .. })
     }
+
+    /// The delivery it is the outcome of.
+    pub fn id(&self) -> i64 {
+        match self {
+            DeliveryUpdate::Delivered { id, .. }
+            | DeliveryUpdate::Retry { id, .. }
+            | DeliveryUpdate::Dead { id, .. }
+            | DeliveryUpdate::Withheld { id, .. } => *id,
+        }
+    }
 }
 
 /// A delivery's state, as `GET /v1/events/{id}` shows it.

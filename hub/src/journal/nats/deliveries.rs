@@ -79,7 +79,7 @@ impl Inner {
         let Ok(at) = u64::try_from(seq) else {
             return Ok(None);
         };
-        let m = match self.stream.get_raw_message(at).await {
+        let m = match self.message_at(at).await {
             Ok(m) => m,
             Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
             Err(e) => return Err(storage("reading a work item", e)),
@@ -136,8 +136,7 @@ impl Inner {
     /// target.
     async fn event_facts(&self, item: &WorkItem) -> Result<(i64, String), JournalError> {
         let m = self
-            .stream
-            .get_raw_message(item.event_seq as u64)
+            .message_at(item.event_seq as u64)
             .await
             .map_err(|e| storage(&format!("event {}", item.event_seq), e))?;
         let received = header(&m.headers, "Govhub-Received").unwrap_or(0);
@@ -155,12 +154,7 @@ impl Inner {
         updates: Vec<DeliveryUpdate>,
     ) -> Result<(), JournalError> {
         for u in updates {
-            let id = match &u {
-                DeliveryUpdate::Delivered { id, .. }
-                | DeliveryUpdate::Retry { id, .. }
-                | DeliveryUpdate::Dead { id, .. }
-                | DeliveryUpdate::Withheld { id, .. } => *id,
-            };
+            let id = u.id();
             let item = match self.held_item(id) {
                 Some(item) => item,
                 None => self
@@ -266,8 +260,7 @@ impl Inner {
         now: i64,
     ) -> Result<(DeadLetter, FeedKeys), JournalError> {
         let m = self
-            .stream
-            .get_raw_message(item.event_seq as u64)
+            .message_at(item.event_seq as u64)
             .await
             .map_err(|e| storage(&format!("event {}", item.event_seq), e))?;
         let event = super::events::decode(&m.payload)?;
@@ -427,8 +420,17 @@ impl DeliveryLog for NatsJournal {
         let this = self.handle();
         Box::pin(async move {
             for u in updates {
-                this.record_outcomes(vec![u.clone()]).await?;
-                this.settle_item(&u).await?;
+                let recorded = match this.record_outcomes(vec![u.clone()]).await {
+                    Ok(()) => this.settle_item(&u).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = recorded {
+                    // Not recorded (the cluster is electing a leader, say):
+                    // the server hands the item out again soon, and it is
+                    // delivered again rather than lost.
+                    this.give_back(u.id()).await;
+                    return Err(e);
+                }
             }
             Ok(())
         })

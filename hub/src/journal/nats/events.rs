@@ -601,7 +601,7 @@ impl EventLog for NatsJournal {
             let Ok(at) = u64::try_from(seq) else {
                 return Ok(None);
             };
-            match this.stream.get_raw_message(at).await {
+            match this.message_at(at).await {
                 Ok(m)
                     if m.subject
                         .starts_with(&format!("{}.ev.", this.subjects.root)) =>
@@ -609,7 +609,27 @@ impl EventLog for NatsJournal {
                     decode(&m.payload).map(Some)
                 }
                 Ok(_) => Ok(None),
-                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
+                    // Gone for good only when the stream no longer holds
+                    // that sequence (past storage.nats_retain_days); a
+                    // work item's event is otherwise stored with it, and
+                    // the server's "not found" is a moment's.
+                    let mut stream = this.stream.clone();
+                    let first = stream
+                        .info()
+                        .await
+                        .map_err(|e| storage("reading an event", e))?
+                        .state
+                        .first_sequence;
+                    if at < first {
+                        Ok(None)
+                    } else {
+                        Err(storage(
+                            &format!("event {seq}"),
+                            "the server does not find it yet; asked again later",
+                        ))
+                    }
+                }
                 Err(e) => Err(storage("reading an event", e)),
             }
         })

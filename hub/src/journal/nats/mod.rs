@@ -436,6 +436,7 @@ impl NatsJournal {
         events::start_grouper(std::sync::Arc::downgrade(&journal.inner), to_group);
         // Seen by the other nodes before this one pulls anything.
         journal.inner.heartbeat().await?;
+        work::start_progress(std::sync::Arc::downgrade(&journal.inner), stopped.clone());
         cases::start_lease(std::sync::Arc::downgrade(&journal.inner), stopped);
         Ok(journal)
     }
@@ -458,6 +459,40 @@ impl NatsJournal {
     /// The JetStream context (for the parts still to come, and tests).
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.inner.js
+    }
+}
+
+impl Inner {
+    /// The message of the main stream at `seq`. Under load the server has
+    /// been measured answering "no message found" (10037) for a message
+    /// its consumers had just delivered the work item of (stored in the
+    /// same atomic batch); such an answer is asked again, for up to about
+    /// a second, before it is believed.
+    pub(crate) async fn message_at(
+        &self,
+        seq: u64,
+    ) -> Result<
+        async_nats::jetstream::message::StreamMessage,
+        async_nats::jetstream::stream::RawMessageError,
+    > {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            match self.stream.get_raw_message(seq).await {
+                Err(e)
+                    if e.kind() == RawMessageErrorKind::NoMessageFound
+                        && pause < Duration::from_millis(800) =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Ok(m) if pause > Duration::from_millis(25) => {
+                    tracing::debug!(seq, "message found when asked again");
+                    return Ok(m);
+                }
+                done => return done,
+            }
+        }
     }
 }
 

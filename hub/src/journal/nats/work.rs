@@ -22,6 +22,10 @@
 //!   node's unacknowledged item comes back to the new one once
 //!   `storage.nats_ack_wait_ms` has run out, and nothing newer of its
 //!   partition goes before it.
+//! - **Held work is kept.** Every third of `ack_wait` the node tells the
+//!   server it still works on what it holds, so an item waiting behind a
+//!   quarantined adapter is not handed to another node while this one
+//!   lives.
 //! - **Outcomes.** A final outcome (delivered, dead, withheld) is written
 //!   to the delivery's state first and acknowledged last, so a crash in
 //!   between delivers again rather than losing a delivery; a redelivered
@@ -134,6 +138,13 @@ impl Inner {
             let _ = m.ack().await;
             return Ok(());
         };
+        if let Some(mut held) = self.held.items.get_mut(&item.id) {
+            // Handed out again while this node still holds it (it waited
+            // past ack_wait, a quarantined adapter say): the newer copy is
+            // the one to settle, and the workers have it already.
+            held.0 = m;
+            return Ok(());
+        }
         let mut attempts = 0;
         if delivered > 1 {
             // Handed out before: a retry, or a node died holding it.
@@ -162,6 +173,15 @@ impl Inner {
         Ok(())
     }
 
+    /// Lets go of the item of delivery `id` without an outcome: the server
+    /// hands it out again after a moment (or after `ack_wait`, if even
+    /// this does not reach it).
+    pub(crate) async fn give_back(&self, id: i64) {
+        if let Some((_, (m, _))) = self.held.items.remove(&id) {
+            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+    }
+
     /// The work item this node holds for delivery `id`, if it holds it.
     pub(crate) fn held_item(&self, id: i64) -> Option<WorkItem> {
         self.held.items.get(&id).map(|h| h.1.clone())
@@ -170,18 +190,15 @@ impl Inner {
     /// Settles the work item of an outcome just recorded: acknowledged
     /// when final, given back with the backoff as its delay on a retry.
     pub(crate) async fn settle_item(&self, update: &DeliveryUpdate) -> Result<(), JournalError> {
-        let (id, kind) = match update {
+        let id = update.id();
+        let kind = match update {
             DeliveryUpdate::Retry {
-                id,
-                next_attempt_ms,
-                ..
+                next_attempt_ms, ..
             } => {
                 let wait = (*next_attempt_ms - crate::journal::now_ms()).max(0) as u64;
-                (*id, AckKind::Nak(Some(Duration::from_millis(wait))))
+                AckKind::Nak(Some(Duration::from_millis(wait)))
             }
-            DeliveryUpdate::Delivered { id, .. }
-            | DeliveryUpdate::Dead { id, .. }
-            | DeliveryUpdate::Withheld { id, .. } => (*id, AckKind::Ack),
+            _ => AckKind::Ack,
         };
         let Some((_, (m, _))) = self.held.items.remove(&id) else {
             tracing::debug!(
@@ -277,6 +294,37 @@ impl Inner {
             .map(String::as_str)
             == Some(&self.node)
     }
+}
+
+/// Tells the server every third of `ack_wait` that this node is still
+/// working on what it holds (a delivery waiting behind a quarantined
+/// adapter, or a long call), so it is not handed to another node while
+/// this one lives.
+pub(crate) fn start_progress(inner: Weak<Inner>, mut stop: tokio::sync::watch::Receiver<()>) {
+    tokio::spawn(async move {
+        loop {
+            let Some(journal) = inner.upgrade() else {
+                return;
+            };
+            let every = (journal.config.ack_wait / 3).max(Duration::from_millis(100));
+            let held: Vec<Message> = journal
+                .held
+                .items
+                .iter()
+                .map(|e| e.value().0.clone())
+                .collect();
+            drop(journal);
+            for m in held {
+                if let Err(e) = m.ack_with(AckKind::Progress).await {
+                    tracing::debug!("work in progress: {e}");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
 }
 
 /// Pulls one (target, partition) while this node owns it, until the
