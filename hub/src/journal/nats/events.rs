@@ -610,18 +610,19 @@ impl EventLog for NatsJournal {
                 }
                 Ok(_) => Ok(None),
                 Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
-                    // Gone for good only when the stream no longer holds
-                    // that sequence (past storage.nats_retain_days); a
-                    // work item's event is otherwise stored with it, and
-                    // the server's "not found" is a moment's.
+                    // None only when the stream does not hold that
+                    // sequence (expired past storage.nats_retain_days, or
+                    // never stored); a work item's event is otherwise
+                    // stored with it, and the server's "not found" is a
+                    // moment's.
                     let mut stream = this.stream.clone();
-                    let first = stream
+                    let state = stream
                         .info()
                         .await
                         .map_err(|e| storage("reading an event", e))?
                         .state
-                        .first_sequence;
-                    if at < first {
+                        .clone();
+                    if at < state.first_sequence || at > state.last_sequence {
                         Ok(None)
                     } else {
                         Err(storage(
