@@ -124,12 +124,20 @@ curl -fsS -X POST http://127.0.0.1:8090/_control/hub -H 'content-type: applicati
   }
 }" >/dev/null
 
-echo "==> a report through node 2: a quarrel at 盈一村, for the police desk"
+echo "==> a report through node 2: e-trikes jamming the west gate of 盈一佳苑"
 curl -fsS -X POST http://127.0.0.1:8082/v1/events \
     -H "authorization: Bearer $YINGFENG_POLICE_TOKEN" \
     -H 'content-type: application/cloudevents+json' \
-    -d '{"specversion":"1.0","id":"cluster-demo-1","source":"urn:govhub:police","type":"gov.incident.reported","category":"public-order.dispute","severity":"minor","grid":"yingfeng/yingyi/2","data":{"description":"两户村民因停车位发生口角"}}'
+    -d '{"specversion":"1.0","id":"cluster-demo-'"$(date +%s)"'","source":"urn:govhub:police","type":"gov.incident.reported","category":"traffic.congestion","severity":"major","grid":"yingfeng/yingyi/2","data":{"description":"盈一佳苑西门电动三轮车堵门，居民车辆无法进出"}}'
 echo
+# Routed to the traffic squad, the police and the village committee:
+# whichever nodes hold their partitions deliver.
+for _ in $(seq 1 300); do
+    got=$(curl -fsS http://127.0.0.1:8090/_records | grep -o '"department":"[a-z-]*"' | sort -u | tr '\n' ' ')
+    [[ $got == *traffic* && $got == *police* && $got == *village* ]] && break
+    sleep 0.1
+done
+echo "delivered to: $got"
 
 cat <<EOF
 
