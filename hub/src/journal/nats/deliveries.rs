@@ -30,6 +30,8 @@ const PRIORITY: &str = "Govhub-Priority";
 const DELIVERY: &str = "Govhub-Delivery";
 const EVENT: &str = "Govhub-Event";
 const MSG_ID: &str = "Nats-Msg-Id";
+pub(crate) const RECEIVED: &str = "Govhub-Received";
+pub(crate) const RULE: &str = "Govhub-Rule";
 
 /// A work item, read back from the stream.
 #[derive(Debug, Clone)]
@@ -41,6 +43,12 @@ pub(crate) struct WorkItem {
     pub(crate) partition: u32,
     pub(crate) order_key: String,
     pub(crate) priority: u8,
+    /// When its event was accepted, and the route that chose the target
+    /// (carried by work items stored since they carry them).
+    pub(crate) facts: Option<(i64, String)>,
+    /// What the node holding it knows of its recorded state:
+    /// `Some(None)` when nothing is recorded yet (a first delivery).
+    pub(crate) known: Option<Option<DeliveryStatus>>,
 }
 
 fn header<T: std::str::FromStr>(h: &HeaderMap, name: &str) -> Option<T> {
@@ -68,6 +76,15 @@ impl WorkItem {
                 .map(|v| v.as_str().to_string())
                 .unwrap_or_default(),
             priority: header(h, PRIORITY).unwrap_or(0),
+            facts: header::<i64>(h, RECEIVED).map(|received| {
+                // A JSON string: a route's name may hold anything.
+                let rule = h
+                    .get(RULE)
+                    .and_then(|v| serde_json::from_str::<String>(v.as_str()).ok())
+                    .unwrap_or_default();
+                (received, rule)
+            }),
+            known: None,
         })
     }
 }
@@ -116,7 +133,10 @@ impl Inner {
 
     /// The state a delivery starts in: pending since its event came.
     async fn initial_state(&self, item: &WorkItem) -> Result<DeliveryStatus, JournalError> {
-        let (received, rule) = self.event_facts(item).await?;
+        let (received, rule) = match &item.facts {
+            Some(facts) => facts.clone(),
+            None => self.event_facts(item).await?,
+        };
         Ok(DeliveryStatus {
             id: item.id,
             target: item.target.clone(),
@@ -162,7 +182,11 @@ impl Inner {
                     .await?
                     .ok_or_else(|| storage("record", format!("no delivery {id}")))?,
             };
-            let mut state = match self.delivery_state(id).await?.0 {
+            let known = match item.known.clone() {
+                Some(known) => known,
+                None => self.delivery_state(id).await?.0,
+            };
+            let mut state = match known {
                 Some(s) => s,
                 None => self.initial_state(&item).await?,
             };

@@ -165,6 +165,15 @@ impl Inner {
         for (k, target) in e.targets.iter().enumerate() {
             let mut headers = HeaderMap::new();
             headers.insert(OFFSET, (k + 1).to_string().as_str());
+            // What the delivery's first recorded state needs, so its
+            // outcome need not read the event back.
+            headers.insert(RECEIVED, e.received_ms.to_string().as_str());
+            headers.insert(
+                super::deliveries::RULE,
+                serde_json::Value::String(target.rule.clone())
+                    .to_string()
+                    .as_str(),
+            );
             headers.insert(ORDER, order_key.as_str());
             headers.insert(PRIORITY, priority.to_string().as_str());
             parts.push(Part {

@@ -145,10 +145,17 @@ impl Inner {
             held.0 = m;
             return Ok(());
         }
+        let mut item = item;
         let mut attempts = 0;
-        if delivered > 1 {
-            // Handed out before: a retry, or a node died holding it.
-            if let (Some(state), _) = self.delivery_state(item.id).await? {
+        let replay = m
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get("Govhub-Delivery").is_some());
+        if delivered > 1 || replay {
+            // Handed out before (a retry, or a node died holding it), or a
+            // replay of a dead letter: its state is recorded.
+            let (state, _) = self.delivery_state(item.id).await?;
+            if let Some(state) = &state {
                 if matches!(state.status.as_str(), "delivered" | "dead" | "withheld") {
                     m.ack()
                         .await
@@ -157,6 +164,10 @@ impl Inner {
                 }
                 attempts = state.attempts;
             }
+            item.known = Some(state);
+        } else {
+            // A first delivery: nothing is recorded yet.
+            item.known = Some(None);
         }
         let delivery = DeliveryRef {
             id: item.id,
