@@ -765,3 +765,67 @@ fn end_to_end_rate_with_one_and_with_three_hub_nodes() {
         }
     }
 }
+
+#[test]
+fn a_full_department_queue_is_counted_over_the_cluster_and_every_node_sheds() {
+    let cluster = NatsCluster::shared();
+    let (police, fire) = (Receiver::start(), Receiver::start());
+    // The police desk is down: its deliveries pile up, retried.
+    police.answer(503);
+    let nodes = Nodes::start_with_env(
+        cluster,
+        "backlog",
+        &departments(&police, &fire),
+        "",
+        &[("GOVHUB__DELIVERY__QUEUE_DEPTH", "30")],
+    );
+    let mut accepted = HashSet::new();
+    let mut refused = None;
+    for i in 0..400 {
+        let id = format!("ev-full-{i}");
+        let event = cloudevent(&id, Some(&format!("YF-FULL-{i}")), 16);
+        match send_event(&nodes.base(i % 3), &event) {
+            Some((202, _, _)) => {
+                accepted.insert(id);
+            }
+            Some((503, _, body)) => {
+                refused = Some((i, body));
+                break;
+            }
+            other => panic!("event {i}: {other:?}"),
+        }
+    }
+    let (at, body) = refused.expect("400 events and no node refused any");
+    eprintln!("refused after {at} events: {body}");
+    assert!(at >= 30, "refused before the queue was full: {at}");
+    assert!(body.contains("police-desk"), "{body}");
+    // Every node counts the same backlog, whichever accepted the events
+    // (each counts twice a second).
+    for i in 0..3 {
+        let mut tries = 0;
+        eventually(Duration::from_secs(5), || {
+            tries += 1;
+            let id = format!("ev-full-node{i}-{tries}");
+            let event = cloudevent(&id, Some("YF-FULL-X"), 16);
+            match send_event(&nodes.base(i), &event) {
+                Some((503, _, _)) => Ok(()),
+                Some((202, _, _)) => {
+                    accepted.insert(id);
+                    Err(format!("node {i} still accepts"))
+                }
+                other => Err(format!("node {i}: {other:?}")),
+            }
+        });
+    }
+    // The department comes back: everything accepted is delivered, and
+    // the nodes accept again.
+    police.answer(200);
+    wait_all("police-desk", &police, &accepted, Duration::from_secs(120));
+    eventually(Duration::from_secs(30), || {
+        let event = cloudevent("ev-full-after", Some("YF-FULL-Y"), 16);
+        match send_event(&nodes.base(1), &event) {
+            Some((202, _, _)) => Ok(()),
+            other => Err(format!("still refused: {other:?}")),
+        }
+    });
+}

@@ -502,7 +502,10 @@ impl Hub {
             let priority = severity.map(|s| s.rank()).unwrap_or(0);
             let limit = self.deliveries.limit_for(priority);
             for t in &new.targets {
-                let depth = self.deliveries.depth(&t.adapter);
+                let depth = self
+                    .journal
+                    .backlog(&t.adapter)
+                    .unwrap_or_else(|| self.deliveries.depth(&t.adapter));
                 if depth >= limit {
                     self.metrics.shed(severity);
                     let reserved = limit < self.deliveries.limit_for(u8::MAX);

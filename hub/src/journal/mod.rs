@@ -557,6 +557,14 @@ pub trait DeliveryLog: Send + Sync + 'static {
     fn serve(&self, target: &str, sink: WorkSink) {
         let _ = (target, sink);
     }
+
+    /// With shared work: `target`'s deliveries not yet final over the
+    /// whole cluster (what `delivery.queue_depth` bounds), as last
+    /// counted; `None` where this node's queue holds them all.
+    fn backlog(&self, target: &str) -> Option<usize> {
+        let _ = target;
+        None
+    }
 }
 
 /// Where a backend with shared work hands a delivery to this node's

@@ -502,6 +502,10 @@ impl DeliveryLog for NatsJournal {
     fn serve(&self, target: &str, sink: WorkSink) {
         self.serve_work(target, sink);
     }
+
+    fn backlog(&self, target: &str) -> Option<usize> {
+        Some(self.inner.held.backlog(target))
+    }
 }
 
 impl crate::journal::Journal for NatsJournal {

@@ -437,6 +437,7 @@ impl NatsJournal {
         // Seen by the other nodes before this one pulls anything.
         journal.inner.heartbeat().await?;
         work::start_progress(std::sync::Arc::downgrade(&journal.inner), stopped.clone());
+        work::start_backlog(std::sync::Arc::downgrade(&journal.inner), stopped.clone());
         cases::start_lease(std::sync::Arc::downgrade(&journal.inner), stopped);
         Ok(journal)
     }

@@ -60,6 +60,9 @@ pub(crate) struct Held {
     items: dashmap::DashMap<i64, (Message, WorkItem)>,
     /// Targets this node pulls for.
     serving: dashmap::DashSet<String>,
+    /// Each target's deliveries not yet final over the cluster, as last
+    /// counted from its consumers.
+    backlog: dashmap::DashMap<String, usize>,
 }
 
 impl Held {
@@ -67,6 +70,47 @@ impl Held {
     pub(crate) fn len(&self) -> usize {
         self.items.len()
     }
+
+    pub(crate) fn backlog(&self, target: &str) -> usize {
+        self.backlog.get(target).map(|b| *b).unwrap_or(0)
+    }
+}
+
+/// How often each node counts every target's backlog.
+const BACKLOG_EVERY: Duration = Duration::from_millis(500);
+
+/// Counts each served target's deliveries not yet final (the consumers'
+/// pending and unacknowledged items) for ingest's backpressure
+/// (`delivery.queue_depth` over the whole cluster).
+pub(crate) fn start_backlog(inner: Weak<Inner>, mut stop: tokio::sync::watch::Receiver<()>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(BACKLOG_EVERY) => {}
+                _ = stop.changed() => return,
+            }
+            let Some(journal) = inner.upgrade() else {
+                return;
+            };
+            let targets: Vec<String> = journal.held.serving.iter().map(|t| t.clone()).collect();
+            for target in targets {
+                let counts = (0..journal.config.partitions).map(|p| {
+                    let journal = journal.clone();
+                    let target = target.clone();
+                    async move {
+                        let name = consumer_name(&target, p);
+                        let info = journal.stream.consumer_info(&name).await.ok()?;
+                        Some(info.num_pending as usize + info.num_ack_pending)
+                    }
+                });
+                let counts = futures_util::future::join_all(counts).await;
+                // A partition not counted this time keeps the others'
+                // sum (never less than what is known).
+                let total: usize = counts.into_iter().flatten().sum();
+                journal.held.backlog.insert(target, total);
+            }
+        }
+    });
 }
 
 /// A consumer's durable name: `wk_<target>_<p>` (a target name's dots and
