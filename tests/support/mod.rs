@@ -808,6 +808,8 @@ pub struct Received {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When it was recorded.
+    pub at: Instant,
 }
 
 impl Received {
@@ -881,6 +883,7 @@ impl Receiver {
                                     })
                                     .collect(),
                                 body: body.to_vec(),
+                                at: Instant::now(),
                             });
                         }
                         let code = axum::http::StatusCode::from_u16(status).unwrap();

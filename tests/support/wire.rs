@@ -201,6 +201,7 @@ fn serve<S: Read + Write>(
             path,
             headers,
             body,
+            at: std::time::Instant::now(),
         };
         let close = request
             .header("connection")
