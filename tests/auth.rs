@@ -21,7 +21,8 @@ struct Principals {
     _dir: HubDir,
 }
 
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 7] = [
+    "patrol",
     "police",
     "traffic",
     "reporter",
@@ -76,6 +77,15 @@ role = "department"
 token_sha256 = "{reporter}"
 sources = ["urn:yingfeng:four-platforms"]
 
+# Its own quota, above the hub's.
+[[auth.principals]]
+name = "patrol"
+role = "department"
+token_sha256 = "{patrol}"
+sources = ["urn:govhub:video-patrol"]
+events_per_s = 0.2
+burst = 6
+
 [[auth.principals]]
 name = "command-room"
 role = "viewer"
@@ -106,6 +116,7 @@ to = ["traffic"]
 "#,
             police = sha256_hex(&tokens["police"]),
             reporter = sha256_hex(&tokens["reporter"]),
+            patrol = sha256_hex(&tokens["patrol"]),
             operator = sha256_hex(&tokens["duty-officer"]),
             admin = sha256_hex(&tokens["ops"]),
         );
@@ -634,6 +645,24 @@ fn a_sender_over_its_quota_waits_but_critical_events_pass_and_others_are_unaffec
         );
         assert_eq!(s, 202, "{b}");
     }
+    // A principal's own burst (6) stands in for the hub's (3).
+    for i in 0..6 {
+        let (s, b) = p.send(
+            "patrol",
+            &report(
+                &format!("p-{i}"),
+                "urn:govhub:video-patrol",
+                "traffic",
+                "minor",
+            ),
+        );
+        assert_eq!(s, 202, "patrol's event {i}: {b}");
+    }
+    let (s, b) = p.send(
+        "patrol",
+        &report("p-6", "urn:govhub:video-patrol", "traffic", "minor"),
+    );
+    assert_eq!(s, 429, "patrol over its own burst: {b}");
     // More than the burst in one batch can never pass: it says to split.
     let batch: Vec<_> = (0..4)
         .map(|i| {
@@ -1073,4 +1102,20 @@ fn govhub_auth_token_makes_a_token_the_hub_accepts_by_its_hash() {
         !ok && err.contains("AUTH_TEST_UNSET") && err.contains("`fire`"),
         "{err}"
     );
+}
+
+#[test]
+fn metrics_open_lets_a_scraper_in_without_a_token_and_nothing_else() {
+    let closed = Principals::start("");
+    let (s, _) = closed.call(None, "GET", "/metrics", b"");
+    assert_eq!(s, 401, "/metrics is for viewers unless auth.metrics_open");
+    drop(closed);
+    let open = Principals::start("metrics_open = true");
+    let (s, body) = open.call(None, "GET", "/metrics", b"");
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("govhub_"), "{body}");
+    for path in ["/v1/cases", "/v1/dead-letters", "/v1/audit"] {
+        let (s, body) = open.call(None, "GET", path, b"");
+        assert_eq!(s, 401, "{path} stays closed: {body}");
+    }
 }

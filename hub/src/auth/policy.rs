@@ -194,6 +194,70 @@ impl Routes<()> {
 mod tests {
     use super::*;
 
+    /// `/v1/cases/{caseid}` and `/v1/cases/{id}` are the same route.
+    fn shape(path: &str) -> String {
+        let mut out = String::new();
+        let mut inside = false;
+        for c in path.chars() {
+            match c {
+                '{' => {
+                    inside = true;
+                    out.push_str("{}");
+                }
+                '}' => inside = false,
+                _ if !inside => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_readme_api_table_names_every_route_with_the_role_of_this_table() {
+        let readme = include_str!("../../../README.md");
+        // Each table row: the routes it names (`METHOD /path`) and its
+        // role column.
+        let mut rows: Vec<(Vec<(String, String)>, String)> = Vec::new();
+        for line in readme.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let routes = cells[0]
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .filter_map(|r| {
+                    let (method, rest) = r.split_once(' ')?;
+                    let path = rest.split(['[', ' ']).next()?;
+                    Some((method.to_string(), shape(path)))
+                })
+                .collect();
+            rows.push((routes, cells.get(1).unwrap_or(&"").to_string()));
+        }
+        for (method, path, access) in POLICY {
+            // The cockpit's assets go with its page (`GET /`).
+            if path.starts_with("/cockpit/") || *path == "/favicon.ico" {
+                continue;
+            }
+            let want = (method.to_string(), shape(path));
+            let Some((_, role)) = rows.iter().find(|(routes, _)| routes.contains(&want)) else {
+                panic!("README's API table has no row for `{method} {path}`");
+            };
+            let expected = match access {
+                Access::Open => "any",
+                Access::Metrics => "viewer+ (any with `auth.metrics_open`)",
+                Access::Roles(r) if *r == SEND => "department",
+                Access::Roles(r) if *r == READ => "department+",
+                Access::Roles(r) if *r == VIEW => "viewer+",
+                Access::Roles(r) if *r == OPERATE => "operator+",
+                Access::Roles(r) if *r == ADMIN => "admin",
+                Access::Roles(r) => panic!("no README word for {r:?}"),
+            };
+            assert!(
+                role.starts_with(expected),
+                "README gives `{method} {path}` the role `{role}`, the table `{expected}`"
+            );
+        }
+    }
+
     #[test]
     fn a_route_without_a_policy_is_refused_and_so_is_a_row_without_a_route() {
         let all = POLICY
