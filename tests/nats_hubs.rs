@@ -860,3 +860,84 @@ fn a_full_department_queue_is_counted_over_the_cluster_and_every_node_sheds() {
         }
     });
 }
+
+#[test]
+fn every_node_pseudonymizes_alike_and_the_flows_are_read_and_verified_over_the_cluster() {
+    const CASES: usize = 24;
+    let cluster = NatsCluster::shared();
+    let (police, fire) = (Receiver::start(), Receiver::start());
+    let policy = r#"
+[[classification]]
+type = "gov.incident.*"
+grade = "general"
+fields = { "/reporter/name" = "pi.name", "/reporter/phone" = "pi.phone" }
+
+[governance.grants.police-desk]
+"pi.name" = "clear"
+"pi.phone" = "pseudonymize"
+
+[governance.grants.fire-desk]
+"pi.phone" = "pseudonymize"
+"#;
+    let nodes = Nodes::start(cluster, "policy", &departments(&police, &fire), policy);
+    // One reporter, writing their number two ways, in cases spread over
+    // the partitions (so over the nodes that own them).
+    for i in 0..CASES {
+        let mut event = cloudevent(&format!("pp-{i}"), Some(&format!("YF-PP-{i:02}")), 8);
+        let phone = if i % 2 == 0 {
+            "+86 138 0013 8000"
+        } else {
+            "13800138000"
+        };
+        event["data"] = serde_json::json!({ "reporter": { "name": "张三", "phone": phone } });
+        let (status, _, body) = send_event(&nodes.base(i % 3), &event).expect("sent");
+        assert_eq!(status, 202, "{body}");
+    }
+    let pseudonyms = |name: &str, r: &Receiver| -> HashSet<String> {
+        let got = r.wait_for(CASES, Duration::from_secs(60));
+        got.iter()
+            .map(|x| {
+                let body: serde_json::Value = serde_json::from_slice(&x.body).unwrap();
+                assert!(!body.to_string().contains("8000"), "{name}: {body}");
+                body["reporter"]["phone"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let (p, f) = (pseudonyms("police", &police), pseudonyms("fire", &fire));
+    let delivering = (0..3)
+        .filter(|i| delivered_by(nodes.hub(*i), "police-desk") > 0.0)
+        .count();
+    eprintln!("{delivering} nodes delivered to the police; pseudonyms {p:?} and {f:?}");
+    assert!(delivering >= 2, "the deliveries were made by one node only");
+    assert_eq!(p.len(), 1, "the police got one person as several: {p:?}");
+    assert_eq!(f.len(), 1, "the fire desk got one person as several: {f:?}");
+    assert_ne!(p, f, "two departments could join their records");
+    // The flow records, read through the CLI as a reader of the cluster.
+    let config = nodes._dirs[2].config();
+    let config = config.to_str().unwrap();
+    let (ok, out, err) = govhub_with_env(
+        &["audit", "flows", "--config", config, "--case", "YF-PP-03"],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "one flow per department: {out}");
+    for department in ["police-desk", "fire-desk"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(department) && l.contains("/reporter/phone=pseudonymize")),
+            "{department}: {out}"
+        );
+    }
+    let (ok, out, err) = govhub_with_env(&["audit", "verify", "--config", config], &[]);
+    assert!(ok && out.contains("chain intact"), "{out}{err}");
+    // The reader took no share of the work: what comes next is
+    // delivered at once, not after a reader's lease runs out.
+    let mut event = cloudevent("pp-after", Some("YF-PP-03"), 8);
+    event["data"] = serde_json::json!({ "reporter": { "phone": "13800138000" } });
+    let (status, _, body) = send_event(&nodes.base(0), &event).expect("sent");
+    assert_eq!(status, 202, "{body}");
+    police.wait_for(CASES + 1, Duration::from_secs(5));
+    fire.wait_for(CASES + 1, Duration::from_secs(5));
+}

@@ -31,7 +31,7 @@ fn yingfeng() -> Governance {
     let dir = tempfile::tempdir().unwrap();
     let mut config = p.governance;
     config.key_file = Some(dir.path().join("key"));
-    Governance::load(&p.classification, &config, dir.path(), None).unwrap()
+    Governance::load(&p.classification, &config, dir.path(), None, None).unwrap()
 }
 
 fn report() -> Event {

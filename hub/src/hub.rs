@@ -247,6 +247,15 @@ impl Hub {
             }
             None => None,
         };
+        // A cluster's nodes pseudonymize alike: with no key named, the
+        // journal holds one for all of them (the first node's).
+        let shared_key = match (&config.governance.key_env, &config.governance.key_file) {
+            (None, None) => journal
+                .shared_value("governance.key", &crate::governance::Governance::new_key()?)
+                .await
+                .context("the pseudonym key the cluster shares")?,
+            _ => None,
+        };
         let governance = Arc::new(
             crate::governance::Governance::load(
                 &config.classification,
@@ -256,6 +265,7 @@ impl Hub {
                     .path
                     .parent()
                     .unwrap_or_else(|| Path::new(".")),
+                shared_key.as_deref(),
                 grids.clone(),
             )
             .context("data governance")?,

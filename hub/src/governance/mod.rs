@@ -68,12 +68,15 @@ impl Governance {
     /// that does not parse stops the start (nothing could be labelled or
     /// read safely); a recipient's grant that does not load only stops
     /// deliveries to that recipient ([`Governance::broken`]). The
-    /// pseudonym key comes from `key_env`, else `key_file` (default
-    /// `governance.key` in `default_dir`), made when missing.
+    /// pseudonym key comes from `key_env`, else `key_file`, else
+    /// `shared_key` (the one a cluster's journal holds for every node,
+    /// see [`Governance::new_key`]), else the file `governance.key` in
+    /// `default_dir`, made when missing.
     pub fn load(
         rules: &[ClassificationRule],
         config: &GovernanceConfig,
         default_dir: &Path,
+        shared_key: Option<&str>,
         grids: Option<Arc<GridMap>>,
     ) -> anyhow::Result<Governance> {
         let compiled = policy::compile_rules(rules)?;
@@ -93,7 +96,7 @@ impl Governance {
                 )
             })
             .collect();
-        let key = read_key(config, default_dir);
+        let key = read_key(config, default_dir, shared_key);
         let needs_key = viewers.pseudonymizes()
             || config
                 .grants
@@ -115,6 +118,14 @@ impl Governance {
             grids,
             keys: DashMap::new(),
         })
+    }
+
+    /// A fresh pseudonym key as its stored text (32 random bytes, hex):
+    /// what a cluster's first node offers its journal to share.
+    pub fn new_key() -> anyhow::Result<String> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        Ok(hex::encode(bytes))
     }
 
     /// No policy: nothing labelled, every view the event itself.
@@ -397,14 +408,22 @@ fn policy_hash(rules: &[ClassificationRule], config: &GovernanceConfig) -> Strin
 }
 
 /// The master key of pseudonyms: from the environment variable named by
-/// `key_env`, else the key file (made, 32 random bytes, mode 0600, when
-/// missing).
-fn read_key(config: &GovernanceConfig, default_dir: &Path) -> Result<Vec<u8>, String> {
+/// `key_env`, else the key file named, else the one the journal shares
+/// between a cluster's nodes, else the default key file (made, 32 random
+/// bytes, mode 0600, when missing).
+fn read_key(
+    config: &GovernanceConfig,
+    default_dir: &Path,
+    shared: Option<&str>,
+) -> Result<Vec<u8>, String> {
     if let Some(var) = &config.key_env {
         let text = std::env::var(var).map_err(|_| {
             format!("the environment variable {var} (governance.key_env) is not set")
         })?;
         return decode_key(&text).map_err(|e| format!("{var} (governance.key_env): {e}"));
+    }
+    if let (Some(text), None) = (shared, &config.key_file) {
+        return decode_key(text).map_err(|e| format!("the cluster's shared key: {e}"));
     }
     let path = config
         .key_file
@@ -437,8 +456,7 @@ fn make_key(path: &PathBuf) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let key = Governance::new_key()?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -446,6 +464,6 @@ fn make_key(path: &PathBuf) -> anyhow::Result<()> {
     let mut f = options
         .open(path)
         .with_context(|| format!("cannot write {} (governance.key_file)", path.display()))?;
-    writeln!(f, "{}", hex::encode(bytes))?;
+    writeln!(f, "{key}")?;
     Ok(())
 }

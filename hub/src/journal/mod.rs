@@ -665,6 +665,15 @@ pub trait Meta: Send + Sync + 'static {
 
     /// Stores a bookkeeping value.
     fn set_meta(&self, key: &str, value: &str) -> Pending<()>;
+
+    /// A value every node of a cluster must hold alike (the pseudonym
+    /// key): the one stored, or `candidate`, stored now, when none is.
+    /// `None` where the journal is one node's own (SQLite: the hub keeps
+    /// such values in files beside it).
+    fn shared_value(&self, key: &str, candidate: &str) -> Pending<Option<String>> {
+        let _ = (key, candidate);
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// The adapter registry: every loaded version and the one serving.
@@ -727,6 +736,11 @@ pub trait AuditLog: Send + Sync + 'static {
 
     /// The whole audit chain, in order.
     fn audit_log(&self) -> Pending<Vec<AuditRecord>>;
+
+    /// The last record appended, as `SEQ HASH`, kept apart from the
+    /// records (so a chain cut short at its end is seen); `None` before
+    /// the first.
+    fn audit_head(&self) -> Pending<Option<String>>;
 }
 
 /// The change feed the live stream and the cockpit replay and follow.

@@ -249,6 +249,16 @@ impl AuditLog for NatsJournal {
             this.read_audit(filter, 0, usize::MAX).await
         })
     }
+
+    /// The stream's last message (the stream refuses deletes and
+    /// purges, so the chain cannot be cut short behind it).
+    fn audit_head(&self) -> Pending<Option<String>> {
+        let this = self.handle();
+        Box::pin(async move {
+            let (seq, hash) = this.audit_head().await?;
+            Ok((seq > 0).then(|| format!("{seq} {hash}")))
+        })
+    }
 }
 
 /// The audit stream's configuration.

@@ -236,18 +236,24 @@ impl Inner {
                     flow
                 }
             };
+            // The final state goes last: a node that dies before it
+            // leaves the item to be handed out again, and that node
+            // writes the flow record and the dead letter again (a flow
+            // record per hand-off; dead letters are listed by delivery).
+            // Written first, a death in between would leave a final state
+            // with no flow record or dead letter, acknowledged as done.
+            if let Some(detail) = flow {
+                let detail = with_delivery(&detail, id, &state.rule);
+                self.append_flow(&item.target, detail).await?;
+            }
+            if state.status == "dead" {
+                self.publish_dead(&item, &state, now).await?;
+            }
             let body = serde_json::to_vec(&state).map_err(|e| storage("record", e))?;
             self.deliveries
                 .put(id.to_string(), body.into())
                 .await
                 .map_err(|e| storage(&format!("recording delivery {id}"), e))?;
-            if state.status == "dead" {
-                self.publish_dead(&item, &state, now).await?;
-            }
-            if let Some(detail) = flow {
-                let detail = with_delivery(&detail, id, &state.rule);
-                self.append_flow(&item.target, detail).await?;
-            }
         }
         Ok(())
     }

@@ -283,9 +283,20 @@ impl NatsJournal {
     /// known) for a moment on some nodes: the start asks again for up to
     /// three request timeouts.
     pub async fn connect(config: &NatsConfig) -> Result<NatsJournal, JournalError> {
+        Self::connect_as(config, true).await
+    }
+
+    /// Connects to read what the cluster holds (`govhub audit`), taking
+    /// no part in its work: no heartbeat (no delivery partition is this
+    /// connection's), no case tracker lease, no backlog counting.
+    pub async fn connect_reader(config: &NatsConfig) -> Result<NatsJournal, JournalError> {
+        Self::connect_as(config, false).await
+    }
+
+    async fn connect_as(config: &NatsConfig, node: bool) -> Result<NatsJournal, JournalError> {
         let deadline = std::time::Instant::now() + config.request_timeout * 3;
         loop {
-            match Self::connect_once(config).await {
+            match Self::connect_once(config, node).await {
                 Err(JournalError::Storage(why))
                     if not_ready_yet(&why) && std::time::Instant::now() < deadline =>
                 {
@@ -297,7 +308,7 @@ impl NatsJournal {
         }
     }
 
-    async fn connect_once(config: &NatsConfig) -> Result<NatsJournal, JournalError> {
+    async fn connect_once(config: &NatsConfig, node: bool) -> Result<NatsJournal, JournalError> {
         if config.partitions == 0 {
             return Err(storage("storage.nats_partitions", "must be at least 1"));
         }
@@ -434,6 +445,9 @@ impl NatsJournal {
             }),
         };
         events::start_grouper(std::sync::Arc::downgrade(&journal.inner), to_group);
+        if !node {
+            return Ok(journal);
+        }
         // Seen by the other nodes before this one pulls anything.
         journal.inner.heartbeat().await?;
         work::start_progress(std::sync::Arc::downgrade(&journal.inner), stopped.clone());

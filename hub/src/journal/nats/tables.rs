@@ -342,6 +342,28 @@ impl Meta for NatsJournal {
         let (key, value) = (meta_key(key), Bytes::from(value.to_string()));
         Box::pin(async move { this.meta.put(&key, value).await })
     }
+
+    /// The first node to ask stores its candidate (written only if the
+    /// key never was); every other node reads what it stored.
+    fn shared_value(&self, key: &str, candidate: &str) -> Pending<Option<String>> {
+        let this = self.handle();
+        let (key, candidate) = (meta_key(key), candidate.to_string());
+        Box::pin(async move {
+            // Bounded: a lost race reads the winner's value at once.
+            for _ in 0..5 {
+                if let (_, Some(value)) = this.meta.fetch(&key).await? {
+                    return Ok(Some(text(value)));
+                }
+                let value = Bytes::from(candidate.clone());
+                if this.meta.update(&key, value, 0).await?.is_some() {
+                    return Ok(Some(candidate));
+                }
+            }
+            Err(JournalError::Storage(format!(
+                "{key}: neither stored nor readable after five tries"
+            )))
+        })
+    }
 }
 
 impl AdapterState for NatsJournal {

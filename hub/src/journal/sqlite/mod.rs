@@ -1514,6 +1514,12 @@ impl AuditLog for SqliteJournal {
             rows.collect()
         })
     }
+
+    /// Kept in `meta`, written in each append's own transaction.
+    fn audit_head(&self) -> Pending<Option<String>> {
+        let head = self.meta("audit_head");
+        Box::pin(async move { head })
+    }
 }
 
 impl Feed for SqliteJournal {
