@@ -239,4 +239,42 @@ fn both_stories_replay_with_govhub_demo() {
             "missing `{expected}` in:\n{stdout}"
         );
     }
+    // One report as two departments received it: the police everything in
+    // the clear (its dispatch carries no reporter's name to show); the
+    // village committee the grid worker's name masked, the photos
+    // dropped, the place generalized to its grid.
+    let views: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("the report as two departments received it"))
+        .skip(1)
+        .take(2)
+        .collect();
+    assert_eq!(views.len(), 2, "{stdout}");
+    let police = views[0].trim_start();
+    let village = views[1].trim_start();
+    assert!(police.starts_with("police "), "{police}");
+    for expected in ["/worker/name clear", "/photos clear", "@lat clear"] {
+        assert!(police.contains(expected), "missing `{expected}`: {police}");
+    }
+    assert!(
+        !police.contains("mask") && !police.contains("drop") && !police.contains("generalize"),
+        "{police}"
+    );
+    assert!(village.starts_with("village "), "{village}");
+    for expected in [
+        "/worker/name mask",
+        "/photos drop",
+        "@lat generalize",
+        "@lon generalize",
+        "the grid worker reached it as 「管**」",
+    ] {
+        assert!(
+            village.contains(expected),
+            "missing `{expected}`: {village}"
+        );
+    }
+    assert!(
+        !stdout.contains("管九阳"),
+        "the worker's name in the clear: {stdout}"
+    );
 }

@@ -170,6 +170,23 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
+/// The sha256 of the payload an adapter was handed, from what its
+/// department received: a structured-mode body is the payload itself; a
+/// binary-mode request is read back into the event and written as
+/// CloudEvents JSON, as the hub writes what it hands over.
+fn payload_sha256(r: &Received) -> String {
+    use govhub_sdk::cloudevents;
+    use sha2::Digest;
+    let bytes = match r.header("content-type") {
+        Some("application/cloudevents+json") => r.body.clone(),
+        _ => {
+            let headers = r.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+            cloudevents::to_vec(&cloudevents::from_binary(headers, &r.body).unwrap())
+        }
+    };
+    hex::encode(sha2::Sha256::digest(&bytes))
+}
+
 struct Canary {
     hub: HubProcess,
     receivers: HashMap<&'static str, Receiver>,
@@ -178,10 +195,12 @@ struct Canary {
 }
 
 impl Canary {
-    /// A hub labelling the canary event, four webhook recipients (the
-    /// police in the clear; the village masked and pseudonymized; traffic
-    /// plates and places only; `echo`, all clear, whose department quotes
-    /// the request back in a refusal) and principals for each reader.
+    /// A hub labelling the canary event, four recipients (the police in
+    /// the clear, through the chatty fixture, which logs the personal data
+    /// it is handed and posts the event in structured mode; over webhooks:
+    /// the village masked and pseudonymized; traffic plates and places
+    /// only; `echo`, all clear, whose department quotes the request back in
+    /// a refusal) and principals for each reader.
     fn start(extra: &str) -> Canary {
         let names = ["police", "village", "traffic", "echo", "fire"];
         let receivers: HashMap<&str, Receiver> =
@@ -191,7 +210,11 @@ impl Canary {
         let adapters: Vec<AdapterSpec> = names
             .iter()
             .map(|n| {
-                AdapterSpec::new(n, "webhook-adapter").tables(&format!(
+                let module = match *n {
+                    "police" => "fixture-chatty",
+                    _ => "webhook-adapter",
+                };
+                AdapterSpec::new(n, module).tables(&format!(
                     "[capabilities]\noutbound_hosts = [\"{h}\"]\n[config]\nurl = \"http://{h}/{n}\"",
                     h = receivers[n].host()
                 ))
@@ -344,6 +367,9 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
             _ => Err(format!("no dead letter yet: {body}")),
         }
     });
+    let dead_id = serde_json::from_str::<serde_json::Value>(&dead).unwrap()["dead_letters"][0]
+        ["id"]
+        .to_string();
     let mut failures = Vec::new();
     let mut check = |place: String, text: &str, allowed: &[&str]| {
         let l = leaks(text, allowed);
@@ -377,10 +403,12 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
     );
     assert!(village.contains("unlabelled, passes"));
 
-    // Every read, as each reader.
+    // Every read, as each reader. Operators and admins read what viewers
+    // do (`[governance.viewers]`); the clear values only through a reveal.
     let viewer = allowed(&g["viewers"]);
     let readers = [
         ("command-room", viewer.clone()),
+        ("ops", viewer.clone()),
         ("village-dept", allowed(&g["village"])),
         ("traffic-dept", allowed(&g["traffic"])),
     ];
@@ -391,12 +419,36 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
             format!("/v1/cases/{case}"),
             format!("/v1/cases/{case}/flows"),
             "/v1/dead-letters".to_string(),
+            format!("/v1/dead-letters/{dead_id}"),
+            "/v1/adapters".to_string(),
+            "/v1/stats".to_string(),
+            "/v1/audit".to_string(),
         ] {
             let (s, body) = c.get(who, &path);
-            assert!(s == 200 || s == 404, "{who} {path}: {s} {body}");
+            // The admin reads every one of them (the test would prove
+            // nothing of a refusal); the others what their role may.
+            match *who {
+                "ops" => assert_eq!(s, 200, "{who} {path}: {body}"),
+                _ => assert!(s == 200 || s == 403 || s == 404, "{who} {path}: {s} {body}"),
+            }
+            // Events are read through the reader's view; cases, dead
+            // letters, adapters, statistics and the audit chain hold no
+            // labelled data at all (a dead letter's error quoting a
+            // department's answer has every value masked).
+            let allowed: &[&str] = match path.as_str() {
+                "/v1/events/canary-1" => allowed,
+                _ => &[],
+            };
             check(format!("GET {path} as {who}"), &body, allowed);
         }
     }
+    // The echo's dead letter, read alone, quotes what its department
+    // answered (the whole request) with every value masked.
+    let (_, one) = c.get("ops", &format!("/v1/dead-letters/{dead_id}"));
+    assert!(
+        one.contains("\"target\":\"echo\"") && one.contains("欧阳**"),
+        "{one}"
+    );
     // The viewer's own views: the cockpit's snapshot, the stream from
     // its start, the metrics.
     let (_, snapshot) = c.get("command-room", "/v1/cockpit/snapshot");
@@ -405,12 +457,23 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
     let stream = stream_text(&c.hub, &c.tokens["command-room"]);
     assert!(stream.contains("canary-1"), "{stream}");
     check("the stream".into(), &stream, &viewer);
-    check("dead letters".into(), &dead, &viewer);
+    check("dead letters".into(), &dead, &[]);
     let (_, metrics) = c.get("command-room", "/metrics");
     check("/metrics".into(), &metrics, &[]);
     // The hub's own log, the adapters' lines in it, and the audit chain:
-    // nothing at all.
-    check("the hub's log".into(), &c.hub.log(), &[]);
+    // nothing at all. The police's adapter logged what it was handed,
+    // every value in the clear: its lines are there, scrubbed.
+    c.hub
+        .wait_log("chatty: the scene is at", Duration::from_secs(20));
+    let log = c.hub.log();
+    let chatty: Vec<&str> = log.lines().filter(|l| l.contains("chatty")).collect();
+    assert!(
+        chatty.iter().any(|l| l.contains("chatty got canary-1"))
+            && chatty.iter().any(|l| l.contains("chatty: reporter 欧阳**"))
+            && chatty.iter().any(|l| l.contains("chatty: the scene is at")),
+        "the chatty adapter's lines are missing from the hub's log:\n{log}"
+    );
+    check("the hub's log".into(), &log, &[]);
     let db = rusqlite::Connection::open(c.dir.dir.path().join("data/govhub.db")).unwrap();
     let audit: String = db
         .prepare("SELECT actor || ' ' || action || ' ' || target || ' ' || detail FROM audit")
@@ -466,6 +529,15 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
         "{log}"
     );
     assert!(leaks(&log, &[]).is_empty(), "{log}");
+    // The whole chain as the API answers it, the reveal on it: still
+    // nothing of what was revealed.
+    let (s, all) = c.get("ops", "/v1/audit");
+    assert_eq!(s, 200, "{all}");
+    assert!(
+        all.contains("\"action\":\"reveal\"") && all.contains("\"action\":\"flow\""),
+        "{all}"
+    );
+    assert!(leaks(&all, &[]).is_empty(), "{:?}", leaks(&all, &[]));
 }
 
 #[test]
@@ -547,7 +619,7 @@ fn fail_closed_ungranted_labels_drop_a_broken_grant_withholds_and_core_data_stay
         !ok && err.contains("governance.grants.broken") && err.contains("pi.voice"),
         "{out}{err}"
     );
-    let hub = dir.start();
+    let mut hub = dir.start();
     let mut e = canary_event("closed-1");
     e["source"] = "urn:test:anyone".into();
     let (s, _, body) = send_event(&hub.base, &e).unwrap();
@@ -590,10 +662,12 @@ fn fail_closed_ungranted_labels_drop_a_broken_grant_withholds_and_core_data_stay
     // Core data never leaves the hub: withheld, on the record.
     let secret = serde_json::json!({
         "specversion": "1.0", "id": "secret-1", "source": "urn:test:anyone", "type": "gov.secret.reported",
+        "caseid": "case-secret-1",
         "data": {"plan": "核心数据"},
     });
     let (s, _, body) = send_event(&hub.base, &secret).unwrap();
     assert_eq!(s, 202, "{body}");
+    let secret_case = "case-secret-1";
     let ev = hub.wait_until("/v1/events/secret-1", Duration::from_secs(20), |v| {
         v["deliveries"].as_array().is_some_and(|d| {
             d.iter()
@@ -613,6 +687,58 @@ fn fail_closed_ungranted_labels_drop_a_broken_grant_withholds_and_core_data_stay
         log.contains("pi.voice"),
         "the broken grant is named in the log"
     );
+
+    // The withholding is on the record: `audit flows` lists it, with no
+    // payload hash (nothing was handed over). The broken recipient has no
+    // flow at all: nothing went to it, its deliveries wait.
+    hub.terminate(Duration::from_secs(20));
+    let config = dir.config();
+    let config = config.to_str().unwrap();
+    let (ok, out, err) = govhub(&[
+        "audit",
+        "flows",
+        "--config",
+        config,
+        "--case",
+        secret_case,
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let records: Vec<(String, serde_json::Value)> = out
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                r["target"].as_str().unwrap().to_string(),
+                serde_json::from_str(r["detail"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    let withheld: Vec<&(String, serde_json::Value)> = records
+        .iter()
+        .filter(|(_, f)| f["event"] == "secret-1")
+        .collect();
+    assert_eq!(withheld.len(), 1, "{out}");
+    let (target, f) = withheld[0];
+    assert_eq!(target, "empty", "{out}");
+    assert_eq!(f["outcome"], "withheld", "{f}");
+    assert_eq!(f["grade"], "core", "{f}");
+    assert_eq!(f["type"], "gov.secret.reported", "{f}");
+    assert!(f["policy"].as_str().is_some_and(|p| p.len() == 64), "{f}");
+    assert!(f.get("payload_sha256").is_none(), "{f}");
+    assert!(!out.contains("核心数据"), "{out}");
+    assert!(records.iter().all(|(t, _)| t != "broken"), "{out}");
+    let (ok, text, err) = govhub(&["audit", "flows", "--config", config, "--case", secret_case]);
+    assert!(ok, "{err}");
+    assert!(
+        text.lines().any(|l| l.contains("secret-1")
+            && l.contains("empty")
+            && l.contains("withheld")
+            && l.contains("none (withheld)")),
+        "{text}"
+    );
+    let (ok, out, err) = govhub(&["audit", "verify", "--config", config]);
+    assert!(ok, "{out}{err}");
 }
 
 #[test]
@@ -692,11 +818,37 @@ fn flow_records_list_exactly_the_deliveries_made_and_verify_catches_tampering() 
         by_target("police")["fields"]["/reporter/id_number"],
         "clear"
     );
-    // The payload's hash is of exactly what the department got: the
-    // village's webhook body is the view's data.
-    assert!(by_target("village")["payload_sha256"]
-        .as_str()
-        .is_some_and(|h| h.len() == 64));
+    // The payload's hash is of exactly what each adapter was handed (the
+    // view as CloudEvents JSON): the police's chatty adapter posts those
+    // very bytes; the webhooks post it in binary mode, read back here into
+    // the event they were handed. (The echo's department refused it, and
+    // its stand-in keeps only what it accepts: its hash is not checked.)
+    let mut hashes = Vec::new();
+    for line in out.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let target = r["target"].as_str().unwrap();
+        let f: serde_json::Value = serde_json::from_str(r["detail"].as_str().unwrap()).unwrap();
+        assert!(f["payload_sha256"].as_str().is_some_and(|h| h.len() == 64));
+        if target == "echo" {
+            assert_eq!(f["outcome"], "dead");
+            continue;
+        }
+        let got = c.receivers[target].received();
+        assert_eq!(got.len(), 1, "{target}");
+        assert_eq!(
+            f["payload_sha256"].as_str(),
+            Some(payload_sha256(&got[0]).as_str()),
+            "{target}: the flow record's payload hash is not of what the adapter was handed"
+        );
+        hashes.push(payload_sha256(&got[0]));
+    }
+    assert_eq!(
+        c.receivers["police"].received()[0].header("content-type"),
+        Some("application/cloudevents+json")
+    );
+    hashes.sort();
+    hashes.dedup();
+    assert_eq!(hashes.len(), 3, "each target's view is its own");
     // The text listing names the deliveries too.
     let (ok, text, _) = govhub(&["audit", "flows", "--config", config, "--case", &case]);
     assert!(ok && text.lines().count() == 4, "{text}");
@@ -770,4 +922,280 @@ fn flow_records_list_exactly_the_deliveries_made_and_verify_catches_tampering() 
     .unwrap();
     let (ok, _, err) = verify();
     assert!(!ok, "reordered flow records went unnoticed: {err}");
+}
+
+#[test]
+fn a_manifest_asking_for_clearance_beyond_its_grant_is_on_the_record_and_gets_only_the_grant() {
+    let receiver = Receiver::start();
+    let h = receiver.host();
+    let tables = |asks: &str| {
+        format!(
+            "[capabilities]\noutbound_hosts = [\"{h}\"]\n[config]\nurl = \"http://{h}/village\"\n\n[clearance]\n{asks}"
+        )
+    };
+    // The village's manifest asks to see IDs and phones in the clear, and
+    // names masked (as granted), plates not at all (less than granted),
+    // and a category the hub does not know.
+    let village = AdapterSpec::new("village", "webhook-adapter").tables(&tables(
+        "\"pi.id\" = \"clear\"\n\"pi.phone\" = \"clear\"\n\"pi.name\" = \"mask\"\n\"pi.plate\" = \"drop\"\n\"pi.voice\" = \"clear\"\n",
+    ));
+    let config = format!(
+        "{CLASSIFICATION}\n[[routes]]\nname = \"village\"\nmatch = {{ type = \"gov.incident.reported\" }}\nto = [\"village\"]\n\n[governance.grants.village]\n\"pi.name\" = \"mask\"\n\"pi.phone\" = \"mask\"\n\"pi.plate\" = \"mask\"\n"
+    );
+    let grant = HashMap::from([
+        ("pi.name", "mask"),
+        ("pi.phone", "mask"),
+        ("pi.plate", "mask"),
+    ]);
+    let dir = HubDir::new(&[village], &config);
+    // A request is no grant, and no error either.
+    let (ok, out, err) = govhub(&["check-config", "--config", dir.config().to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let admin = token();
+    let hub = dir.start_with_env(&[("GOVHUB_ADMIN_TOKEN", &admin)]);
+    let send = |id: &str| {
+        let mut e = canary_event(id);
+        e["source"] = "urn:test:anyone".into();
+        let (s, _, body) = send_event(&hub.base, &e).unwrap();
+        assert_eq!(s, 202, "{body}");
+    };
+    send("ask-1");
+    receiver.wait_for(1, Duration::from_secs(20));
+    let text = received_text(&receiver);
+    assert!(
+        leaks(&text, &allowed(&grant)).is_empty(),
+        "{:?} in {text}",
+        leaks(&text, &allowed(&grant))
+    );
+    assert!(
+        text.contains("欧阳**") && text.contains("139****7777"),
+        "{text}"
+    );
+    assert!(!text.contains("11010519"), "{text}");
+
+    // What was asked beyond the grant is in the load's record, and said.
+    let loads = || -> Vec<serde_json::Value> {
+        let (s, audit) = hub.get_json("/v1/audit?action=load");
+        assert_eq!(s, 200, "{audit}");
+        audit["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["target"] == "village")
+            .map(|r| serde_json::from_str(r["detail"].as_str().unwrap()).unwrap())
+            .collect()
+    };
+    let first = loads();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(
+        first[0]["clearance_requested_beyond_grant"],
+        serde_json::json!([
+            "pi.id: asks clear, granted drop",
+            "pi.phone: asks clear, granted mask",
+            "pi.voice: not a category the hub knows",
+        ]),
+        "{first:?}"
+    );
+    assert!(
+        hub.log()
+            .contains("clearance requested beyond the grant: pi.id: asks clear, granted drop"),
+        "{}",
+        hub.log()
+    );
+    let (_, adapters) = hub.get_json("/v1/adapters");
+    let clearance = &adapters["adapters"][0]["clearance"];
+    assert_eq!(clearance["requested"]["pi.id"], "clear", "{clearance}");
+    assert_eq!(
+        clearance["granted"],
+        serde_json::json!({ "pi.name": "mask", "pi.phone": "mask", "pi.plate": "mask" }),
+        "{clearance}"
+    );
+    assert!(clearance["broken"].is_null(), "{clearance}");
+
+    // Loaded again through the admin API, asking for faces in the clear
+    // and addresses masked: on the record again, and the grant stands.
+    let module = wasm("webhook-adapter");
+    let manifest = format!(
+        "name = \"village\"\nwasm = \"village.wasm\"\nsha256 = \"{}\"\n{}",
+        sha256(&module),
+        tables("\"pi.face\" = \"clear\"\n\"pi.address\" = \"mask\"\n\"pi.name\" = \"clear\"\n")
+    );
+    use base64::Engine as _;
+    let upload = serde_json::json!({
+        "manifest": manifest,
+        "module": base64::engine::general_purpose::STANDARD.encode(std::fs::read(&module).unwrap()),
+    });
+    let (s, _, body) = request(
+        "PUT",
+        &hub.url("/v1/adapters/village"),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &format!("Bearer {admin}")),
+        ],
+        upload.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    send("ask-2");
+    let got = receiver.wait_for(2, Duration::from_secs(20));
+    let second = String::from_utf8_lossy(&got[1].body).to_string();
+    assert!(
+        leaks(&second, &allowed(&grant)).is_empty(),
+        "{:?} in {second}",
+        leaks(&second, &allowed(&grant))
+    );
+    assert!(second.contains("欧阳**"), "{second}");
+    assert!(
+        !second.contains("face-canary") && !second.contains("snapshot_url"),
+        "{second}"
+    );
+    let both = loads();
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert_eq!(both[1]["origin"], "admin", "{both:?}");
+    assert_eq!(
+        both[1]["clearance_requested_beyond_grant"],
+        serde_json::json!([
+            "pi.address: asks mask, granted drop",
+            "pi.face: asks clear, granted drop",
+            "pi.name: asks clear, granted mask",
+        ]),
+        "{both:?}"
+    );
+}
+
+#[test]
+fn a_pseudonym_key_that_cannot_be_read_holds_that_recipients_deliveries_back_until_it_can() {
+    const VAR: &str = "GOVHUB_TEST_PSEUDONYM_KEY_UNSET";
+    let receiver = Receiver::start();
+    let adapters: Vec<AdapterSpec> = ["keyed", "plain"]
+        .iter()
+        .map(|n| {
+            AdapterSpec::new(n, "webhook-adapter").tables(&format!(
+                "[capabilities]\noutbound_hosts = [\"{h}\"]\n[config]\nurl = \"http://{h}/{n}\"",
+                h = receiver.host()
+            ))
+        })
+        .collect();
+    let key_env = format!("key_env = \"{VAR}\"");
+    let config = format!(
+        "{CLASSIFICATION}\n[[routes]]\nname = \"all\"\nmatch = {{ type = \"gov.incident.*\" }}\nto = [\"keyed\", \"plain\"]\n\n[governance]\n{key_env}\n\n[governance.grants.keyed]\n\"pi.contact\" = \"pseudonymize\"\n\"pi.name\" = \"mask\"\n\n[governance.grants.plain]\n\"pi.name\" = \"mask\"\n"
+    );
+    let grant = HashMap::from([("pi.contact", "pseudonymize"), ("pi.name", "mask")]);
+    let dir = HubDir::new(&adapters, &config);
+    let to = |path: &str, id: &str| -> Vec<Received> {
+        receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.path == path && r.header("ce-id") == Some(id))
+            .collect()
+    };
+    let status = |hub: &HubProcess, id: &str, target: &str| -> String {
+        let (_, ev) = hub.get_json(&format!("/v1/events/{id}"));
+        ev["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["target"] == target)
+            .map(|d| d["status"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    // Sends `id`; the plain recipient gets it (no pseudonym, nothing
+    // keyed); the keyed one, whose key cannot be read, gets nothing, its
+    // delivery pending, and says why.
+    let held_back = |hub: &HubProcess, id: &str, why: &str| {
+        let mut e = canary_event(id);
+        e["source"] = "urn:test:anyone".into();
+        let (s, _, body) = send_event(&hub.base, &e).unwrap();
+        assert_eq!(s, 202, "{body}");
+        let plain = eventually(Duration::from_secs(20), || match to("/plain", id).pop() {
+            Some(r) => Ok(r),
+            None => Err(format!("{id} never reached the plain recipient")),
+        });
+        let body = String::from_utf8_lossy(&plain.body).to_string();
+        assert!(
+            body.contains("欧阳**") && !body.contains("kingfisher"),
+            "{body}"
+        );
+        // The gate looks again every second: a few looks.
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(to("/keyed", id).is_empty(), "{id} went out without its key");
+        assert_eq!(status(hub, id, "keyed"), "pending");
+        assert_eq!(status(hub, id, "plain"), "delivered");
+        let (_, adapters) = hub.get_json("/v1/adapters");
+        let broken = adapters["adapters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "keyed")
+            .unwrap()["clearance"]["broken"]
+            .clone();
+        assert!(
+            broken
+                .as_str()
+                .is_some_and(|b| b.contains("pseudonym key") && b.contains(why)),
+            "{adapters}"
+        );
+        assert!(hub.log().contains(why), "{}", hub.log());
+    };
+
+    // The variable named by key_env is not set.
+    let mut hub = dir.start();
+    held_back(&hub, "key-1", VAR);
+    hub.terminate(Duration::from_secs(20));
+
+    // The key file cannot be read (a folder stands where it should be).
+    let folder = dir.dir.path().join("not-a-key");
+    std::fs::create_dir(&folder).unwrap();
+    let key_file = format!("key_file = \"{}\"", folder.display());
+    std::fs::write(dir.config(), config.replace(&key_env, &key_file)).unwrap();
+    let mut hub = dir.start();
+    held_back(&hub, "key-2", "governance.key_file");
+    assert_eq!(status(&hub, "key-1", "keyed"), "pending");
+    hub.terminate(Duration::from_secs(20));
+
+    // Once it can be read, what waited goes out, pseudonymized, one
+    // person one pseudonym.
+    std::fs::write(dir.config(), &config).unwrap();
+    let key = "7f".repeat(32);
+    let hub = dir.start_with_env(&[(VAR, &key)]);
+    let got: Vec<Received> = ["key-1", "key-2"]
+        .iter()
+        .map(|id| {
+            eventually(Duration::from_secs(20), || match to("/keyed", id).pop() {
+                Some(r) => Ok(r),
+                None => Err(format!("{id} never reached the keyed recipient")),
+            })
+        })
+        .collect();
+    let pseudonyms: Vec<String> = got
+        .iter()
+        .map(|r| {
+            let body = String::from_utf8_lossy(&r.body).to_string();
+            assert!(
+                leaks(&body, &allowed(&grant)).is_empty() && body.contains("欧阳**"),
+                "{body}"
+            );
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            v["reporter"]["email"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(pseudonyms[0].starts_with("ps1:"), "{pseudonyms:?}");
+    assert_eq!(pseudonyms[0], pseudonyms[1]);
+    // Recorded a moment after the department got it.
+    for id in ["key-1", "key-2"] {
+        eventually(Duration::from_secs(20), || {
+            match status(&hub, id, "keyed") {
+                s if s == "delivered" => Ok(()),
+                s => Err(format!("{id} to keyed: {s}")),
+            }
+        });
+    }
+    let (_, adapters) = hub.get_json("/v1/adapters");
+    let keyed = adapters["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "keyed")
+        .unwrap();
+    assert!(keyed["clearance"]["broken"].is_null(), "{keyed}");
 }

@@ -102,6 +102,7 @@ pub const ADAPTER_CRATES: &[&str] = &[
     "fixture-marker-v2",
     "fixture-marker-bad",
     "fixture-trivial",
+    "fixture-chatty",
 ];
 
 /// The folder holding the built `.wasm` files.

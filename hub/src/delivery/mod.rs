@@ -343,10 +343,15 @@ async fn attempt(hub: Arc<dyn Host>, queue: Arc<TargetQueue>, job: Job) {
                 tracing::info!(adapter = %d.target, event = %event.id, "delivery withheld: {reason}");
                 DeliveryUpdate::Withheld {
                     id: d.id,
+                    // Nothing applied, nothing handed over; the grade is
+                    // the event's (why it was withheld), not a default.
                     flow: hub.governance().flow_record(
                         &event,
                         None,
-                        &Applied::default(),
+                        &Applied {
+                            grade: crate::governance::view::grade_of(&event),
+                            ..Applied::default()
+                        },
                         "withheld",
                         0,
                     ),

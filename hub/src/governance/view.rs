@@ -392,7 +392,9 @@ pub fn clear_values(rules: &[Rule], event: &Event) -> Vec<(String, String)> {
         for s in strings {
             if s.chars().count() > 2 {
                 let masked = match category {
-                    Category::Face | Category::Location | Category::Minor => {
+                    // Free text masked keeps its words (only the numbers
+                    // and plates in it go): a log line gets none of it.
+                    Category::Face | Category::Location | Category::Minor | Category::Text => {
                         format!("[{}]", category.as_str())
                     }
                     c => functions::mask(c, &s),
@@ -646,6 +648,9 @@ mod tests {
             assert!(!s.contains(clear), "`{clear}` in {s}");
         }
         assert!(s.starts_with("department said: 欧阳**"), "{s}");
+        // Free text, whose mask keeps its words, goes whole.
+        let s = scrub("adapter saw: 打电话13900001111 (description)", &values);
+        assert_eq!(s, "adapter saw: [pi.text] (description)");
         // Quoted and cut short: the start of a value is not left.
         let cut = scrub(
             "department answered 422: {\"reporter\":{\"name\":\"欧阳娜…",
