@@ -100,12 +100,16 @@ pub fn normalize_id(id: &str) -> String {
         .collect()
 }
 
-/// `33010919900101123X` → `330109********123X`; a 15-digit ID of the old
-/// kind → `330109*****1234`: the first 6 and last 4 kept.
+/// `33010919900101123X` → `330109********123X`: the first 6 (the county)
+/// and last 4 (sequence and check) kept. A 15-digit ID of the old kind
+/// has no check character: its last 4 would show a digit of the birth
+/// date, so it keeps 3 (`330109900101123` → `330109******123`).
 pub fn mask_id(id: &str) -> String {
     let id: Vec<char> = normalize_id(id).chars().collect();
     let n = id.len();
-    let (head, tail) = if n >= 15 {
+    let (head, tail) = if n == 15 {
+        (6, 3)
+    } else if n >= 15 {
         (6, 4)
     } else {
         (n.min(2), n.saturating_sub(2).min(2))
@@ -295,7 +299,7 @@ mod tests {
             (Category::Id, "33010919900101123X", "330109********123X"),
             (Category::Id, "33010919900101123x", "330109********123X"),
             (Category::Id, "330109 19900101 123X", "330109********123X"),
-            (Category::Id, "330109900101123", "330109*****1123"),
+            (Category::Id, "330109900101123", "330109******123"),
             (Category::Plate, "浙A12345", "浙A*****"),
             (Category::Plate, "浙AD12345", "浙A******"),
             (Category::Plate, "浙A·D1234F", "浙A******"),
