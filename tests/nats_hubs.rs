@@ -941,3 +941,86 @@ fields = { "/reporter/name" = "pi.name", "/reporter/phone" = "pi.phone" }
     police.wait_for(CASES + 1, Duration::from_secs(5));
     fire.wait_for(CASES + 1, Duration::from_secs(5));
 }
+
+/// The police desk's delivery of `event` once it is dead: its id.
+fn dead_delivery(hub: &HubProcess, event: &str) -> i64 {
+    eventually(Duration::from_secs(30), || {
+        let (_, e) = hub.get_json(&format!("/v1/events/{event}"));
+        e["deliveries"]
+            .as_array()
+            .and_then(|d| {
+                d.iter()
+                    .find(|d| d["target"] == "police-desk" && d["status"] == "dead")
+            })
+            .and_then(|d| d["id"].as_i64())
+            .ok_or(format!("not dead yet: {e}"))
+    })
+}
+
+#[test]
+fn a_replay_whose_node_died_between_its_two_writes_is_still_delivered() {
+    let cluster = NatsCluster::shared();
+    let (police, fire) = (Receiver::start(), Receiver::start());
+    police.answer(500);
+    let nodes = Nodes::start_with_env(
+        cluster,
+        "replaycrash",
+        &departments(&police, &fire),
+        "",
+        &[("GOVHUB__DELIVERY__MAX_ATTEMPTS", "2")],
+    );
+    let (status, _, body) =
+        send_event(&nodes.base(0), &cloudevent("rc-1", Some("YF-RC-1"), 8)).expect("sent");
+    assert_eq!(status, 202, "{body}");
+    let id = dead_delivery(nodes.hub(1), "rc-1");
+    police.answer(200);
+    // A replay writes its work item, then the delivery's state: here the
+    // node dies between the two. The item is what it would publish.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let urls: Vec<async_nats::ServerAddr> = cluster
+            .urls()
+            .split(',')
+            .map(|u| u.parse().unwrap())
+            .collect();
+        let js = async_nats::jetstream::new(async_nats::connect(urls).await.unwrap());
+        let state = js
+            .get_key_value("replaycrash-deliveries")
+            .await
+            .unwrap()
+            .entry(id.to_string())
+            .await
+            .unwrap()
+            .expect("the delivery's state");
+        let stream = js.get_stream("REPLAYCRASH").await.unwrap();
+        let original = stream.get_raw_message(id as u64).await.unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, values) in original.headers.iter() {
+            if !AsRef::<str>::as_ref(name).starts_with("Nats-") {
+                headers.insert(name.clone(), values[0].clone());
+            }
+        }
+        let offset: i64 = headers
+            .get("Govhub-Offset")
+            .map(|v| v.as_str().parse().unwrap())
+            .unwrap_or(0);
+        headers.insert("Govhub-Event", (id - offset).to_string().as_str());
+        headers.insert("Govhub-Delivery", id.to_string().as_str());
+        headers.insert("Govhub-Replay-Of", state.revision.to_string().as_str());
+        js.publish_with_headers(original.subject.to_string(), headers, bytes::Bytes::new())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+    let got = police.wait_for(1, Duration::from_secs(30));
+    assert_eq!(got[0].header("ce-id"), Some("rc-1"));
+    nodes
+        .hub(2)
+        .wait_until("/v1/events/rc-1", Duration::from_secs(10), |e| {
+            e["deliveries"].as_array().is_some_and(|d| {
+                d.iter()
+                    .any(|d| d["target"] == "police-desk" && d["status"] == "delivered")
+            })
+        });
+}

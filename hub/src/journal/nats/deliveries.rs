@@ -29,6 +29,8 @@ const ORDER: &str = "Govhub-Order";
 const PRIORITY: &str = "Govhub-Priority";
 const DELIVERY: &str = "Govhub-Delivery";
 const EVENT: &str = "Govhub-Event";
+/// On a replay's work item: the revision of the dead state it replays.
+pub(crate) const REPLAY_OF: &str = "Govhub-Replay-Of";
 const MSG_ID: &str = "Nats-Msg-Id";
 pub(crate) const RECEIVED: &str = "Govhub-Received";
 pub(crate) const RULE: &str = "Govhub-Rule";
@@ -341,6 +343,43 @@ impl Inner {
             return Ok(None);
         };
         let (dead, keys) = self.dead_letter_of(&item, &state, now_ms()).await?;
+        // The work item first, naming the death it replays, then the
+        // state. A node dying between the two leaves the item, and its
+        // taker finishes the replay (the state is still that death); the
+        // other way round it would leave a delivery pending with no work
+        // item, never delivered. Two replays of the same death publish
+        // one item (the same message id) and one of them sets the state.
+        let mut headers = HeaderMap::new();
+        headers.insert(DELIVERY, id.to_string().as_str());
+        headers.insert(REPLAY_OF, revision.to_string().as_str());
+        headers.insert(EVENT, item.event_seq.to_string().as_str());
+        headers.insert(ORDER, item.order_key.as_str());
+        headers.insert(PRIORITY, item.priority.to_string().as_str());
+        headers.insert(MSG_ID, format!("replay.{id}.{revision}").as_str());
+        let subject = format!(
+            "{}.wk.{}.{}",
+            self.subjects.root, item.target, item.partition
+        );
+        // Bounded: a replay of the same death in flight on another node
+        // (10158) is waited for, then found a duplicate or stored.
+        let mut tries = 0;
+        loop {
+            let stored = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers.clone(), Bytes::new())
+                    .await?
+                    .await
+            }
+            .await;
+            match stored {
+                Ok(_) => break,
+                Err(e) if tries < 20 && e.to_string().contains("10158") => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                Err(e) => return Err(storage("replay", e)),
+            }
+        }
         state.status = "pending".into();
         state.attempts = 0;
         state.next_attempt_at = None;
@@ -352,28 +391,11 @@ impl Inner {
             .await
         {
             Ok(_) => {}
-            // Replayed by someone else a moment ago.
+            // Replayed by someone else a moment ago (or its item taken
+            // and recorded already): the one item goes out once.
             Err(e) if e.to_string().contains("wrong last sequence") => return Ok(None),
             Err(e) => return Err(storage(&format!("replaying {id}"), e)),
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(DELIVERY, id.to_string().as_str());
-        headers.insert(EVENT, item.event_seq.to_string().as_str());
-        headers.insert(ORDER, item.order_key.as_str());
-        headers.insert(PRIORITY, item.priority.to_string().as_str());
-        self.js
-            .publish_with_headers(
-                format!(
-                    "{}.wk.{}.{}",
-                    self.subjects.root, item.target, item.partition
-                ),
-                headers,
-                Bytes::new(),
-            )
-            .await
-            .map_err(|e| storage("replay", e))?
-            .await
-            .map_err(|e| storage("replay", e))?;
         self.feed_dead_letter(&dead, &keys, true).await?;
         Ok(Some(DeliveryRef {
             id,

@@ -195,10 +195,26 @@ impl Inner {
             .headers
             .as_ref()
             .is_some_and(|h| h.get("Govhub-Delivery").is_some());
+        // The revision of the death a replay's item replays.
+        let replay_of: Option<u64> = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(super::deliveries::REPLAY_OF))
+            .and_then(|v| v.as_str().parse().ok());
         if delivered > 1 || replay {
             // Handed out before (a retry, or a node died holding it), or a
             // replay of a dead letter: its state is recorded.
-            let (state, _) = self.delivery_state(item.id).await?;
+            let (mut state, revision) = self.delivery_state(item.id).await?;
+            if let Some(s) = state.as_mut().filter(|s| s.status == "dead") {
+                if replay_of == Some(revision) {
+                    // Still the death this item replays: the replay's
+                    // state is not written yet (a moment away, or its
+                    // node died between the two). The item is the replay.
+                    s.status = "pending".into();
+                    s.attempts = 0;
+                    s.next_attempt_at = None;
+                }
+            }
             if let Some(state) = &state {
                 if matches!(state.status.as_str(), "delivered" | "dead" | "withheld") {
                     m.ack()
