@@ -565,18 +565,27 @@ impl Config {
             )
             .build()
             .with_context(|| format!("config {}", path.display()))?;
-        let mut config: Config = raw
-            .try_deserialize()
-            .with_context(|| format!("config {}", path.display()))?;
         let base = path
             .canonicalize()
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| PathBuf::from("."));
-        config.resolve_paths(&base);
-        config
-            .check()
-            .with_context(|| format!("config {}", path.display()))?;
+        Config::finish(raw, &base).with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Reads config text as if it were a file in `base` (relative paths
+    /// resolve against it), without environment overrides; checks values.
+    pub fn parse(text: &str, base: &Path) -> anyhow::Result<Config> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?;
+        Config::finish(raw, base)
+    }
+
+    fn finish(raw: config::Config, base: &Path) -> anyhow::Result<Config> {
+        let mut config: Config = raw.try_deserialize()?;
+        config.resolve_paths(base);
+        config.check()?;
         Ok(config)
     }
 

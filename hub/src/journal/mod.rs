@@ -38,7 +38,12 @@ pub enum JournalError {
 
 impl From<rusqlite::Error> for JournalError {
     fn from(e: rusqlite::Error) -> Self {
-        JournalError::Storage(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt) => JournalError::Storage(format!(
+                "{e}: the journal file is damaged; restore it from a backup, or move it aside (keep it) and start with an empty journal"
+            )),
+            _ => JournalError::Storage(e.to_string()),
+        }
     }
 }
 

@@ -315,6 +315,105 @@ pub struct Stats {
     pub commands: AtomicU64,
 }
 
+/// `PRAGMA application_id` of a govhub journal: "GVHB".
+const APPLICATION_ID: i32 = 0x4756_4842;
+
+/// What to do about a file at `storage.path` that is not this hub's
+/// journal, said once for every case.
+fn not_a_journal(path: &Path, what: &str) -> JournalError {
+    JournalError::Storage(format!(
+        "{} is not a govhub journal: {what}. Nothing was changed. Set storage.path to this hub's journal (or to a new file for an empty one), or move this file away",
+        path.display()
+    ))
+}
+
+fn damaged(path: &Path, what: &str) -> JournalError {
+    JournalError::Storage(format!(
+        "{} is damaged: {what}. Restore it from a backup; or move it aside (keep it) and start with an empty journal, losing what it held",
+        path.display()
+    ))
+}
+
+/// Looks at the file before SQLite does: a file that is not an SQLite
+/// database, or one cut short (its header counts more pages than it
+/// holds, with no write-ahead log to finish it), is refused by name.
+fn check_file(path: &Path) -> Result<(), JournalError> {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Ok(()); // made by SQLite, or refused by it with its reason
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
+        return Ok(());
+    }
+    let mut header = [0u8; 100];
+    let read = f.read(&mut header).unwrap_or(0);
+    if read < 100 || &header[..16] != b"SQLite format 3\0" {
+        let start: String = String::from_utf8_lossy(&header[..read.min(16)])
+            .chars()
+            .map(|c| if c.is_control() { '.' } else { c })
+            .collect();
+        return Err(not_a_journal(
+            path,
+            &format!("not an SQLite database ({len} bytes, beginning `{start}`)"),
+        ));
+    }
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536u64,
+        n => u64::from(n),
+    };
+    let pages = u64::from(u32::from_be_bytes([
+        header[28], header[29], header[30], header[31],
+    ]));
+    // The page count is valid when its version matches the change counter.
+    let valid = header[92..96] == header[24..28];
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    if valid && wal_len == 0 && pages * page_size > len {
+        return Err(damaged(
+            path,
+            &format!(
+                "its header counts {pages} pages of {page_size} bytes ({} bytes), the file holds {len}: it was cut short",
+                pages * page_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A govhub journal, an empty new database, or a journal of an older
+/// govhub (before the application id, known by its `events` table); any
+/// other database is someone else's and is left as it is.
+fn check_identity(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+    let id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    if id == APPLICATION_ID {
+        return Ok(());
+    }
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let ours = id == 0
+        && (tables.is_empty() && version == 0
+            || version > 0 && tables.iter().any(|t| t == "events"));
+    if ours {
+        return Ok(());
+    }
+    let mut shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+    if tables.len() > 5 {
+        shown.push("…");
+    }
+    Err(not_a_journal(
+        path,
+        &format!(
+            "an SQLite database of another application (application_id {id:#x}, user_version {version}, tables: {})",
+            if shown.is_empty() { "none".to_string() } else { shown.join(", ") }
+        ),
+    ))
+}
+
 fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, JournalError> {
     let conn = Connection::open(path)
         .map_err(|e| JournalError::Storage(format!("cannot open {}: {e}", path.display())))?;
@@ -333,6 +432,7 @@ fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, JournalErro
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
+    check_identity(conn, path)?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let version = usize::try_from(version).unwrap_or(usize::MAX);
     if version > MIGRATIONS.len() {
@@ -342,6 +442,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
             MIGRATIONS.len()
         )));
     }
+    conn.pragma_update(None, "application_id", APPLICATION_ID)?;
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
         tx.execute_batch(step)?;
@@ -361,8 +462,33 @@ impl SqliteJournal {
                 JournalError::Storage(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        check_file(&config.path)?;
+        if std::fs::metadata(&config.path).is_ok_and(|m| m.len() > 0) {
+            // Read-only first: someone else's database is left untouched
+            // (opening for the hub would switch it to WAL).
+            let look = Connection::open_with_flags(
+                &config.path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .map_err(|e| {
+                JournalError::Storage(format!("cannot open {}: {e}", config.path.display()))
+            })?;
+            check_identity(&look, &config.path).map_err(|e| match e {
+                JournalError::Storage(why) if why.contains("file is not a database") => {
+                    not_a_journal(&config.path, &why)
+                }
+                e => e,
+            })?;
+        }
         let mut writer = open(&config.path, config.synchronous)?;
-        migrate(&mut writer, &config.path)?;
+        migrate(&mut writer, &config.path).map_err(|e| match e {
+            // SQLite's own word for a file it cannot read as a database.
+            JournalError::Storage(why) if why.contains("file is not a database") => {
+                not_a_journal(&config.path, &why)
+            }
+            JournalError::Storage(why) if why.contains("malformed") => damaged(&config.path, &why),
+            e => e,
+        })?;
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = open(&config.path, config.synchronous)?;
         let checkpoints = open(&config.path, config.synchronous)?;
