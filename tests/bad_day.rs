@@ -157,3 +157,86 @@ fn a_journal_of_an_older_govhub_without_the_application_id_still_opens() {
         .unwrap();
     assert_eq!(id, 0x4756_4842, "the journal is marked as govhub's");
 }
+
+/// Every delivery of an event: (target, status, attempts, last_error).
+fn deliveries(hub: &HubProcess, id: &str) -> Vec<serde_json::Value> {
+    let (_, e) = hub.get_json(&format!("/v1/events/{id}"));
+    e["deliveries"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_poison_event_is_dead_lettered_after_its_attempts_and_blocks_nobody_else() {
+    let dir = HubDir::new(
+        &[AdapterSpec::new("hostile", "fixture-hostile")
+            .top("subscribe = [\"gov.*\"]")
+            .tables("[limits]\nconcurrency = 4")],
+        "[delivery]\nmax_attempts = 3\nbackoff_base_ms = 200\nbackoff_cap_ms = 400\n",
+    );
+    let hub = dir.start();
+    let mut poison = cloudevent("p-1", Some("YF-POISON"), 0);
+    poison["data"] = serde_json::json!({ "text": "poison" });
+    let after = cloudevent("p-2", Some("YF-POISON"), 8);
+    for e in [&poison, &after] {
+        let (status, _, body) = send_event(&hub.base, e).expect("sent");
+        assert_eq!(status, 202, "{body}");
+    }
+    // Other cases, sent while the poison traps and waits for its retries.
+    let others: Vec<String> = (0..20).map(|i| format!("o-{i}")).collect();
+    for (i, id) in others.iter().enumerate() {
+        let (status, _, body) = send_event(
+            &hub.base,
+            &cloudevent(id, Some(&format!("YF-OTHER-{i}")), 8),
+        )
+        .expect("sent");
+        assert_eq!(status, 202, "{body}");
+    }
+    // They flow at once: before the poison has used its attempts.
+    eventually(std::time::Duration::from_secs(10), || {
+        let waiting: Vec<&String> = others
+            .iter()
+            .filter(|id| {
+                deliveries(&hub, id)
+                    .iter()
+                    .any(|d| d["status"] != "delivered")
+            })
+            .collect();
+        match waiting.len() {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} events of other cases not delivered: {waiting:?}"
+            )),
+        }
+    });
+    let d = &deliveries(&hub, "p-1")[0];
+    assert_ne!(d["status"], "dead", "the others waited for the poison: {d}");
+    // The case's own next event waits for it, then goes.
+    assert_eq!(deliveries(&hub, "p-2")[0]["status"], "pending");
+    let dead = eventually(std::time::Duration::from_secs(20), || {
+        let d = deliveries(&hub, "p-1")[0].clone();
+        (d["status"] == "dead")
+            .then_some(d.clone())
+            .ok_or(format!("{d}"))
+    });
+    assert_eq!(dead["attempts"], 3, "{dead}");
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is poison"),
+        "the trap's message is the reason: {dead}"
+    );
+    eventually(std::time::Duration::from_secs(10), || {
+        let d = deliveries(&hub, "p-2")[0].clone();
+        (d["status"] == "delivered")
+            .then_some(())
+            .ok_or(format!("{d}"))
+    });
+    let (_, letters) = hub.get_json("/v1/dead-letters");
+    assert!(letters.to_string().contains("p-1"), "{letters}");
+    // Three traps among the deliveries do not quarantine the adapter.
+    let (_, adapters) = hub.get_json("/v1/adapters");
+    assert!(
+        !adapters.to_string().contains("\"quarantined\":true"),
+        "{adapters}"
+    );
+}
