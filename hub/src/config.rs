@@ -52,6 +52,10 @@ pub struct StorageConfig {
     pub synchronous: String,
     /// Most journal commands committed in one transaction (group commit).
     pub group_commit_max: usize,
+    /// SQLite: the write-ahead log's size, MiB, past which the
+    /// checkpointer restarts it (a short pause of the writer) rather than
+    /// let it grow under steady load.
+    pub wal_max_mb: u64,
     /// NATS: partitions of the case space, fixed for the deployment's life.
     pub nats_partitions: u32,
     /// NATS: replicas of every stream and bucket (3 in a cluster, 1 on a
@@ -103,6 +107,7 @@ impl Default for StorageConfig {
             nats_url: None,
             synchronous: "full".into(),
             group_commit_max: 1024,
+            wal_max_mb: 64,
             nats_partitions: 16,
             nats_replicas: 3,
             nats_prefix: "govhub".into(),
@@ -662,6 +667,9 @@ impl Config {
         if self.storage.group_commit_max == 0 {
             anyhow::bail!("storage.group_commit_max must be at least 1");
         }
+        if self.storage.wal_max_mb == 0 {
+            anyhow::bail!("storage.wal_max_mb must be at least 1");
+        }
         if self.delivery.queue_depth == 0 {
             anyhow::bail!("delivery.queue_depth must be at least 1");
         }
@@ -792,6 +800,11 @@ fn check_nats(s: &StorageConfig, cases: &CasesConfig) -> anyhow::Result<()> {
             "storage.group_commit_max applies to the SQLite journal only (on NATS use storage.nats_batches_in_flight); remove the key"
         );
     }
+    if s.wal_max_mb != d.wal_max_mb {
+        anyhow::bail!(
+            "storage.wal_max_mb applies to the SQLite journal only (JetStream keeps its own files); remove the key"
+        );
+    }
     if cases.clock == "manual" {
         anyhow::bail!(
             "cases.clock = \"manual\" is not available with storage.backend = \"nats\": every node judges deadlines by its own system clock"
@@ -908,6 +921,11 @@ mod tests {
                 "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\ngroup_commit_max = 10",
                 &["storage.group_commit_max"],
             ),
+            (
+                "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\nwal_max_mb = 16",
+                &["storage.wal_max_mb"],
+            ),
+            ("[storage]\nwal_max_mb = 0", &["storage.wal_max_mb"]),
             (
                 "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\n[cases]\nclock = \"manual\"",
                 &["cases.clock"],

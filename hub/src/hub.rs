@@ -182,6 +182,7 @@ async fn open_journal(config: &Config) -> anyhow::Result<Arc<dyn Journal>> {
                 synchronous: Synchronous::parse(&config.storage.synchronous)
                     .unwrap_or(Synchronous::Full),
                 max_group: config.storage.group_commit_max,
+                wal_max_bytes: config.storage.wal_max_mb.saturating_mul(1024 * 1024),
                 feed_retain: config.stream.retain,
                 feed_buffer: config.stream.buffer,
             })

@@ -113,7 +113,8 @@ enum Embedded<'a> {
 }
 
 fn embed(event: &Event) -> Option<Embedded<'_>> {
-    let data = event.data.as_deref()?;
+    // Zero bytes of data are no data: binary mode cannot tell them apart.
+    let data = event.data.as_deref().filter(|d| !d.is_empty())?;
     let ct = event.datacontenttype.as_deref();
     if ct.is_none_or(is_json_media_type) {
         if let Ok(raw) = read_json::<&RawValue>(data) {
@@ -136,6 +137,13 @@ struct Wire<'a>(&'a Event);
 impl Serialize for Wire<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self.0;
+        let embedded = embed(e);
+        // JSON data with no content type is read back as
+        // `application/json` (the format's default); say so, so that the
+        // event written is the event read.
+        let implied_json = (e.datacontenttype.is_none()
+            && matches!(embedded, Some(Embedded::Json(_))))
+        .then(|| "application/json".to_string());
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("specversion", SPECVERSION)?;
         m.serialize_entry("id", &e.id)?;
@@ -144,7 +152,14 @@ impl Serialize for Wire<'_> {
         for (name, v) in [
             ("subject", &e.subject),
             ("time", &e.time),
-            ("datacontenttype", &e.datacontenttype),
+            (
+                "datacontenttype",
+                if implied_json.is_some() {
+                    &implied_json
+                } else {
+                    &e.datacontenttype
+                },
+            ),
             ("dataschema", &e.dataschema),
             ("caseid", &e.caseid),
             ("grid", &e.grid),
@@ -166,7 +181,7 @@ impl Serialize for Wire<'_> {
         for a in &e.extensions {
             m.serialize_entry(&a.name, &a.value)?;
         }
-        match embed(e) {
+        match embedded {
             Some(Embedded::Json(raw)) => m.serialize_entry("data", raw)?,
             Some(Embedded::Text(text)) => m.serialize_entry("data", text)?,
             Some(Embedded::Base64(b64)) => m.serialize_entry("data_base64", &b64)?,
@@ -494,6 +509,10 @@ impl<'a> Raw<'a> {
                 ))
             }
         }
+        if event.data.as_ref().is_some_and(|d| d.is_empty()) {
+            // Zero bytes are no data (binary mode has no way to send them).
+            event.data = None;
+        }
         validate(&event)?;
         Ok(event)
     }
@@ -786,6 +805,55 @@ mod tests {
         let back =
             from_binary(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())), &body).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn zero_bytes_of_data_are_no_data_in_every_mode() {
+        // Found by fuzzing: `data_base64: ""` was read as empty data, which
+        // binary mode cannot carry, so the two modes disagreed.
+        let e = from_slice(
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":""}"#,
+        )
+        .unwrap();
+        assert_eq!(e.data, None);
+        let text = from_slice(
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","datacontenttype":"text/plain","data":""}"#,
+        )
+        .unwrap();
+        assert_eq!(text.data, None);
+        let mut empty = Event::new("t").with_id("1").with_source("s");
+        empty.data = Some(Vec::new());
+        let json = to_json(&empty);
+        assert!(json.get("data").is_none() && json.get("data_base64").is_none());
+    }
+
+    #[test]
+    fn json_data_without_a_content_type_is_written_as_application_json() {
+        // Found by fuzzing: a binary event with a JSON body and no
+        // content-type was written with no type and read back as
+        // `application/json`.
+        let (headers, body) = (
+            [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "b-1"),
+                ("ce-source", "urn:govhub:police"),
+                ("ce-type", "gov.incident.reported"),
+            ],
+            br#"{"text":"x"}"#,
+        );
+        let e = from_binary(headers.into_iter(), body).unwrap();
+        assert_eq!(e.datacontenttype, None);
+        let json = to_json(&e);
+        assert_eq!(json["datacontenttype"], "application/json");
+        let back = from_slice(&to_vec(&e)).unwrap();
+        assert_eq!(back.datacontenttype.as_deref(), Some("application/json"));
+        assert_eq!(back.data, e.data);
+        // Non-JSON bytes with no type stay untyped, as base64.
+        let mut raw = e.clone();
+        raw.data = Some(vec![0xff, 0x00]);
+        let json = to_json(&raw);
+        assert!(json.get("datacontenttype").is_none());
+        assert!(json.get("data_base64").is_some());
     }
 
     #[test]

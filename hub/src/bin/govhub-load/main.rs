@@ -21,9 +21,13 @@
 //!
 //! `govhub-load startup`: the Yingfeng deployment's start-up to ready,
 //! compile cache cold and warm.
+//!
+//! `govhub-load soak`: minutes or hours at half the maximum rate with a
+//! slice of failing deliveries, memory and p99 at every report line.
 
 mod footprint;
 mod path;
+mod soak;
 
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
@@ -64,6 +68,10 @@ enum Cmd {
     /// Start-up to ready with the Yingfeng deployment, compile cache cold
     /// and warm.
     Startup(footprint::StartupOpts),
+    /// Minutes or hours at half the maximum rate with a slice of failing
+    /// deliveries: memory, file descriptors, journal size and p99 at every
+    /// report line; every event delivered or dead-lettered at the end.
+    Soak(soak::SoakOpts),
     /// The baseline of `http`: hyper alone answering 202 (started by it).
     #[command(name = "bare-202", hide = true)]
     Bare202,
@@ -887,6 +895,10 @@ fn main() {
         Cmd::Startup(opts) => {
             let (dir, _temp) = workdir(opts.common.dir.clone());
             rt.block_on(footprint::startup(&dir, opts));
+        }
+        Cmd::Soak(opts) => {
+            let (dir, _temp) = workdir(opts.common.dir.clone());
+            rt.block_on(soak::soak(&dir, opts));
         }
         Cmd::Bare202 => rt.block_on(path::bare_202()),
     }

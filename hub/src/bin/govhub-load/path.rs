@@ -444,7 +444,7 @@ fn ticks_per_second() -> f64 {
 }
 
 /// Polls `done` until it holds or `timeout` passes.
-async fn wait_for(timeout: Duration, done: impl Fn() -> bool) -> bool {
+pub(crate) async fn wait_for(timeout: Duration, done: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while !done() {
         if Instant::now() > deadline {
