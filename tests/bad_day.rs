@@ -1,5 +1,6 @@
 //! The bad day, with the real binary: what the hub does when the file at
-//! `storage.path` is not its journal, or is damaged.
+//! `storage.path` is not its journal, or is damaged, and when the hub or
+//! its clock misbehave.
 //!
 //! - a file that is not an SQLite database, a database of another
 //!   application, a journal cut short, a journal with a damaged page and
@@ -7,6 +8,15 @@
 //!   file and what to do, and the file is left exactly as it was;
 //! - a journal of an older govhub (before the application id) still opens,
 //!   its events kept.
+//! - a poison event (its adapter traps every time) is dead-lettered after
+//!   its attempts while other cases flow;
+//! - a hub frozen (SIGSTOP) for 30 s during a stream loses nothing and
+//!   escalates the deadline that passed while it was frozen once;
+//! - the system clock stepped back an hour and forward a day (libfaketime
+//!   under the real binary) neither loses nor repeats an escalation.
+//!
+//! Departments that never finish answering or answer with 10 MB are in
+//! tests/wire.rs; the soak in tests/soak.rs.
 
 mod support;
 
@@ -238,5 +248,247 @@ fn a_poison_event_is_dead_lettered_after_its_attempts_and_blocks_nobody_else() {
     assert!(
         !adapters.to_string().contains("\"quarantined\":true"),
         "{adapters}"
+    );
+}
+
+/// A webhook adapter standing for one department, delivering to `receiver`
+/// under `/<name>`.
+fn department(name: &str, receiver: &Receiver) -> AdapterSpec {
+    AdapterSpec::new(name, "webhook-adapter").tables(&format!(
+        "[capabilities]\noutbound_hosts = [\"{host}\"]\n[config]\nurl = \"http://{host}/{name}\"",
+        host = receiver.host()
+    ))
+}
+
+/// `kill -SIG pid`.
+fn signal(hub: &HubProcess, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &hub.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[test]
+fn a_hub_frozen_for_thirty_seconds_loses_nothing_and_escalates_a_passed_deadline_once() {
+    use std::time::{Duration, Instant};
+    let receiver = Receiver::start();
+    let dir = HubDir::new(
+        &[
+            department("police", &receiver),
+            department("community", &receiver),
+        ],
+        r#"
+[cases]
+default_accept_s = 5
+default_resolve_s = 3600
+escalation_s = [600, 1200]
+check_interval_ms = 200
+
+[[routes]]
+name = "reports and alerts to the police"
+match = { type = "gov.*" }
+to = ["police"]
+
+[[routes]]
+name = "first escalation: the community grid"
+match = { type = "gov.case.escalated" }
+to = ["community"]
+"#,
+    );
+    let hub = dir.start();
+    // A case the police never accept: its deadline passes while frozen.
+    let report = serde_json::json!({
+        "specversion": "1.0", "id": "frozen-report", "source": "urn:four-platforms:grid-app",
+        "type": "gov.incident.reported", "category": "safety.water", "severity": "major",
+        "grid": "yingfeng/yingyi/2", "data": { "text": "河边有人" },
+    });
+    let (status, _, body) = send_event(&hub.base, &report).unwrap();
+    assert_eq!(status, 202, "{body}");
+    let caseid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["accepted"][0]["caseid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A stream of alerts to the police, ten a second, during the freeze.
+    let base = hub.base.clone();
+    let sender = std::thread::spawn(move || {
+        let mut refused = Vec::new();
+        for i in 0..400 {
+            let e = serde_json::json!({
+                "specversion": "1.0", "id": format!("stream-{i}"), "source": "urn:test:stream",
+                "type": "gov.alert.issued", "severity": "info",
+            });
+            // A request sent while the hub is stopped waits for it; one
+            // that outlives the client's 30 s goes again (the same id: the
+            // hub takes it once).
+            let mut answer = None;
+            for _ in 0..3 {
+                answer = send_event(&base, &e);
+                if answer.is_some() {
+                    break;
+                }
+            }
+            match answer {
+                Some((200 | 202, _, _)) => {}
+                other => refused.push((i, other)),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        refused
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&hub, "-STOP");
+    let frozen = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    signal(&hub, "-CONT");
+    eprintln!("frozen for {:?}", frozen.elapsed());
+    let refused = sender.join().unwrap();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    // Every event of the stream reaches the police.
+    eventually(Duration::from_secs(30), || {
+        let got: std::collections::HashSet<String> = receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.path == "/police")
+            .filter_map(|r| r.header("ce-id").map(str::to_string))
+            .collect();
+        let missing: Vec<String> = (0..400)
+            .map(|i| format!("stream-{i}"))
+            .filter(|id| !got.contains(id))
+            .collect();
+        match missing.len() {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} not delivered, e.g. {:?}",
+                &missing[..n.min(5)]
+            )),
+        }
+    });
+    // The deadline that passed while frozen escalated the case once.
+    let c = hub.wait_until(
+        &format!("/v1/cases/{caseid}"),
+        Duration::from_secs(10),
+        |c| c["level"] == 1,
+    );
+    assert_eq!(c["level_name"], "community", "{c}");
+    std::thread::sleep(Duration::from_secs(2));
+    let escalations: Vec<Received> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/community" && r.header("ce-type") == Some("gov.case.escalated"))
+        .filter(|r| r.header("ce-caseid") == Some(caseid.as_str()))
+        .collect();
+    assert_eq!(escalations.len(), 1, "escalated more than once");
+    let (_, c) = hub.get_json(&format!("/v1/cases/{caseid}"));
+    assert_eq!(c["level"], 1, "{c}");
+}
+
+/// libfaketime, which steps the system clock under one process.
+fn libfaketime() -> Option<PathBuf> {
+    let lib = std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists());
+    if lib.is_none() {
+        eprintln!(
+            "SKIPPED: libfaketime is not installed (Debian: apt-get install libfaketime; tests/run.sh installs it as root)"
+        );
+    }
+    lib
+}
+
+#[test]
+fn a_system_clock_stepped_back_an_hour_or_forward_a_day_neither_loses_nor_repeats_an_escalation() {
+    use std::time::Duration;
+    let Some(lib) = libfaketime() else { return };
+    let receiver = Receiver::start();
+    let dir = HubDir::new(
+        &[
+            department("police", &receiver),
+            department("community", &receiver),
+        ],
+        r#"
+[cases]
+default_accept_s = 4
+default_resolve_s = 3600
+escalation_s = [3600, 7200]
+check_interval_ms = 100
+
+[[routes]]
+name = "reports to the police"
+match = { type = "gov.incident.reported" }
+to = ["police"]
+
+[[routes]]
+name = "escalations to the community grid"
+match = { type = "gov.case.escalated" }
+to = ["community"]
+"#,
+    );
+    // The system clock as the hub sees it: the file's offset, read at
+    // every call; the monotonic clock is left alone.
+    let offset = dir.dir.path().join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let hub = dir.start_with_env(&[
+        ("LD_PRELOAD", lib.to_str().unwrap()),
+        ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    let report = serde_json::json!({
+        "specversion": "1.0", "id": "clock-report", "source": "urn:four-platforms:grid-app",
+        "type": "gov.incident.reported", "category": "safety.water", "severity": "major",
+        "grid": "yingfeng/yingyi/2", "data": { "text": "河边有人" },
+    });
+    let (status, _, body) = send_event(&hub.base, &report).unwrap();
+    assert_eq!(status, 202, "{body}");
+    let caseid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["accepted"][0]["caseid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Back an hour, a second after the case opened: its deadline (4 s)
+    // still comes in 4 s, not in an hour and 4 s.
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&offset, "-1h\n").unwrap();
+    let c = hub.wait_until(
+        &format!("/v1/cases/{caseid}"),
+        Duration::from_secs(15),
+        |c| c["level"] == 1,
+    );
+    assert_eq!(c["level_name"], "community", "{c}");
+    hub.wait_log("the system clock was stepped", Duration::from_secs(5));
+    // Forward a day: the next level is an hour away on the steady clock;
+    // it does not fire now.
+    std::fs::write(&offset, "+1d\n").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, c) = hub.get_json(&format!("/v1/cases/{caseid}"));
+    assert_eq!(c["level"], 1, "escalated again after the step: {c}");
+    let escalations = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/community" && r.header("ce-caseid") == Some(caseid.as_str()))
+        .count();
+    assert_eq!(escalations, 1);
+    // A case opened after the steps keeps its own deadline.
+    let mut second = report.clone();
+    second["id"] = "clock-report-2".into();
+    let (status, _, body) = send_event(&hub.base, &second).unwrap();
+    assert_eq!(status, 202, "{body}");
+    let second_case = serde_json::from_str::<serde_json::Value>(&body).unwrap()["accepted"][0]
+        ["caseid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        hub.get_json(&format!("/v1/cases/{second_case}")).1["level"],
+        0
+    );
+    hub.wait_until(
+        &format!("/v1/cases/{second_case}"),
+        Duration::from_secs(15),
+        |c| c["level"] == 1,
     );
 }

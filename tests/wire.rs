@@ -1,7 +1,8 @@
 //! Deliveries on the wire, against the kinds of servers departments really
 //! run: servers that read only `Content-Length` (the Yingfeng departments
 //! behind one, and Python's own `http.server`), one that closes idle
-//! connections, one that never answers, one that cuts its answer short,
+//! connections, one that never answers, one that never finishes its
+//! answer, one that answers with 10 MB, one that cuts its answer short,
 //! HTTPS with the deployment's own CA and mutual TLS; connection reuse; and
 //! priority lanes under overload.
 
@@ -393,6 +394,136 @@ fn a_department_that_never_answers_is_cut_at_the_first_byte_timeout_and_retried(
     dept.answer(|_| Reply::Respond(200, "text/plain".into(), Vec::new()));
     let d = delivery(&hub, "silent", |d| d["status"] == "delivered");
     assert!(d["attempts"].as_u64().unwrap() >= 3, "{d}");
+}
+
+#[test]
+fn a_department_that_never_finishes_its_answer_is_cut_at_the_deadline_and_dead_lettered() {
+    // A byte every 100 ms: no pause reaches the between-bytes timeout, so
+    // only the call deadline ends the call; the instance is replaced.
+    let dept = ClServer::start(Options::default());
+    dept.answer(|_| Reply::Trickle {
+        len: 100_000,
+        every: Duration::from_millis(100),
+    });
+    let host = dept.host();
+    let (_dir, hub) = alerts_hub(
+        &host,
+        "deadline_ms = 1000\nbetween_bytes_timeout_ms = 500\nconcurrency = 1",
+        "[delivery]\nmax_attempts = 2\nbackoff_base_ms = 50\nbackoff_cap_ms = 100\n",
+    );
+    let started = Instant::now();
+    accepted(
+        &hub,
+        &event("slow", "gov.alert.issued", Some("major"), None),
+    );
+    let d = delivery(&hub, "slow", |d| d["status"] == "dead");
+    let took = started.elapsed();
+    assert_eq!(d["attempts"], 2, "{d}");
+    let error = d["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("deadline"), "{error}");
+    // Two calls of one second each, not 100,000 bytes at 100 ms.
+    assert!(took < Duration::from_secs(8), "dead after {took:?}");
+    assert!(
+        hub.metric("govhub_adapter_deadline_hits_total", &[("adapter", "dept")]) >= 2.0,
+        "the deadline stopped the calls"
+    );
+    assert!(
+        hub.metric(
+            "govhub_adapter_instances_created_total",
+            &[("adapter", "dept")]
+        ) >= 2.0,
+        "a stopped instance is replaced"
+    );
+    // The replacement delivers once the department answers.
+    dept.answer(|_| Reply::Respond(200, "text/plain".into(), Vec::new()));
+    accepted(
+        &hub,
+        &event("after-slow", "gov.alert.issued", Some("major"), None),
+    );
+    delivery(&hub, "after-slow", |d| d["status"] == "delivered");
+    let (_, letters) = hub.get_json("/v1/dead-letters");
+    assert!(letters.to_string().contains("slow"), "{letters}");
+}
+
+/// The hub's resident memory, KiB (Linux).
+fn rss_kib(hub: &HubProcess) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", hub.child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn ten_megabyte_answers_are_not_read_but_retried_and_dead_lettered_and_memory_stays_flat() {
+    const TEN_MB: usize = 10 * 1000 * 1000;
+    let dept = ClServer::start(Options::default());
+    dept.answer(|g| match g.header("ce-id") {
+        Some(id) if id.starts_with("declared") => {
+            Reply::Respond(200, "application/json".into(), vec![b' '; TEN_MB])
+        }
+        Some(id) if id.starts_with("chunked") => Reply::Chunked { len: TEN_MB },
+        _ => Reply::Respond(200, "text/plain".into(), Vec::new()),
+    });
+    let host = dept.host();
+    // One instance (what one holds is what is measured); quarantine only
+    // after many calls (the department fails every call here).
+    let (_dir, hub) = alerts_hub(
+        &host,
+        "concurrency = 1",
+        "[delivery]\nmax_attempts = 2\nbackoff_base_ms = 50\nbackoff_cap_ms = 100\n[quarantine]\nwindow = 1000\nmin_calls = 1000\n",
+    );
+    accepted(&hub, &event("warm", "gov.alert.issued", Some("info"), None));
+    delivery(&hub, "warm", |d| d["status"] == "delivered");
+    let before = rss_kib(&hub);
+    // Three rounds of four events, each answered twice with 10 MB (with
+    // and without a length said ahead): 24 answers, 240 MB in all.
+    let mut after = Vec::new();
+    for round in 0..3 {
+        let ids: Vec<String> = (0..2)
+            .flat_map(|i| {
+                [
+                    format!("declared-{round}-{i}"),
+                    format!("chunked-{round}-{i}"),
+                ]
+            })
+            .collect();
+        for id in &ids {
+            accepted(&hub, &event(id, "gov.alert.issued", Some("info"), None));
+        }
+        for id in &ids {
+            let d = delivery(&hub, id, |d| d["status"] == "dead");
+            assert_eq!(d["attempts"], 2, "{d}");
+            let error = d["last_error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains(&host)
+                    && error.contains("more than 4194304 bytes")
+                    && error.contains("limits.max_answer_bytes"),
+                "{id}: {error}"
+            );
+        }
+        after.push(rss_kib(&hub));
+    }
+    // Memory rises once (the instance's buffer for an answer up to the
+    // limit, the allocator's arenas) and then stays: the later rounds add
+    // nothing however much the department sends.
+    eprintln!("hub resident: {before} KiB before, {after:?} KiB after each round");
+    assert!(
+        after[0] - before < 128 * 1024,
+        "the first round grew the hub by {} KiB",
+        after[0] - before
+    );
+    assert!(
+        after[2].saturating_sub(after[0]) < 8 * 1024,
+        "memory kept growing with the answers: {before} KiB, then {after:?} KiB"
+    );
+    // The adapter goes on delivering.
+    accepted(
+        &hub,
+        &event("after-big", "gov.alert.issued", Some("info"), None),
+    );
+    delivery(&hub, "after-big", |d| d["status"] == "delivered");
 }
 
 #[test]

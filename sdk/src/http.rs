@@ -487,7 +487,7 @@ fn describe(e: &crate::bindings::wasi::http::types::ErrorCode) -> String {
         ),
         ErrorCode::HttpResponseIncomplete => "the answer was cut short".into(),
         ErrorCode::HttpResponseBodySize(n) => format!(
-            "the answer's body does not match its Content-Length ({})",
+            "the answer's body is longer than allowed or than its Content-Length ({})",
             n.map(|n| format!("{n} bytes"))
                 .unwrap_or_else(|| "size unknown".into())
         ),

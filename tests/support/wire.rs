@@ -23,6 +23,13 @@ pub enum Reply {
     Silent,
     /// Declares `declared` bytes, sends `sent` of them and closes.
     CutShort { declared: usize, sent: usize },
+    /// `200` with a body of `len` bytes in chunked framing (no length said
+    /// ahead), 64 KiB a chunk, until done or the client goes.
+    Chunked { len: usize },
+    /// `200` declaring a body of `len` bytes, then one byte every `every`:
+    /// never a pause long enough for a between-bytes timeout, never done
+    /// before any call deadline.
+    Trickle { len: usize, every: Duration },
 }
 
 type Answer = Arc<dyn Fn(&Received) -> Reply + Send + Sync>;
@@ -233,6 +240,41 @@ fn serve<S: Read + Write>(
                 let mut sink = [0u8; 1024];
                 while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
                 return;
+            }
+            Reply::Chunked { len } => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if out.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 64 * 1024];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if out.write_all(format!("{n:x}\r\n").as_bytes()).is_err()
+                        || out.write_all(&chunk[..n]).is_err()
+                        || out.write_all(b"\r\n").is_err()
+                    {
+                        return;
+                    }
+                    left -= n;
+                }
+                if out.write_all(b"0\r\n\r\n").is_err() || out.flush().is_err() {
+                    return;
+                }
+            }
+            Reply::Trickle { len, every } => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {len}\r\n\r\n"
+                );
+                if out.write_all(head.as_bytes()).is_err() || out.flush().is_err() {
+                    return;
+                }
+                for _ in 0..len {
+                    std::thread::sleep(every);
+                    if out.write_all(b".").is_err() || out.flush().is_err() {
+                        return;
+                    }
+                }
             }
             Reply::CutShort { declared, sent } => {
                 let head = format!(

@@ -197,6 +197,8 @@ impl Tracker {
         // the store each time it starts to track (on NATS another node may
         // have tracked them in between).
         let mut term = Some(0);
+        // How far the system clock had stepped when last said.
+        let mut reported_step = 0i64;
         loop {
             let Some(hub) = host.upgrade() else { return };
             let now_term = hub.store().tracking();
@@ -218,6 +220,16 @@ impl Tracker {
             // `now` (a status that came in just before a clock step is
             // not missed).
             let now = hub.clock().now_ms();
+            let step = crate::journal::clock_step_ms();
+            if (step - reported_step).abs() > 2_000 {
+                tracing::warn!(
+                    step_s = step / 1000,
+                    "the system clock was stepped {} s {} the hub's steady clock: deadlines and event times keep to the steady clock (neither lost nor fired early) until the hub restarts",
+                    (step / 1000).abs(),
+                    if step > 0 { "ahead of" } else { "behind" }
+                );
+                reported_step = step;
+            }
             if let Err(e) = self.feed(&hub).await {
                 tracing::warn!("case tracker could not read the journal: {e:#}");
                 self.reload(&*hub.store()).await;

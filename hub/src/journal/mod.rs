@@ -770,9 +770,53 @@ pub trait Feed: Send + Sync + 'static {
     fn feed_note(&self, kind: FeedKind, keys: FeedKeys, data: String) -> Pending<i64>;
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch, on the hub's steady clock: the
+/// system clock read once, when first asked, then moved by the monotonic
+/// clock. A step of the system clock while the hub runs (set by hand, NTP
+/// stepping after a long drift, a virtual machine restored) moves neither
+/// deadlines nor event times: a step back an hour does not hold every
+/// deadline an hour longer, a step forward a day does not make every open
+/// case overdue at once. The hub takes the system's time again at its next
+/// start; [`clock_step_ms`] says how far the two have parted.
 pub fn now_ms() -> i64 {
+    steady().now_ms()
+}
+
+/// The system clock now minus the hub's steady clock, ms: 0 unless the
+/// system clock was stepped since the hub started (or drifted more than
+/// the monotonic clock).
+pub fn clock_step_ms() -> i64 {
+    system_ms() - now_ms()
+}
+
+fn system_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A wall clock anchored once and moved by the monotonic clock.
+pub struct SteadyClock {
+    anchor_ms: i64,
+    anchor: std::time::Instant,
+}
+
+impl SteadyClock {
+    /// A clock reading `anchor_ms` now.
+    pub fn new(anchor_ms: i64) -> SteadyClock {
+        SteadyClock {
+            anchor_ms,
+            anchor: std::time::Instant::now(),
+        }
+    }
+
+    /// The anchor plus the monotonic time since.
+    pub fn now_ms(&self) -> i64 {
+        self.anchor_ms + self.anchor.elapsed().as_millis() as i64
+    }
+}
+
+fn steady() -> &'static SteadyClock {
+    static CLOCK: std::sync::OnceLock<SteadyClock> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(|| SteadyClock::new(system_ms()))
 }
 
 /// Unix ms as RFC 3339 UTC with milliseconds.

@@ -14,6 +14,7 @@
 //! connect_timeout_ms = 1000       # TCP connect and TLS handshake to the department
 //! first_byte_timeout_ms = 1500    # from the request on the wire to the answer's head
 //! between_bytes_timeout_ms = 1000 # between two pieces of the answer's body
+//! max_answer_bytes = 4194304      # the largest answer body read from a department
 //! [capabilities]
 //! outbound_hosts = ["127.0.0.1:9000"]
 //! [tls]                           # optional: mutual TLS with the department
@@ -53,6 +54,12 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 1_500;
 /// Default longest pause between two pieces of an answer's body.
 pub const DEFAULT_BETWEEN_BYTES_TIMEOUT_MS: u64 = 1_000;
+/// Default largest answer body read from a department. A department
+/// answers a delivery with a status and a few lines, a poll with a page of
+/// records; 4 MiB is room for that, and an answer past it (a misrouted
+/// download, a server in a loop) is cut there, never read into the
+/// adapter's memory.
+pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The sandbox limits of one adapter.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -77,6 +84,9 @@ pub struct Limits {
     pub first_byte_timeout_ms: Option<u64>,
     /// Longest pause between two pieces of the answer's body, ms.
     pub between_bytes_timeout_ms: Option<u64>,
+    /// Largest answer body read from a department, bytes; a longer one is
+    /// an error (retried, as the department misbehaved).
+    pub max_answer_bytes: u64,
 }
 
 impl Default for Limits {
@@ -90,37 +100,42 @@ impl Default for Limits {
             connect_timeout_ms: None,
             first_byte_timeout_ms: None,
             between_bytes_timeout_ms: None,
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
         }
     }
 }
 
-/// The outbound-HTTP timeouts of one adapter, as they apply.
+/// The outbound-HTTP timeouts and answer limit of one adapter, as they
+/// apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpTimeouts {
+pub struct HttpLimits {
     /// TCP connect and TLS handshake.
     pub connect: std::time::Duration,
     /// Request to the answer's head.
     pub first_byte: std::time::Duration,
     /// Between two pieces of the body.
     pub between_bytes: std::time::Duration,
+    /// The largest answer body, bytes.
+    pub max_answer_bytes: u64,
 }
 
 impl Limits {
     /// The timeouts that apply: each as set, or its default, and a default
     /// never more than three quarters of the call deadline, so the adapter
     /// still has time to report the timeout before the deadline stops it.
-    pub fn http_timeouts(&self) -> HttpTimeouts {
+    pub fn http_limits(&self) -> HttpLimits {
         let room = self.deadline_ms.saturating_mul(3) / 4;
         let pick = |set: Option<u64>, default: u64| {
             std::time::Duration::from_millis(set.unwrap_or(default.min(room)).max(1))
         };
-        HttpTimeouts {
+        HttpLimits {
             connect: pick(self.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS),
             first_byte: pick(self.first_byte_timeout_ms, DEFAULT_FIRST_BYTE_TIMEOUT_MS),
             between_bytes: pick(
                 self.between_bytes_timeout_ms,
                 DEFAULT_BETWEEN_BYTES_TIMEOUT_MS,
             ),
+            max_answer_bytes: self.max_answer_bytes,
         }
     }
 }
@@ -327,6 +342,14 @@ impl Manifest {
                 _ => {}
             }
         }
+        let memory = u64::from(l.memory_mb) * 1024 * 1024;
+        if l.max_answer_bytes == 0 || l.max_answer_bytes >= memory {
+            return Err(invalid(format!(
+                "field `limits.max_answer_bytes`: {} must be positive and less than limits.memory_mb ({} MiB), \
+                 so the adapter can hold the answer",
+                l.max_answer_bytes, l.memory_mb
+            )));
+        }
         if raw.tls.client_cert.is_some() != raw.tls.client_key.is_some() {
             return Err(invalid(
                 "fields `tls.client_cert` and `tls.client_key` go together: set both or neither"
@@ -506,6 +529,8 @@ mod tests {
             (format!("name = \"x\"\nsha256 = \"{SHA}\""), "wasm"),
             (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[limits]\ndeadline_ms = 500\nfirst_byte_timeout_ms = 500"), "limits.first_byte_timeout_ms"),
             (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[limits]\nconnect_timeout_ms = 0"), "limits.connect_timeout_ms"),
+            (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[limits]\nmax_answer_bytes = 0"), "limits.max_answer_bytes"),
+            (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[limits]\nmemory_mb = 4\nmax_answer_bytes = 4194304"), "limits.max_answer_bytes"),
             (format!("name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[tls]\nclient_cert = \"c.pem\""), "tls.client_key"),
         ];
         for (text, field) in cases {
@@ -515,8 +540,8 @@ mod tests {
     }
 
     #[test]
-    fn http_timeouts_default_inside_the_deadline() {
-        let t = Limits::default().http_timeouts();
+    fn http_limits_default_inside_the_deadline() {
+        let t = Limits::default().http_limits();
         assert_eq!(t.connect.as_millis(), DEFAULT_CONNECT_TIMEOUT_MS as u128);
         assert_eq!(
             t.first_byte.as_millis(),
@@ -532,7 +557,7 @@ mod tests {
             connect_timeout_ms: Some(50),
             ..Limits::default()
         };
-        let t = short.http_timeouts();
+        let t = short.http_limits();
         assert_eq!(t.connect.as_millis(), 50);
         assert_eq!(t.first_byte.as_millis(), 300);
         assert_eq!(t.between_bytes.as_millis(), 300);
@@ -540,7 +565,8 @@ mod tests {
             "name = \"x\"\nwasm = \"x.wasm\"\nsha256 = \"{SHA}\"\n[limits]\nfirst_byte_timeout_ms = 250\n[tls]\nclient_cert = \"c.pem\"\nclient_key = \"c.key\""
         ))
         .unwrap();
-        assert_eq!(m.limits.http_timeouts().first_byte.as_millis(), 250);
+        assert_eq!(m.limits.http_limits().first_byte.as_millis(), 250);
+        assert_eq!(t.max_answer_bytes, DEFAULT_MAX_ANSWER_BYTES);
         assert_eq!(m.tls.client_cert.as_deref(), Some(Path::new("c.pem")));
     }
 

@@ -386,7 +386,7 @@ impl Runtime {
             ),
             _ => None,
         };
-        let timeouts = manifest.limits.http_timeouts();
+        let timeouts = manifest.limits.http_limits();
         let client = self
             .clients
             .client_for(

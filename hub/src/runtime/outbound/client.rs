@@ -9,7 +9,7 @@
 use super::connect::{authority, ConnectError, Connector};
 use super::gate::Failure;
 use super::tls::{self, Identity, Trust};
-use crate::runtime::manifest::HttpTimeouts;
+use crate::runtime::manifest::HttpLimits;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
@@ -71,7 +71,7 @@ impl Clients {
         &self,
         adapter: &str,
         max_connections: usize,
-        timeouts: &HttpTimeouts,
+        timeouts: &HttpLimits,
         identity: Option<Identity>,
     ) -> Result<Arc<HttpClient>, String> {
         let settings = ClientSettings {
@@ -129,7 +129,7 @@ impl HttpClient {
     pub async fn send(
         &self,
         mut request: http::Request<WasiBody>,
-        timeouts: HttpTimeouts,
+        timeouts: HttpLimits,
         failure: Failure,
     ) -> Result<http::Response<WasiBody>, Error> {
         let authority = authority(request.uri());
@@ -163,6 +163,21 @@ impl HttpClient {
             let (code, detail) = request_failed(&e, &authority);
             failure.set(code, detail)
         })?;
+        // An answer that says it is too long is refused before its body
+        // is read.
+        let limit = timeouts.max_answer_bytes;
+        if let Some(declared) = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&n| n > limit)
+        {
+            return Err(failure.set(
+                Error::HttpResponseBodySize(Some(declared)),
+                too_long(&authority, &format!("declared {declared} bytes"), limit),
+            ));
+        }
         Ok(response.map(|incoming| {
             Answer {
                 incoming,
@@ -170,6 +185,8 @@ impl HttpClient {
                 pause: None,
                 failure,
                 authority,
+                read: 0,
+                limit,
             }
             .boxed_unsync()
         }))
@@ -238,13 +255,24 @@ fn copy_code(code: &Error) -> Error {
     }
 }
 
-/// The department's answer body, with the between-bytes timeout.
+fn too_long(authority: &str, what: &str, limit: u64) -> String {
+    format!(
+        "{authority} answered more than {limit} bytes ({what}; limits.max_answer_bytes): \
+         the answer was not read"
+    )
+}
+
+/// The department's answer body, with the between-bytes timeout and the
+/// size limit.
 struct Answer {
     incoming: hyper::body::Incoming,
     between: Duration,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
     failure: Failure,
     authority: String,
+    /// Bytes of the body so far, and the most allowed.
+    read: u64,
+    limit: u64,
 }
 
 impl Body for Answer {
@@ -259,6 +287,19 @@ impl Body for Answer {
         match Pin::new(&mut this.incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.pause = None;
+                if let Some(data) = frame.data_ref() {
+                    this.read += data.len() as u64;
+                    if this.read > this.limit {
+                        let detail = too_long(
+                            &this.authority,
+                            &format!("{} bytes read so far", this.read),
+                            this.limit,
+                        );
+                        return Poll::Ready(Some(Err(this
+                            .failure
+                            .set(Error::HttpResponseBodySize(Some(this.read)), detail))));
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -2,7 +2,7 @@
 //! then the adapter's pooled client.
 
 use super::client::HttpClient;
-use crate::runtime::manifest::{HostPattern, HttpTimeouts};
+use crate::runtime::manifest::{HostPattern, HttpLimits};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
@@ -16,7 +16,7 @@ pub struct Policy {
     /// Its pooled client.
     pub client: Arc<HttpClient>,
     /// Its timeouts; a guest may ask for shorter ones, never longer.
-    pub timeouts: HttpTimeouts,
+    pub timeouts: HttpLimits,
 }
 
 /// The last transport failure of the current call, in words naming the
