@@ -7,13 +7,16 @@
 //!   one from a newer govhub: the start stops with a message naming the
 //!   file and what to do, and the file is left exactly as it was;
 //! - a journal of an older govhub (before the application id) still opens,
-//!   its events kept.
+//!   its events kept;
 //! - a poison event (its adapter traps every time) is dead-lettered after
 //!   its attempts while other cases flow;
 //! - a hub frozen (SIGSTOP) for 30 s during a stream loses nothing and
 //!   escalates the deadline that passed while it was frozen once;
 //! - the system clock stepped back an hour and forward a day (libfaketime
-//!   under the real binary) neither loses nor repeats an escalation.
+//!   under the real binary) neither loses nor repeats an escalation;
+//! - the journal's disk fills (a 2 MiB tmpfs the test mounts, as root):
+//!   `503` naming the cause, nothing acknowledged lost, events taken again
+//!   once space returns, without a restart.
 //!
 //! Departments that never finish answering or answer with 10 MB are in
 //! tests/wire.rs; the soak in tests/soak.rs.
@@ -491,4 +494,144 @@ to = ["community"]
         Duration::from_secs(15),
         |c| c["level"] == 1,
     );
+}
+
+/// A tmpfs mounted at a folder for one test, unmounted when dropped; `None`
+/// (with the reason printed) where the test cannot mount (not root, no
+/// mount permission in a container).
+struct SmallDisk {
+    at: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk {
+                at: at.to_path_buf(),
+            }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a small filesystem (run as root; tests/run.sh in CI is): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: no mount command: {e}");
+                None
+            }
+        }
+    }
+
+    /// Gives the filesystem more room (space returns).
+    fn grow(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {}", self.at.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.at)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_503_with_its_cause_loses_nothing_acknowledged_and_recovers_by_itself() {
+    use std::time::Duration;
+    let receiver = Receiver::start();
+    let dir = HubDir::new(
+        &[department("police", &receiver)],
+        r#"
+[[routes]]
+name = "everything to the police"
+match = { type = "gov.*" }
+to = ["police"]
+"#,
+    );
+    // The journal's folder on a 2 MiB filesystem.
+    let Some(disk) = SmallDisk::mount(&dir.dir.path().join("data"), "2m") else {
+        return;
+    };
+    let hub = dir.start();
+    let event = |id: &str| {
+        serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "urn:test:disk",
+            "type": "gov.alert.issued", "severity": "info",
+            "data": { "text": "x".repeat(8 * 1024) },
+        })
+    };
+    // Fill it: 8 KiB events until the hub says no (bounded).
+    let mut accepted = Vec::new();
+    let mut refusal = None;
+    for i in 0..2_000 {
+        let id = format!("full-{i}");
+        let (status, _, body) = send_event(&hub.base, &event(&id)).expect("an answer");
+        match status {
+            202 => accepted.push(id),
+            _ => {
+                refusal = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, body) = refusal.expect("2,000 events of 8 KiB never filled 2 MiB");
+    eprintln!(
+        "{} events accepted before the disk filled; then: {body}",
+        accepted.len()
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("journal unavailable") && body.contains("full"),
+        "the cause is named: {body}"
+    );
+    assert!(!accepted.is_empty());
+    // Still refused while full, and the hub stays up.
+    let (status, _, _) = send_event(&hub.base, &event("still-full")).unwrap();
+    assert_eq!(status, 503);
+    assert!(hub.healthy());
+    // Space returns: the hub takes events again, no restart.
+    disk.grow("64m");
+    eventually(Duration::from_secs(20), || {
+        match send_event(&hub.base, &event("after-full")) {
+            Some((202, _, _)) => Ok(()),
+            other => Err(format!("not yet: {other:?}")),
+        }
+    });
+    accepted.push("after-full".into());
+    // Everything acknowledged is kept and delivered.
+    eventually(Duration::from_secs(60), || {
+        let got: std::collections::HashSet<String> = receiver
+            .received()
+            .into_iter()
+            .filter_map(|r| r.header("ce-id").map(str::to_string))
+            .collect();
+        let missing: Vec<&String> = accepted.iter().filter(|id| !got.contains(*id)).collect();
+        match missing.len() {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} acknowledged events not delivered: {:?}",
+                &missing[..n.min(5)]
+            )),
+        }
+    });
+    for id in [&accepted[0], &accepted[accepted.len() - 1]] {
+        let (status, e) = hub.get_json(&format!("/v1/events/{id}"));
+        assert_eq!(status, 200, "{id}: {e}");
+    }
+    drop(hub);
+    drop(disk);
 }

@@ -42,6 +42,9 @@ impl From<rusqlite::Error> for JournalError {
             Some(rusqlite::ErrorCode::DatabaseCorrupt) => JournalError::Storage(format!(
                 "{e}: the journal file is damaged; restore it from a backup, or move it aside (keep it) and start with an empty journal"
             )),
+            Some(rusqlite::ErrorCode::DiskFull) => JournalError::Storage(format!(
+                "{e}: the disk holding the journal is full; free space there and the hub goes on by itself, without a restart"
+            )),
             _ => JournalError::Storage(e.to_string()),
         }
     }

@@ -702,6 +702,19 @@ enum Reply {
     ),
 }
 
+impl Reply {
+    /// Whether the command failed.
+    fn failed(&self) -> bool {
+        match self {
+            Reply::Append(_, r) => r.is_err(),
+            Reply::Unit(_, r) => r.is_err(),
+            Reply::Replay(_, r) => r.is_err(),
+            Reply::Id(_, r) => r.is_err(),
+            Reply::Audit(_, r) => r.is_err(),
+        }
+    }
+}
+
 /// Applies a group in one transaction and answers each command; the feed
 /// items it added when it committed, `None` when it did not.
 /// Commits one group. Subscribers see its feed items only once they are on
@@ -719,6 +732,10 @@ fn commit_group(
         let tx = conn.transaction()?;
         let now = now_ms();
         for command in group {
+            // Each command in a savepoint: one that fails leaves nothing
+            // of itself in the group's transaction.
+            tx.execute_batch("SAVEPOINT command")?;
+            let before = replies.len();
             match command {
                 Command::Append(events, reply) => {
                     let r = append(&tx, &events, now, &mut feed).map_err(JournalError::from);
@@ -795,6 +812,20 @@ fn commit_group(
                 }
                 Command::Flush(reply) => replies.push(Reply::Unit(reply, Ok(()))),
             }
+            let failed = replies[before..].iter().any(Reply::failed);
+            if tx.is_autocommit() {
+                // SQLite rolled the whole transaction back itself (a full
+                // disk, an I/O error): nothing of the group stands.
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("the transaction was rolled back by SQLite".into()),
+                ));
+            }
+            if failed {
+                tx.execute_batch("ROLLBACK TO command; RELEASE command")?;
+            } else {
+                tx.execute_batch("RELEASE command")?;
+            }
         }
         feed.prune(&tx, retain)?;
         if let Some((seq, hash)) = &feed.audit_last {
@@ -809,7 +840,10 @@ fn commit_group(
     // Nothing is acknowledged unless the whole group committed.
     let failed = outcome.err().map(|e| {
         tracing::error!("journal commit failed: {e}");
-        JournalError::Storage(format!("commit failed: {e}"))
+        match JournalError::from(e) {
+            JournalError::Storage(why) => JournalError::Storage(format!("commit failed: {why}")),
+            other => other,
+        }
     });
     if failed.is_none() {
         // No receiver is fine: nobody is watching.
@@ -1850,6 +1884,40 @@ mod tests {
             "{commits} commits for 200 appends: no grouping"
         );
         assert_eq!(j.events("e199", None).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_command_that_fails_halfway_leaves_nothing_of_itself() {
+        // The event row goes in, then its delivery fails (a trigger stands
+        // for a full disk or any error there): the caller hears the error,
+        // and the event must not stay behind as if stored, or the sender's
+        // retry would be answered "duplicate" and never delivered.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let j = journal(dir.path());
+        j.append(vec![new_event("first", None, &["police"])])
+            .await
+            .unwrap();
+        let side = Connection::open(&path).unwrap();
+        side.execute_batch(
+            "CREATE TRIGGER boom BEFORE INSERT ON deliveries WHEN NEW.target = 'boom'
+             BEGIN SELECT RAISE(ABORT, 'no room for this delivery'); END;",
+        )
+        .unwrap();
+        let e = j
+            .append(vec![new_event("half", None, &["boom"])])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no room"), "{e}");
+        // The writer goes on, and the failed command left nothing.
+        assert!(j.events("half", None).await.unwrap().is_empty());
+        side.execute_batch("DROP TRIGGER boom").unwrap();
+        let again = j
+            .append(vec![new_event("half", None, &["boom"])])
+            .await
+            .unwrap();
+        assert!(!again[0].duplicate, "the retry was taken for a duplicate");
+        assert_eq!(again[0].deliveries.len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
