@@ -222,8 +222,23 @@ fn a_poison_event_is_dead_lettered_after_its_attempts_and_blocks_nobody_else() {
     });
     let d = &deliveries(&hub, "p-1")[0];
     assert_ne!(d["status"], "dead", "the others waited for the poison: {d}");
-    // The case's own next event waits for it, then goes.
-    assert_eq!(deliveries(&hub, "p-2")[0]["status"], "pending");
+    // The case's own next event waits for it, saying so, then goes.
+    let waiting = &deliveries(&hub, "p-2")[0];
+    assert_eq!(waiting["status"], "pending");
+    assert_eq!(waiting["waiting_for"]["event"], "p-1", "{waiting}");
+    assert!(
+        waiting["waiting_for"]["attempts"].as_u64() >= Some(1),
+        "{waiting}"
+    );
+    assert!(
+        waiting["waiting_for"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is poison"),
+        "the reason is visible: {waiting}"
+    );
+    // The poison itself waits for nobody.
+    assert!(deliveries(&hub, "p-1")[0].get("waiting_for").is_none());
     let dead = eventually(std::time::Duration::from_secs(20), || {
         let d = deliveries(&hub, "p-1")[0].clone();
         (d["status"] == "dead")
@@ -261,6 +276,22 @@ fn department(name: &str, receiver: &Receiver) -> AdapterSpec {
         "[capabilities]\noutbound_hosts = [\"{host}\"]\n[config]\nurl = \"http://{host}/{name}\"",
         host = receiver.host()
     ))
+}
+
+/// Posts a river report with this id (a case the police must accept);
+/// returns the case id the hub gave it.
+fn report_case(hub: &HubProcess, id: &str) -> String {
+    let report = serde_json::json!({
+        "specversion": "1.0", "id": id, "source": "urn:four-platforms:grid-app",
+        "type": "gov.incident.reported", "category": "safety.water", "severity": "major",
+        "grid": "yingfeng/yingyi/2", "data": { "text": "河边有人" },
+    });
+    let (status, _, body) = send_event(&hub.base, &report).unwrap();
+    assert_eq!(status, 202, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["accepted"][0]["caseid"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// `kill -SIG pid`.
@@ -302,17 +333,7 @@ to = ["community"]
     );
     let hub = dir.start();
     // A case the police never accept: its deadline passes while frozen.
-    let report = serde_json::json!({
-        "specversion": "1.0", "id": "frozen-report", "source": "urn:four-platforms:grid-app",
-        "type": "gov.incident.reported", "category": "safety.water", "severity": "major",
-        "grid": "yingfeng/yingyi/2", "data": { "text": "河边有人" },
-    });
-    let (status, _, body) = send_event(&hub.base, &report).unwrap();
-    assert_eq!(status, 202, "{body}");
-    let caseid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["accepted"][0]["caseid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let caseid = report_case(&hub, "frozen-report");
     // A stream of alerts to the police, ten a second, during the freeze.
     let base = hub.base.clone();
     let sender = std::thread::spawn(move || {
@@ -440,17 +461,7 @@ to = ["community"]
         ("FAKETIME_NO_CACHE", "1"),
         ("DONT_FAKE_MONOTONIC", "1"),
     ]);
-    let report = serde_json::json!({
-        "specversion": "1.0", "id": "clock-report", "source": "urn:four-platforms:grid-app",
-        "type": "gov.incident.reported", "category": "safety.water", "severity": "major",
-        "grid": "yingfeng/yingyi/2", "data": { "text": "河边有人" },
-    });
-    let (status, _, body) = send_event(&hub.base, &report).unwrap();
-    assert_eq!(status, 202, "{body}");
-    let caseid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["accepted"][0]["caseid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let caseid = report_case(&hub, "clock-report");
     // Back an hour, a second after the case opened: its deadline (4 s)
     // still comes in 4 s, not in an hour and 4 s.
     std::thread::sleep(Duration::from_secs(1));
@@ -475,15 +486,7 @@ to = ["community"]
         .count();
     assert_eq!(escalations, 1);
     // A case opened after the steps keeps its own deadline.
-    let mut second = report.clone();
-    second["id"] = "clock-report-2".into();
-    let (status, _, body) = send_event(&hub.base, &second).unwrap();
-    assert_eq!(status, 202, "{body}");
-    let second_case = serde_json::from_str::<serde_json::Value>(&body).unwrap()["accepted"][0]
-        ["caseid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let second_case = report_case(&hub, "clock-report-2");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         hub.get_json(&format!("/v1/cases/{second_case}")).1["level"],

@@ -347,6 +347,26 @@ pub struct DeliveryStatus {
     pub delivered_at: Option<String>,
     /// When the next attempt is due, while pending.
     pub next_attempt_at: Option<String>,
+    /// While pending behind an earlier delivery of the same case to the
+    /// same target (deliveries of one case go in order): that one, and why
+    /// it has not gone yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<WaitingFor>,
+}
+
+/// The delivery a pending one waits for.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct WaitingFor {
+    /// Its delivery id.
+    pub delivery: i64,
+    /// Its event's id.
+    pub event: String,
+    /// Attempts it has made.
+    pub attempts: u32,
+    /// Its last error: why the case's queue stands.
+    pub last_error: Option<String>,
+    /// When it is tried next.
+    pub next_attempt_at: Option<String>,
 }
 
 /// An event as stored, with its deliveries.

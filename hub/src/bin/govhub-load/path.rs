@@ -443,6 +443,26 @@ fn ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// `adapters.d/department.toml`: the webhook adapter (`module`) posting
+/// every `gov.*` event to the department at `addr`.
+pub(crate) fn write_department(
+    dir: &Path,
+    module: &Path,
+    addr: std::net::SocketAddr,
+    concurrency: usize,
+) {
+    std::fs::create_dir_all(dir.join("adapters.d")).unwrap();
+    std::fs::write(
+        dir.join("adapters.d/department.toml"),
+        format!(
+            "name = \"department\"\nwasm = \"{}\"\nsha256 = \"{}\"\nsubscribe = [\"gov.*\"]\n[limits]\nconcurrency = {concurrency}\n[capabilities]\noutbound_hosts = [\"{addr}\"]\n[config]\nurl = \"http://{addr}/events\"\n",
+            module.display(),
+            govhub::runtime::sha256_file(module).unwrap(),
+        ),
+    )
+    .unwrap();
+}
+
 /// Polls `done` until it holds or `timeout` passes.
 pub(crate) async fn wait_for(timeout: Duration, done: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -487,17 +507,7 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
     );
     let permits = Arc::new(Semaphore::new(0));
     let dept = department(permits.clone()).await;
-    std::fs::create_dir_all(dir.join("adapters.d")).unwrap();
-    std::fs::write(
-        dir.join("adapters.d/department.toml"),
-        format!(
-            "name = \"department\"\nwasm = \"{}\"\nsha256 = \"{}\"\nsubscribe = [\"gov.*\"]\n[limits]\nconcurrency = {adapter_concurrency}\n[capabilities]\noutbound_hosts = [\"{addr}\"]\n[config]\nurl = \"http://{addr}/events\"\n",
-            module.display(),
-            govhub::runtime::sha256_file(&module).unwrap(),
-            addr = dept.addr
-        ),
-    )
-    .unwrap();
+    write_department(dir, &module, dept.addr, adapter_concurrency as usize);
     let config = format!(
         "[stream]\nmax_subscribers = 1024\n{}",
         if policy {

@@ -234,17 +234,7 @@ pub async fn soak(dir: &Path, opts: SoakOpts) {
     );
     let window = Arc::new(Semaphore::new(0));
     let dept = soak_department(window.clone(), dead_per_mille, retry_per_mille).await;
-    std::fs::create_dir_all(dir.join("adapters.d")).unwrap();
-    std::fs::write(
-        dir.join("adapters.d/department.toml"),
-        format!(
-            "name = \"department\"\nwasm = \"{}\"\nsha256 = \"{}\"\nsubscribe = [\"gov.*\"]\n[limits]\nconcurrency = 16\n[capabilities]\noutbound_hosts = [\"{addr}\"]\n[config]\nurl = \"http://{addr}/events\"\n",
-            module.display(),
-            govhub::runtime::sha256_file(&module).unwrap(),
-            addr = dept.addr
-        ),
-    )
-    .unwrap();
+    crate::path::write_department(dir, &module, dept.addr, 16);
     // Three attempts, a short backoff: a refused event is dead within
     // seconds, so the run's end accounts for all of them.
     let hub = start_hub_with(

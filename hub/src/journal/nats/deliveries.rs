@@ -151,6 +151,7 @@ impl Inner {
             updated_at: rfc3339_ms(received),
             delivered_at: None,
             next_attempt_at: None,
+            waiting_for: None,
         })
     }
 

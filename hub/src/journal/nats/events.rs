@@ -513,6 +513,7 @@ impl Inner {
                     updated_at: crate::journal::rfc3339_ms(received_ms),
                     delivered_at: None,
                     next_attempt_at: None,
+                    waiting_for: None,
                 },
             };
             statuses.push(status);

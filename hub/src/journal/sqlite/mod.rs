@@ -12,7 +12,7 @@ use super::{
     now_ms, rfc3339_ms, Appended, AuditQuery, AuditRecord, CaseFilter, CaseRow, CaseStatus,
     CaseTake, DeadLetter, DeliveryRef, DeliveryStatus, DeliveryUpdate, FedEvent, FeedItem,
     FeedKeys, FeedKind, FeedSpan, Journal, JournalError, NewEvent, Pending, Receipt, StoredEvent,
-    VersionRecord,
+    VersionRecord, WaitingFor,
 };
 use super::{AdapterState, AuditLog, CaseStore, DeliveryLog, EventLog, Feed, Meta, Registry};
 use crate::router::Target;
@@ -1381,9 +1381,14 @@ impl EventLog for SqliteJournal {
                                 updated_at: rfc3339_ms(r.get(8)?),
                                 delivered_at: r.get::<_, Option<i64>>(9)?.map(rfc3339_ms),
                                 next_attempt_at: r.get::<_, Option<i64>>(10)?.map(rfc3339_ms),
+                                waiting_for: None,
                             })
                         })?
                         .collect::<Result<Vec<_>, _>>()?;
+                    let mut deliveries = deliveries;
+                    for d in deliveries.iter_mut().filter(|d| d.status == "pending") {
+                        d.waiting_for = waiting_for(c, d.id)?;
+                    }
                     Ok(StoredEvent {
                         seq,
                         event: decode(&body)?,
@@ -1395,6 +1400,29 @@ impl EventLog for SqliteJournal {
                 .collect()
         })
     }
+}
+
+/// The earliest delivery still pending of the same case to the same target
+/// as delivery `id`, if it is an earlier one: what `id` waits for.
+fn waiting_for(c: &Connection, id: i64) -> Result<Option<WaitingFor>, rusqlite::Error> {
+    c.prepare_cached(
+        "SELECT d2.id, e2.id, d2.attempts, d2.last_error, d2.next_attempt_ms
+         FROM deliveries d JOIN deliveries d2
+           ON d2.target = d.target AND d2.order_key = d.order_key
+         JOIN events e2 ON e2.seq = d2.event_seq
+         WHERE d.id = ?1 AND d2.status = 'pending' AND d2.id < d.id
+         ORDER BY d2.id LIMIT 1",
+    )?
+    .query_row(params![id], |r| {
+        Ok(WaitingFor {
+            delivery: r.get(0)?,
+            event: r.get(1)?,
+            attempts: r.get(2)?,
+            last_error: r.get(3)?,
+            next_attempt_at: r.get::<_, Option<i64>>(4)?.map(rfc3339_ms),
+        })
+    })
+    .optional()
 }
 
 impl DeliveryLog for SqliteJournal {
