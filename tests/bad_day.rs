@@ -278,6 +278,45 @@ fn department(name: &str, receiver: &Receiver) -> AdapterSpec {
     ))
 }
 
+/// A hub whose police (a webhook to `receiver`) get the events of
+/// `police_types` and never accept a case, and whose community grid gets
+/// the escalations; `cases` is the `[cases]` section's deadline lines.
+fn escalating_hub(receiver: &Receiver, cases: &str, police_types: &str) -> HubDir {
+    HubDir::new(
+        &[
+            department("police", receiver),
+            department("community", receiver),
+        ],
+        &format!(
+            r#"
+[cases]
+default_resolve_s = 3600
+{cases}
+
+[[routes]]
+name = "to the police"
+match = {{ type = "{police_types}" }}
+to = ["police"]
+
+[[routes]]
+name = "escalations to the community grid"
+match = {{ type = "gov.case.escalated" }}
+to = ["community"]
+"#
+        ),
+    )
+}
+
+/// Escalations of case `caseid` the community grid received.
+fn escalations(receiver: &Receiver, caseid: &str) -> usize {
+    receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/community" && r.header("ce-type") == Some("gov.case.escalated"))
+        .filter(|r| r.header("ce-caseid") == Some(caseid))
+        .count()
+}
+
 /// Posts a river report with this id (a case the police must accept);
 /// returns the case id the hub gave it.
 fn report_case(hub: &HubProcess, id: &str) -> String {
@@ -308,28 +347,10 @@ fn signal(hub: &HubProcess, sig: &str) {
 fn a_hub_frozen_for_thirty_seconds_loses_nothing_and_escalates_a_passed_deadline_once() {
     use std::time::{Duration, Instant};
     let receiver = Receiver::start();
-    let dir = HubDir::new(
-        &[
-            department("police", &receiver),
-            department("community", &receiver),
-        ],
-        r#"
-[cases]
-default_accept_s = 5
-default_resolve_s = 3600
-escalation_s = [600, 1200]
-check_interval_ms = 200
-
-[[routes]]
-name = "reports and alerts to the police"
-match = { type = "gov.*" }
-to = ["police"]
-
-[[routes]]
-name = "first escalation: the community grid"
-match = { type = "gov.case.escalated" }
-to = ["community"]
-"#,
+    let dir = escalating_hub(
+        &receiver,
+        "default_accept_s = 5\nescalation_s = [600, 1200]\ncheck_interval_ms = 200",
+        "gov.*",
     );
     let hub = dir.start();
     // A case the police never accept: its deadline passes while frozen.
@@ -397,13 +418,11 @@ to = ["community"]
     );
     assert_eq!(c["level_name"], "community", "{c}");
     std::thread::sleep(Duration::from_secs(2));
-    let escalations: Vec<Received> = receiver
-        .received()
-        .into_iter()
-        .filter(|r| r.path == "/community" && r.header("ce-type") == Some("gov.case.escalated"))
-        .filter(|r| r.header("ce-caseid") == Some(caseid.as_str()))
-        .collect();
-    assert_eq!(escalations.len(), 1, "escalated more than once");
+    assert_eq!(
+        escalations(&receiver, &caseid),
+        1,
+        "escalated more than once"
+    );
     let (_, c) = hub.get_json(&format!("/v1/cases/{caseid}"));
     assert_eq!(c["level"], 1, "{c}");
 }
@@ -428,28 +447,10 @@ fn a_system_clock_stepped_back_an_hour_or_forward_a_day_neither_loses_nor_repeat
     use std::time::Duration;
     let Some(lib) = libfaketime() else { return };
     let receiver = Receiver::start();
-    let dir = HubDir::new(
-        &[
-            department("police", &receiver),
-            department("community", &receiver),
-        ],
-        r#"
-[cases]
-default_accept_s = 4
-default_resolve_s = 3600
-escalation_s = [3600, 7200]
-check_interval_ms = 100
-
-[[routes]]
-name = "reports to the police"
-match = { type = "gov.incident.reported" }
-to = ["police"]
-
-[[routes]]
-name = "escalations to the community grid"
-match = { type = "gov.case.escalated" }
-to = ["community"]
-"#,
+    let dir = escalating_hub(
+        &receiver,
+        "default_accept_s = 4\nescalation_s = [3600, 7200]\ncheck_interval_ms = 100",
+        "gov.incident.reported",
     );
     // The system clock as the hub sees it: the file's offset, read at
     // every call; the monotonic clock is left alone.
@@ -479,12 +480,7 @@ to = ["community"]
     std::thread::sleep(Duration::from_secs(3));
     let (_, c) = hub.get_json(&format!("/v1/cases/{caseid}"));
     assert_eq!(c["level"], 1, "escalated again after the step: {c}");
-    let escalations = receiver
-        .received()
-        .into_iter()
-        .filter(|r| r.path == "/community" && r.header("ce-caseid") == Some(caseid.as_str()))
-        .count();
-    assert_eq!(escalations, 1);
+    assert_eq!(escalations(&receiver, &caseid), 1);
     // A case opened after the steps keeps its own deadline.
     let second_case = report_case(&hub, "clock-report-2");
     std::thread::sleep(Duration::from_secs(1));

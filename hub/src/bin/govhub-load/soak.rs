@@ -88,8 +88,6 @@ struct Shared {
     taken_on_retry: AtomicUsize,
     /// A taken event arriving again.
     duplicates: AtomicUsize,
-    /// Refusals answered.
-    refusals: AtomicU64,
     /// Latencies (µs, due to arrival) of events taken the first time, since
     /// the last report.
     latencies: Mutex<Vec<u32>>,
@@ -108,7 +106,6 @@ async fn soak_department(window: Arc<Semaphore>, dead: u64, retry: u64) -> SoakD
         taken: AtomicUsize::new(0),
         taken_on_retry: AtomicUsize::new(0),
         duplicates: AtomicUsize::new(0),
-        refusals: AtomicU64::new(0),
         latencies: Mutex::new(Vec::new()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -146,7 +143,6 @@ async fn soak_department(window: Arc<Semaphore>, dead: u64, retry: u64) -> SoakD
                 };
                 if refuse {
                     mark.store(REFUSED, Ordering::SeqCst);
-                    s.refusals.fetch_add(1, Ordering::Relaxed);
                     return axum::http::StatusCode::SERVICE_UNAVAILABLE;
                 }
                 if mark.swap(TAKEN, Ordering::SeqCst) == TAKEN {
@@ -368,8 +364,7 @@ pub async fn soak(dir: &Path, opts: SoakOpts) {
             if lat.is_empty() {
                 "-".to_string()
             } else {
-                let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-                format!("{:.1}", micros_ms(lat[i]))
+                format!("{:.1}", micros_ms(percentile(&lat, p)))
             }
         };
         let (p50, p99) = (pick(0.50), pick(0.99));
