@@ -60,6 +60,15 @@ fn http_phase_measures_the_hub_beside_bare_hyper() {
         n[1] > 0.0 && n[2] > 0.0 && n[4] > 0.0 && n[6] > 0.0,
         "{row}"
     );
+    // The CPU each side spent per request, and how busy the cores were:
+    // run, bare µs, its client µs, cores busy, cores; govhub µs, its
+    // client µs, cores busy.
+    let cpu = line_with(&out, "CPU per request");
+    assert!(
+        cpu.contains("bare hyper") && cpu.contains("govhub full"),
+        "{cpu}"
+    );
+    assert_eq!(numbers(cpu).len(), 8, "{cpu}");
 }
 
 #[test]
@@ -78,6 +87,11 @@ fn e2e_phase_delivers_every_event_and_times_them() {
     ]);
     assert!(
         line_with(&out, "closed loop").contains("300 events delivered"),
+        "{out}"
+    );
+    // The hub's CPU per event, and its journal writer's share of it.
+    assert!(
+        line_with(&out, "CPU during it").contains("its journal writer thread"),
         "{out}"
     );
     let lat = line_with(&out, "p99");

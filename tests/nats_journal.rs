@@ -55,7 +55,7 @@ fn new_event(source: &str, id: &str, case: Option<&str>, targets: &[&str]) -> Ne
         .with_json(&serde_json::json!({ "summary": format!("event {id}") }));
     e.caseid = case.map(str::to_string);
     NewEvent {
-        encoded: cloudevents::to_vec(&e),
+        encoded: cloudevents::to_string(&e).into(),
         event: Arc::new(e),
         origin: Some("police".into()),
         targets: targets

@@ -46,7 +46,7 @@ fn event(round: usize, i: usize) -> NewEvent {
             "confidence": 0.93,
         }));
     NewEvent {
-        encoded: cloudevents::to_vec(&e),
+        encoded: cloudevents::to_string(&e).into(),
         event: Arc::new(e),
         origin: Some("video-patrol".into()),
         targets: ["police", "city-management"]
@@ -105,9 +105,9 @@ fn main() {
             futures_util::stream::iter(bodies.iter().enumerate())
                 .map(|(i, e)| {
                     let js = js_raw.clone();
-                    let body = e.encoded.clone();
+                    let body = bytes::Bytes::copy_from_slice(e.encoded.as_bytes());
                     async move {
-                        js.publish(format!("raw{round}.ev.{}", i % 16), body.into())
+                        js.publish(format!("raw{round}.ev.{}", i % 16), body)
                             .await
                             .unwrap()
                             .await

@@ -499,7 +499,7 @@ impl Hub {
                 targets = ?targets.iter().map(|t| t.adapter.as_str()).collect::<Vec<_>>(),
                 "routed"
             );
-            let encoded = cloudevents::to_vec(&event);
+            let encoded = cloudevents::to_string(&event).into();
             batch.push(NewEvent {
                 event: Arc::new(event),
                 encoded,

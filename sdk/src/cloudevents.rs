@@ -121,7 +121,7 @@ fn embed(event: &Event) -> Option<Embedded<'_>> {
             return Some(Embedded::Json(raw));
         }
     } else if ct.is_some_and(is_text_media_type) {
-        if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(text) = simdutf8::basic::from_utf8(data) {
             return Some(Embedded::Text(text));
         }
     }
@@ -199,6 +199,11 @@ impl Serialize for Wire<'_> {
 pub fn to_vec(event: &Event) -> Vec<u8> {
     // Writing plain strings and validated raw JSON into a Vec cannot fail.
     serde_json::to_vec(&Wire(event)).unwrap_or_default()
+}
+
+/// The same JSON as [`to_vec`], as text (no second check of its UTF-8).
+pub fn to_string(event: &Event) -> String {
+    serde_json::to_string(&Wire(event)).unwrap_or_default()
 }
 
 /// The same bytes as [`to_vec`], written to `out` (a hasher, say) with no
@@ -550,7 +555,7 @@ pub fn from_slice(bytes: &[u8]) -> Result<Event, Error> {
 /// would check every string and key again as it reads them. Bytes that
 /// are not UTF-8 go to the slice reader, for its error.
 pub(crate) fn read_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
-    match std::str::from_utf8(bytes) {
+    match simdutf8::basic::from_utf8(bytes) {
         Ok(text) => serde_json::from_str(text),
         Err(_) => serde_json::from_slice(bytes),
     }

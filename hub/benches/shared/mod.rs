@@ -41,6 +41,9 @@ pub fn police(rt: &tokio::runtime::Runtime, wasm: &Path, mode: Mode) -> Arc<Adap
             instances: 100,
             max_memory_mb: 64,
         }),
+        // Compiled once, then loaded from the cache: a run under valgrind
+        // (instruction counts) does not compile under it.
+        cache_dir: Some(std::env::temp_dir().join("govhub-bench-cache")),
         ..RuntimeConfig::default()
     })
     .unwrap();
@@ -103,6 +106,46 @@ impl Trivial {
     /// One call.
     pub async fn call(&mut self, x: u32) -> u32 {
         let (y,) = self.func.call_async(&mut self.store, (x,)).await.unwrap();
+        y
+    }
+}
+
+/// The same component on a store that needs nothing async (the WASI
+/// imports linked synchronously, no async yield): the call without the
+/// fiber the hub's async calls run on. What a synchronous call path for
+/// `ingest` could save at most.
+pub struct TrivialSync {
+    store: wasmtime::Store<TrivialState>,
+    func: wasmtime::component::TypedFunc<(u32,), (u32,)>,
+}
+
+impl TrivialSync {
+    /// Instantiates the trivial component with the hub's engine settings.
+    pub fn new(wasm: &Path) -> TrivialSync {
+        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+        let engine = runtime.engine().clone();
+        std::mem::forget(runtime);
+        let component = wasmtime::component::Component::from_file(&engine, wasm).unwrap();
+        let mut linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
+        let mut store = wasmtime::Store::new(
+            &engine,
+            TrivialState {
+                wasi: wasmtime_wasi::WasiCtx::builder().build(),
+                table: wasmtime::component::ResourceTable::new(),
+            },
+        );
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = linker.instantiate(&mut store, &component).unwrap();
+        let func = instance
+            .get_typed_func::<(u32,), (u32,)>(&mut store, "add-one")
+            .unwrap();
+        TrivialSync { store, func }
+    }
+
+    /// One call.
+    pub fn call(&mut self, x: u32) -> u32 {
+        let (y,) = self.func.call(&mut self.store, (x,)).unwrap();
         y
     }
 }

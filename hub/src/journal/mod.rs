@@ -56,8 +56,8 @@ pub struct NewEvent {
     /// The normalized event.
     pub event: std::sync::Arc<Event>,
     /// The event as CloudEvents JSON, encoded by the caller so the single
-    /// writer thread only writes.
-    pub encoded: Vec<u8>,
+    /// writer thread only writes; shared with the live feed as it is.
+    pub encoded: std::sync::Arc<str>,
     /// The adapter it came from (`None`: the CloudEvents endpoint).
     pub origin: Option<String>,
     /// The routing decision.

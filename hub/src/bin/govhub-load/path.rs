@@ -118,32 +118,37 @@ pub async fn http(dir: &Path, opts: HttpOpts) {
         // Warm the connections, then measure.
         let warm = bodies(&format!("warm-bare-{run}"), concurrency * 4);
         closed_loop(&client, &bare_url, CE_JSON, warm, concurrency).await;
-        let bare_rate = rate(
-            closed_loop(
-                &client,
-                &bare_url,
-                CE_JSON,
-                bodies(&format!("bare-{run}"), events),
-                concurrency,
-            )
-            .await,
-        );
+        let cpu = Cpu::start(bare.child.id());
+        let took = closed_loop(
+            &client,
+            &bare_url,
+            CE_JSON,
+            bodies(&format!("bare-{run}"), events),
+            concurrency,
+        )
+        .await;
+        let bare_cpu = cpu.per_request(events, took);
+        let bare_rate = rate(took);
+        let mut full_cpu = None;
         let mut hub_rates = Vec::new();
         for sync in ["full", "normal"] {
             let hub = start_hub_with(govhub, dir, "", &[("GOVHUB__STORAGE__SYNCHRONOUS", sync)]);
             let url = format!("{}/v1/events", hub.base);
             let warm = bodies(&format!("warm-{sync}-{run}"), concurrency * 4);
             closed_loop(&client, &url, CE_JSON, warm, concurrency).await;
-            hub_rates.push(rate(
-                closed_loop(
-                    &client,
-                    &url,
-                    CE_JSON,
-                    bodies(&format!("{sync}-{run}"), events),
-                    concurrency,
-                )
-                .await,
-            ));
+            let cpu = Cpu::start(hub.child.id());
+            let took = closed_loop(
+                &client,
+                &url,
+                CE_JSON,
+                bodies(&format!("{sync}-{run}"), events),
+                concurrency,
+            )
+            .await;
+            if sync == "full" {
+                full_cpu = Some(cpu.per_request(events, took));
+            }
+            hub_rates.push(rate(took));
         }
         // The same with principals: every request is identified (a token's
         // SHA-256 against each principal's), its source checked against the
@@ -179,6 +184,52 @@ pub async fn http(dir: &Path, opts: HttpOpts) {
             100.0 * hub_rates[1] / bare_rate,
             100.0 * auth_rate / hub_rates[1]
         );
+        if let Some(full) = full_cpu {
+            println!(
+                "  run {run}, CPU per request: bare hyper {:.1} µs (this client {:.1} µs), cores busy {:.2} of {}; govhub full {:.1} µs (this client {:.1} µs), cores busy {:.2}",
+                bare_cpu.server_us,
+                bare_cpu.client_us,
+                bare_cpu.busy,
+                cores(),
+                full.server_us,
+                full.client_us,
+                full.busy
+            );
+        }
+    }
+}
+
+/// CPU time of a server and of this load generator over one timed loop.
+struct Cpu {
+    server: u32,
+    before: (u64, u64),
+}
+
+/// What [`Cpu`] measured, per request.
+struct CpuUse {
+    server_us: f64,
+    client_us: f64,
+    /// Cores the two kept busy on average (the rest: idle, or other work).
+    busy: f64,
+}
+
+impl Cpu {
+    fn start(server: u32) -> Cpu {
+        Cpu {
+            server,
+            before: (cpu_ticks(server), cpu_ticks(std::process::id())),
+        }
+    }
+
+    fn per_request(self, requests: usize, took: Duration) -> CpuUse {
+        let tick_us = 1e6 / ticks_per_second();
+        let server = (cpu_ticks(self.server) - self.before.0) as f64 * tick_us;
+        let client = (cpu_ticks(std::process::id()) - self.before.1) as f64 * tick_us;
+        CpuUse {
+            server_us: server / requests as f64,
+            client_us: client / requests as f64,
+            busy: (server + client) / took.as_secs_f64() / 1e6,
+        }
     }
 }
 
@@ -423,13 +474,33 @@ async fn wait_arrivals(dept: &Department, n: usize, timeout: Duration) -> bool {
 
 /// User and system CPU time of a process so far, in clock ticks (Linux).
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat (Linux only)");
+    stat_ticks(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of a `/proc/.../stat` file.
+fn stat_ticks(path: &str) -> u64 {
+    let stat = std::fs::read_to_string(path).expect("/proc/PID/stat (Linux only)");
     // The fields after the command name (which may hold spaces) in ")".
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line.
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The id of `pid`'s thread named `name` (Linux), if it has one.
+fn thread_named(pid: u32, name: &str) -> Option<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim() == name)
+        })
+}
+
+/// User and system CPU time of one thread so far, in clock ticks (Linux).
+fn thread_ticks(pid: u32, tid: u32) -> u64 {
+    stat_ticks(&format!("/proc/{pid}/task/{tid}/stat"))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux we run).
@@ -569,6 +640,8 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
     }
     let requests = bodies("max", events);
     let cpu_before = (cpu_ticks(pid), cpu_ticks(std::process::id()));
+    let writer = thread_named(pid, "govhub-journal");
+    let writer_before = writer.map(|t| thread_ticks(pid, t));
     let started = Instant::now();
     windowed(requests).await;
     let complete = wait_arrivals(&dept, warm + events, Duration::from_secs(300)).await;
@@ -592,8 +665,15 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
     );
     let tick_s = 1.0 / ticks_per_second();
     let per_event = |ticks: u64| ticks as f64 * tick_s * 1e6 / events as f64;
+    let writer_use = match (writer, writer_before) {
+        (Some(t), Some(before)) => format!(
+            " (its journal writer thread {:.1} µs)",
+            per_event(thread_ticks(pid, t) - before)
+        ),
+        _ => String::new(),
+    };
     println!(
-        "CPU during it: the hub {:.1} µs per event, this load generator (senders, department, subscribers) {:.1} µs per event",
+        "CPU during it: the hub {:.1} µs per event{writer_use}, this load generator (senders, department, subscribers) {:.1} µs per event",
         per_event(cpu_after.0 - cpu_before.0),
         per_event(cpu_after.1 - cpu_before.1)
     );

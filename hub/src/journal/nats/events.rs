@@ -158,7 +158,7 @@ impl Inner {
         let mut parts = vec![Part {
             subject: self.subjects.event(p, &identity),
             headers,
-            payload: Bytes::from(e.encoded.clone()),
+            payload: Bytes::copy_from_slice(e.encoded.as_bytes()),
         }];
         let priority = ev.severity.map(|s| s.rank()).unwrap_or(0);
         let mut refs = Vec::new();

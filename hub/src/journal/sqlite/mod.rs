@@ -352,6 +352,9 @@ pub struct Stats {
     pub log_restarts: AtomicU64,
 }
 
+/// Prepared statements kept per connection: more than the journal has.
+const STATEMENT_CACHE: usize = 128;
+
 /// `PRAGMA application_id` of a govhub journal: "GVHB".
 const APPLICATION_ID: i32 = 0x4756_4842;
 
@@ -465,6 +468,11 @@ fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, JournalErro
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Every statement the writer runs stays prepared: rusqlite keeps 16
+    // by default, fewer than one group's commands use, and an evicted
+    // statement is parsed and planned again on its next use (a tenth of
+    // the writer's time end to end; BENCHMARKS.md section 12b).
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
@@ -734,7 +742,7 @@ fn commit_group(
         for command in group {
             // Each command in a savepoint: one that fails leaves nothing
             // of itself in the group's transaction.
-            tx.execute_batch("SAVEPOINT command")?;
+            tx.prepare_cached("SAVEPOINT command")?.execute([])?;
             let before = replies.len();
             match command {
                 Command::Append(events, reply) => {
@@ -822,9 +830,10 @@ fn commit_group(
                 ));
             }
             if failed {
-                tx.execute_batch("ROLLBACK TO command; RELEASE command")?;
+                tx.prepare_cached("ROLLBACK TO command")?.execute([])?;
+                tx.prepare_cached("RELEASE command")?.execute([])?;
             } else {
-                tx.execute_batch("RELEASE command")?;
+                tx.prepare_cached("RELEASE command")?.execute([])?;
             }
         }
         feed.prune(&tx, retain)?;
@@ -1075,7 +1084,7 @@ fn append(
             e.caseid,
             new.origin,
             new.received_ms,
-            new.encoded
+            new.encoded.as_bytes()
         ])?;
         if inserted == 0 {
             let seq: i64 = find.query_row(params![e.source, e.id], |r| r.get(0))?;
@@ -1099,7 +1108,7 @@ fn append(
                 caseid: e.caseid.clone(),
             },
             Some(seq),
-            String::from_utf8_lossy(&new.encoded).into(),
+            new.encoded.clone(),
         )?;
         let order_key = e.caseid.clone().unwrap_or_else(|| format!("event:{seq}"));
         let priority = e.severity.map(|s| s.rank()).unwrap_or(0);
@@ -1139,11 +1148,11 @@ fn record(
                 reference,
                 flow,
             } => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE deliveries SET status = 'delivered', attempts = ?2, reference = ?3,
                      updated_ms = ?4, delivered_ms = ?4, next_attempt_ms = NULL WHERE id = ?1",
-                    params![id, attempts, reference, now],
-                )?;
+                )?
+                .execute(params![id, attempts, reference, now])?;
                 (flow, *id)
             }
             DeliveryUpdate::Retry {
@@ -1152,11 +1161,11 @@ fn record(
                 error,
                 next_attempt_ms,
             } => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE deliveries SET attempts = ?2, last_error = ?3, updated_ms = ?4,
                      next_attempt_ms = ?5 WHERE id = ?1",
-                    params![id, attempts, error, now, next_attempt_ms],
-                )?;
+                )?
+                .execute(params![id, attempts, error, now, next_attempt_ms])?;
                 continue;
             }
             DeliveryUpdate::Dead {
@@ -1165,20 +1174,20 @@ fn record(
                 error,
                 flow,
             } => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE deliveries SET status = 'dead', attempts = ?2, last_error = ?3,
                      updated_ms = ?4, next_attempt_ms = NULL WHERE id = ?1",
-                    params![id, attempts, error, now],
-                )?;
+                )?
+                .execute(params![id, attempts, error, now])?;
                 dead_letter_item(tx, *id, now, false, feed)?;
                 (flow, *id)
             }
             DeliveryUpdate::Withheld { id, reason, flow } => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE deliveries SET status = 'withheld', last_error = ?2, updated_ms = ?3,
                      next_attempt_ms = NULL WHERE id = ?1",
-                    params![id, reason, now],
-                )?;
+                )?
+                .execute(params![id, reason, now])?;
                 (flow, *id)
             }
         };
@@ -1799,7 +1808,7 @@ mod tests {
             .with_source("urn:test");
         e.caseid = case.map(str::to_string);
         NewEvent {
-            encoded: cloudevents::to_vec(&e),
+            encoded: cloudevents::to_string(&e).into(),
             event: std::sync::Arc::new(e),
             origin: None,
             received_ms: now_ms(),
@@ -1979,7 +1988,7 @@ mod tests {
                             let mut e = new_event(&format!("w{w}-{n}-{k}"), None, &["police"]);
                             let mut ev = (*e.event).clone();
                             ev.data = Some(body.clone().into_bytes());
-                            e.encoded = cloudevents::to_vec(&ev);
+                            e.encoded = cloudevents::to_string(&ev).into();
                             e.event = std::sync::Arc::new(ev);
                             e
                         })
@@ -2166,7 +2175,7 @@ mod tests {
         let mut e = new_event("new", None, &["police"]);
         let mut ev = (*e.event).clone();
         ev.severity = Some(Severity::Major);
-        e.encoded = cloudevents::to_vec(&ev);
+        e.encoded = cloudevents::to_string(&ev).into();
         e.event = std::sync::Arc::new(ev);
         let stored = j
             .append(vec![e, new_event("plain", None, &["police"])])
