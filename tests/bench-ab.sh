@@ -17,10 +17,16 @@
 #
 # Settings (environment): ROUNDS (pairs, default 3), PHASES (default
 # call,http,durable,e2e), EVENTS (requests per http/durable/e2e figure,
-# default 20000). REV must be a commit whose govhub-load prints the tables
-# this script reads (1267e61 or later). The first run builds REV's hub in
-# the work tree's target folder (its dependencies are shared, only the
-# workspace's own crates are compiled again): a few minutes.
+# default 20000). REV must be a commit whose `durable`, `http` and `e2e`
+# tables and `adapter_call` bench this script reads exist there (0378a93 or
+# later; the work tree's load generator drives both sides). REV builds in a
+# target folder of its own, target/bench-ab/target-a, kept between runs:
+# the first run compiles every dependency there once (as long as a cold
+# build), later runs only what changed. (Building both sides in one target
+# folder does not work: Cargo names a workspace crate's artifacts by its
+# path relative to the workspace, so the two sides share them, and which
+# one is rebuilt depends on file times.) Every command's output is kept in
+# target/bench-ab/logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -34,22 +40,26 @@ short=${sha:0:9}
 
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 out=$root/target/bench-ab
-mkdir -p "$out"
+logs=$out/logs
+mkdir -p "$out" "$logs"
+# A setting of the adapter_call bench that would skip its figures.
+unset GOVHUB_BENCH_POLICE GOVHUB_BENCH_ROUNDS GOVHUB_BENCH_CALLS
+trap 'echo "bench-ab failed; the logs are in $logs" >&2' ERR
 
 # Builds one side: its hub and load generator, its adapter_call bench, and
 # its adapters.
 # Binaries are copied out of target/release, which both sides share.
 build_side() {
-    local name=$1 src=$2 bin=$out/$1
+    local name=$1 src=$2 target=$3 bin=$out/$1 log=$logs/build-$1.txt
     mkdir -p "$bin"
-    echo "==> building $name ($src)" >&2
-    (cd "$src" && CARGO_TARGET_DIR=$root/target cargo build --release -q -p govhub --bins)
-    cp "$root/target/release/govhub" "$root/target/release/govhub-load" "$bin/"
+    echo "==> building $name ($src; log: $log)" >&2
+    (cd "$src" && CARGO_TARGET_DIR=$target cargo build --release -p govhub --bins) >"$log" 2>&1
+    cp "$target/release/govhub" "$target/release/govhub-load" "$bin/"
+    (cd "$src" && CARGO_TARGET_DIR=$target cargo bench -p govhub --bench adapter_call --no-run) >>"$log" 2>&1
     local bench
-    bench=$(cd "$src" && CARGO_TARGET_DIR=$root/target cargo bench -p govhub --bench adapter_call --no-run 2>&1 |
-        sed -n 's/.*Executable .*(\(.*adapter_call-[0-9a-f]*\)).*/\1/p' | tail -n1)
-    [[ -n $bench ]] || { echo "no adapter_call bench built for $name" >&2; exit 1; }
-    [[ $bench == /* ]] || bench=$root/target/${bench#target/}
+    bench=$(sed -n 's/.*Executable .*(\(.*adapter_call-[0-9a-f]*\)).*/\1/p' "$log" | tail -n1)
+    [[ -n $bench ]] || { echo "no adapter_call bench built for $name (see $log)" >&2; exit 1; }
+    [[ $bench == /* ]] || bench=$src/$bench
     cp "$bench" "$bin/adapter_call"
     # The bench builds the side's adapters the way its tests do (every
     # adapter crate, into the side's target/adapters) before it filters.
@@ -62,8 +72,11 @@ if [[ ! -d $tree ]]; then
     git worktree prune
     git worktree add --detach "$tree" "$sha" >/dev/null
 fi
-build_side a "$tree"
-build_side b "$root"
+build_side a "$tree" "$out/target-a"
+build_side b "$root" "$root/target"
+if cmp -s "$out/a/govhub" "$out/b/govhub"; then
+    echo "warning: A and B built the same govhub binary (REV is the work tree?)" >&2
+fi
 load=$out/b/govhub-load
 
 # One figure per line into $out/figures: side phase name value.
@@ -92,13 +105,14 @@ column() {
 run_phase() {
     local side=$1 phase=$2 bin=$out/$1 dir
     dir=$(mktemp -d "$out/run.XXXXXX")
+    local err=$logs/$phase-$side.stderr
     local wasm
     wasm=$(cat "$bin/wasm-dir")
     case $phase in
     call)
-        local log=$dir/call.txt
+        local log=$logs/call-$side.txt
         (cd "$dir" && "$bin/adapter_call" --bench 'police.ingest/(native|govhub-pooled-instance)$' \
-            --warm-up-time 1 --measurement-time 3 --noplot >"$log" 2>&1)
+            --warm-up-time 1 --measurement-time 3 --noplot >"$log" 2>"$err")
         local native govhub
         native=$(criterion_us 'police.ingest/native' <"$log")
         govhub=$(criterion_us 'police.ingest/govhub-pooled-instance' <"$log")
@@ -107,8 +121,8 @@ run_phase() {
         record "$side" call ratio_to_native "$(awk -v g="$govhub" -v n="$native" 'BEGIN { printf "%.2f", g / n }')"
         ;;
     http)
-        local log=$dir/http.txt
-        "$load" http --govhub "$bin/govhub" --wasm-dir "$wasm" --runs 1 --events "$events" --dir "$dir" >"$log" 2>/dev/null
+        local log=$logs/http-$side.txt
+        "$load" http --govhub "$bin/govhub" --wasm-dir "$wasm" --runs 1 --events "$events" --dir "$dir" >"$log" 2>"$err"
         local bare full
         bare=$(column 2 <"$log")
         full=$(column 3 <"$log")
@@ -123,9 +137,9 @@ run_phase() {
         [[ -z $cpu ]] || record "$side" http bare_cpu_us_per_request "$cpu"
         ;;
     durable)
-        local log=$dir/durable.txt
+        local log=$logs/durable-$side.txt
         "$load" durable --govhub "$bin/govhub" --wasm-dir "$wasm" --events "$events" --latency-seconds 3 \
-            --dir "$dir" >"$log" 2>/dev/null
+            --dir "$dir" >"$log" 2>"$err"
         local ceiling single batched
         ceiling=$(sed -n 's/^raw SQLite ceiling.*: \([0-9.]*\) rows\/s/\1/p' "$log")
         single=$(sed -n 's/^govhub single-event requests .*: \([0-9.]*\) events\/s.*/\1/p' "$log" | head -n1)
@@ -137,9 +151,9 @@ run_phase() {
         record "$side" durable p99_at_half_ms "$(sed -n 's/^latency at .* p99 \([0-9.]*\) ms.*/\1/p' "$log")"
         ;;
     e2e)
-        local log=$dir/e2e.txt
+        local log=$logs/e2e-$side.txt
         "$load" e2e --govhub "$bin/govhub" --wasm-dir "$wasm" --events "$events" --latency-seconds 3 \
-            --dir "$dir" >"$log" 2>/dev/null
+            --dir "$dir" >"$log" 2>"$err"
         record "$side" e2e max_ev_s "$(sed -n 's/^end to end, closed loop: .* = \([0-9.]*\) events\/s.*/\1/p' "$log")"
         record "$side" e2e p99_at_half_ms "$(sed -n 's/^end to end at .* p99 \([0-9.]*\) ms.*/\1/p' "$log")"
         record "$side" e2e hub_cpu_us_per_event "$(sed -n 's/^CPU during it: the hub \([0-9.]*\) µs per event.*/\1/p' "$log")"
@@ -167,6 +181,7 @@ awk '
     { key = $2 " " $3; if (!(key in seen)) { seen[key] = 1; order[++n] = key }
       vals[$1 " " key] = vals[$1 " " key] " " $4 }
     function spread(list,    a, m, i, j, t, mid) {
+        MED = "";
         m = split(list, a, " ");
         if (m == 0 || a[1] == "") return "-";
         for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
@@ -179,7 +194,7 @@ awk '
             split(order[i], k, " ");
             sa = spread(vals["a " order[i]]); ma = MED;
             sb = spread(vals["b " order[i]]); mb = MED;
-            r = (ma + 0 != 0) ? sprintf("%.2f", mb / ma) : "-";
+            r = (ma != "" && mb != "" && ma + 0 != 0) ? sprintf("%.2f", mb / ma) : "-";
             printf "| %s | %s | %s | %s | %s |\n", k[1], k[2], sa, sb, r;
         }
     }' "$figures"

@@ -284,13 +284,3 @@ pub mod state {
         crate::sys::state_delete(key)
     }
 }
-
-/// The adapter's allocator (feature `talc`, on by default): see the
-/// feature's note in the SDK's Cargo.toml.
-#[cfg(all(
-    feature = "talc",
-    target_family = "wasm",
-    not(target_feature = "atomics")
-))]
-#[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();

@@ -76,23 +76,36 @@ impl wasmtime_wasi::WasiView for TrivialState {
     }
 }
 
+/// The trivial component on the hub's engine settings, an empty linker
+/// and a store, for [`Trivial`] and [`TrivialSync`] to link their way.
+fn trivial_parts(
+    wasm: &Path,
+) -> (
+    wasmtime::component::Component,
+    wasmtime::component::Linker<TrivialState>,
+    wasmtime::Store<TrivialState>,
+) {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let engine = runtime.engine().clone();
+    std::mem::forget(runtime);
+    let component = wasmtime::component::Component::from_file(&engine, wasm).unwrap();
+    let linker = wasmtime::component::Linker::new(&engine);
+    let mut store = wasmtime::Store::new(
+        &engine,
+        TrivialState {
+            wasi: wasmtime_wasi::WasiCtx::builder().build(),
+            table: wasmtime::component::ResourceTable::new(),
+        },
+    );
+    store.set_epoch_deadline(u64::MAX / 2);
+    (component, linker, store)
+}
+
 impl Trivial {
     /// Instantiates the trivial component with the hub's engine settings.
     pub async fn new(wasm: &Path) -> Trivial {
-        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
-        let engine = runtime.engine().clone();
-        std::mem::forget(runtime);
-        let component = wasmtime::component::Component::from_file(&engine, wasm).unwrap();
-        let mut linker = wasmtime::component::Linker::new(&engine);
+        let (component, mut linker, mut store) = trivial_parts(wasm);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-        let mut store = wasmtime::Store::new(
-            &engine,
-            TrivialState {
-                wasi: wasmtime_wasi::WasiCtx::builder().build(),
-                table: wasmtime::component::ResourceTable::new(),
-            },
-        );
-        store.set_epoch_deadline(u64::MAX / 2);
         let instance = linker
             .instantiate_async(&mut store, &component)
             .await
@@ -122,20 +135,8 @@ pub struct TrivialSync {
 impl TrivialSync {
     /// Instantiates the trivial component with the hub's engine settings.
     pub fn new(wasm: &Path) -> TrivialSync {
-        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
-        let engine = runtime.engine().clone();
-        std::mem::forget(runtime);
-        let component = wasmtime::component::Component::from_file(&engine, wasm).unwrap();
-        let mut linker = wasmtime::component::Linker::new(&engine);
+        let (component, mut linker, mut store) = trivial_parts(wasm);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
-        let mut store = wasmtime::Store::new(
-            &engine,
-            TrivialState {
-                wasi: wasmtime_wasi::WasiCtx::builder().build(),
-                table: wasmtime::component::ResourceTable::new(),
-            },
-        );
-        store.set_epoch_deadline(u64::MAX / 2);
         let instance = linker.instantiate(&mut store, &component).unwrap();
         let func = instance
             .get_typed_func::<(u32,), (u32,)>(&mut store, "add-one")
