@@ -612,21 +612,7 @@ to = ["police"]
     });
     accepted.push("after-full".into());
     // Everything acknowledged is kept and delivered.
-    eventually(Duration::from_secs(60), || {
-        let got: std::collections::HashSet<String> = receiver
-            .received()
-            .into_iter()
-            .filter_map(|r| r.header("ce-id").map(str::to_string))
-            .collect();
-        let missing: Vec<&String> = accepted.iter().filter(|id| !got.contains(*id)).collect();
-        match missing.len() {
-            0 => Ok(()),
-            n => Err(format!(
-                "{n} acknowledged events not delivered: {:?}",
-                &missing[..n.min(5)]
-            )),
-        }
-    });
+    receiver.wait_for_ids("the department", &accepted, Duration::from_secs(60));
     for id in [&accepted[0], &accepted[accepted.len() - 1]] {
         let (status, e) = hub.get_json(&format!("/v1/events/{id}"));
         assert_eq!(status, 200, "{id}: {e}");

@@ -21,29 +21,6 @@ fn webhook_to(receiver: &Receiver, limits: &str) -> AdapterSpec {
 const FAST_RETRIES: &str =
     "[delivery]\nmax_attempts = 50\nbackoff_base_ms = 20\nbackoff_cap_ms = 200\n";
 
-fn received_ids(receiver: &Receiver) -> Vec<String> {
-    receiver
-        .received()
-        .iter()
-        .filter_map(|r| r.header("ce-id").map(str::to_string))
-        .collect()
-}
-
-/// Waits until every id in `want` has reached the receiver.
-fn wait_all(receiver: &Receiver, want: &HashSet<String>, timeout: Duration) -> Vec<String> {
-    eventually(timeout, || {
-        let got = received_ids(receiver);
-        let have: HashSet<&String> = got.iter().collect();
-        match want.iter().filter(|id| !have.contains(id)).count() {
-            0 => Ok(got),
-            missing => Err(format!(
-                "{missing} of {} events never reached the department",
-                want.len()
-            )),
-        }
-    })
-}
-
 #[test]
 fn kill_9_while_streaming_loses_no_acknowledged_event() {
     const TOTAL: usize = 5_000;
@@ -118,7 +95,7 @@ fn kill_9_while_streaming_loses_no_acknowledged_event() {
     }
     let want = acked.lock().unwrap().clone();
     assert_eq!(want.len(), TOTAL);
-    let got = wait_all(&receiver, &want, Duration::from_secs(180));
+    let got = receiver.wait_for_ids("the department", &want, Duration::from_secs(180));
     let duplicates = got.len() - got.iter().collect::<HashSet<_>>().len();
     eprintln!(
         "kill -9 after {acked_before_kill} acknowledged events ({refused} refused while down); \
@@ -158,7 +135,7 @@ fn a_department_that_recovers_gets_its_backlog_in_order_per_case() {
     );
     receiver.answer(200);
     let want: HashSet<String> = sent.values().flatten().cloned().collect();
-    let got = wait_all(&receiver, &want, Duration::from_secs(60));
+    let got = receiver.wait_for_ids("the department", &want, Duration::from_secs(60));
     for (case, ids) in &sent {
         let order: Vec<&String> = got.iter().filter(|id| ids.contains(id)).collect();
         let mut firsts: Vec<&String> = Vec::new();
@@ -210,7 +187,8 @@ fn dedup_holds_across_a_restart() {
         |v| v["deliveries"][0]["status"] == "delivered",
     );
     receiver.wait_for(2, Duration::from_secs(10));
-    let once = received_ids(&receiver)
+    let once = receiver
+        .ce_ids()
         .iter()
         .filter(|id| *id == "once-only")
         .count();
@@ -523,7 +501,7 @@ fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() {
     assert_eq!(r.status().as_u16(), 503);
     assert_eq!(r.headers().get("retry-after").unwrap(), "5");
     receiver.answer(200);
-    wait_all(&receiver, &accepted, Duration::from_secs(30));
+    receiver.wait_for_ids("the department", &accepted, Duration::from_secs(30));
     // Drained: accepted again.
     hub.wait_until("/v1/events/bp-4", Duration::from_secs(10), |v| {
         v["deliveries"][0]["status"] == "delivered"
@@ -615,7 +593,7 @@ fn sigterm_lets_calls_in_flight_finish_and_leaves_the_rest_pending() {
     let took = hub.terminate(Duration::from_secs(15));
     eprintln!("SIGTERM to exit: {took:?}");
     // The call in flight finished...
-    assert_eq!(received_ids(&receiver), ["term-1"]);
+    assert_eq!(receiver.ce_ids(), ["term-1"]);
     hub.wait_log("shutdown requested", Duration::from_secs(10));
     // ...and after a restart term-1 is delivered and term-2 resumes.
     receiver.delay(0);
@@ -624,7 +602,7 @@ fn sigterm_lets_calls_in_flight_finish_and_leaves_the_rest_pending() {
     assert_eq!(v["deliveries"][0]["status"], "delivered", "{v}");
     assert_eq!(v["deliveries"][0]["attempts"], 1, "{v}");
     receiver.wait_for(2, Duration::from_secs(10));
-    assert_eq!(received_ids(&receiver), ["term-1", "term-2"]);
+    assert_eq!(receiver.ce_ids(), ["term-1", "term-2"]);
 }
 
 #[test]
@@ -732,7 +710,7 @@ fn poll_pulls_events_and_its_cursor_survives_a_restart() {
         (parts[1].parse().unwrap(), parts[3].parse().unwrap())
     };
     let polled = |r: &Receiver| -> Vec<(u64, u64)> {
-        received_ids(r)
+        r.ce_ids()
             .iter()
             .filter(|id| id.starts_with("poll-"))
             .map(|id| parse(id))

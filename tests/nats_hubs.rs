@@ -238,25 +238,6 @@ fn stream_events_tagged(
     stream_events_with(nodes, cases, per_case, clients, None, tag)
 }
 
-fn wait_all(department: &str, r: &Receiver, want: &HashSet<String>, timeout: Duration) {
-    eventually(timeout, || {
-        let got: HashSet<String> = r
-            .received()
-            .iter()
-            .filter_map(|x| x.header("ce-id").map(str::to_string))
-            .collect();
-        let missing: Vec<&String> = want.iter().filter(|id| !got.contains(*id)).collect();
-        match missing.len() {
-            0 => Ok(()),
-            n => Err(format!(
-                "{department}: {n} of {} acknowledged events never arrived, e.g. {:?}",
-                want.len(),
-                &missing[..n.min(5)]
-            )),
-        }
-    })
-}
-
 fn delivered_by(hub: &HubProcess, adapter: &str) -> f64 {
     hub.metric(
         "govhub_deliveries_total",
@@ -284,8 +265,8 @@ fn ten_thousand_events_over_three_nodes_reach_every_department_once_and_in_order
         acked.len(),
         started.elapsed()
     );
-    wait_all("police-desk", &police, &acked, Duration::from_secs(300));
-    wait_all("fire-desk", &fire, &acked, Duration::from_secs(300));
+    police.wait_for_ids("police-desk", &acked, Duration::from_secs(300));
+    fire.wait_for_ids("fire-desk", &acked, Duration::from_secs(300));
     eprintln!("every event delivered twice after {:?}", started.elapsed());
     for (name, r) in [("police-desk", &police), ("fire-desk", &fire)] {
         let got = r.received();
@@ -368,8 +349,8 @@ fn a_killed_hub_node_loses_nothing_and_its_work_is_taken_over() {
     assert_eq!(acked.len(), CASES * PER_CASE);
     police.delay(0);
     fire.delay(0);
-    wait_all("police-desk", &police, &acked, Duration::from_secs(120));
-    wait_all("fire-desk", &fire, &acked, Duration::from_secs(120));
+    police.wait_for_ids("police-desk", &acked, Duration::from_secs(120));
+    fire.wait_for_ids("fire-desk", &acked, Duration::from_secs(120));
     let killed = killed_at.lock().unwrap().unwrap();
     eprintln!("everything delivered {:?} after the kill", killed.elapsed());
     for (name, r) in [("police-desk", &police), ("fire-desk", &fire)] {
@@ -679,8 +660,8 @@ fn a_killed_nats_node_stops_neither_ingest_nor_delivery_and_misses_nothing_after
     let second = stream_events_tagged(&nodes, CASES, PER_CASE / 2, 6, "b");
     eprintln!("{} events acknowledged with a NATS node down", second.len());
     let acked: HashSet<String> = first.union(&second).cloned().collect();
-    wait_all("police-desk", &police, &acked, Duration::from_secs(120));
-    wait_all("fire-desk", &fire, &acked, Duration::from_secs(120));
+    police.wait_for_ids("police-desk", &acked, Duration::from_secs(120));
+    fire.wait_for_ids("fire-desk", &acked, Duration::from_secs(120));
     eprintln!(
         "everything delivered {:?} after the NATS node died",
         killed.elapsed()
@@ -851,7 +832,7 @@ fn a_full_department_queue_is_counted_over_the_cluster_and_every_node_sheds() {
     // The department comes back: everything accepted is delivered, and
     // the nodes accept again.
     police.answer(200);
-    wait_all("police-desk", &police, &accepted, Duration::from_secs(120));
+    police.wait_for_ids("police-desk", &accepted, Duration::from_secs(120));
     eventually(Duration::from_secs(30), || {
         let event = cloudevent("ev-full-after", Some("YF-FULL-Y"), 16);
         match send_event(&nodes.base(1), &event) {

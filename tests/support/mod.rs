@@ -942,6 +942,39 @@ impl Receiver {
         self.received.lock().unwrap().clone()
     }
 
+    /// The CloudEvents ids (`ce-id`) of everything recorded so far, in
+    /// order of arrival, repeats included.
+    pub fn ce_ids(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .filter_map(|r| r.header("ce-id").map(str::to_string))
+            .collect()
+    }
+
+    /// Waits until every id of `want` was recorded, or panics after
+    /// `timeout` naming `who` and some of the ids missing; the ids
+    /// recorded by then ([`Receiver::ce_ids`]).
+    pub fn wait_for_ids<'a>(
+        &self,
+        who: &str,
+        want: impl IntoIterator<Item = &'a String> + Copy,
+        timeout: Duration,
+    ) -> Vec<String> {
+        eventually(timeout, || {
+            let got = self.ce_ids();
+            let have: std::collections::HashSet<&String> = got.iter().collect();
+            let missing: Vec<&String> = want.into_iter().filter(|id| !have.contains(id)).collect();
+            match missing.len() {
+                0 => Ok(got),
+                n => Err(format!(
+                    "{who}: {n} of {} acknowledged events never arrived, e.g. {:?}",
+                    want.into_iter().count(),
+                    &missing[..n.min(5)]
+                )),
+            }
+        })
+    }
+
     /// Waits until `n` requests were recorded, or panics after `timeout`.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         eventually(timeout, || {
