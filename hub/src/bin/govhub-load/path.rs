@@ -118,16 +118,14 @@ pub async fn http(dir: &Path, opts: HttpOpts) {
         // Warm the connections, then measure.
         let warm = bodies(&format!("warm-bare-{run}"), concurrency * 4);
         closed_loop(&client, &bare_url, CE_JSON, warm, concurrency).await;
-        let cpu = Cpu::start(bare.child.id());
-        let took = closed_loop(
+        let (took, bare_cpu) = measured(
             &client,
             &bare_url,
-            CE_JSON,
             bodies(&format!("bare-{run}"), events),
             concurrency,
+            bare.child.id(),
         )
         .await;
-        let bare_cpu = cpu.per_request(events, took);
         let bare_rate = rate(took);
         let mut full_cpu = None;
         let mut hub_rates = Vec::new();
@@ -136,17 +134,16 @@ pub async fn http(dir: &Path, opts: HttpOpts) {
             let url = format!("{}/v1/events", hub.base);
             let warm = bodies(&format!("warm-{sync}-{run}"), concurrency * 4);
             closed_loop(&client, &url, CE_JSON, warm, concurrency).await;
-            let cpu = Cpu::start(hub.child.id());
-            let took = closed_loop(
+            let (took, cpu) = measured(
                 &client,
                 &url,
-                CE_JSON,
                 bodies(&format!("{sync}-{run}"), events),
                 concurrency,
+                hub.child.id(),
             )
             .await;
             if sync == "full" {
-                full_cpu = Some(cpu.per_request(events, took));
+                full_cpu = Some(cpu);
             }
             hub_rates.push(rate(took));
         }
@@ -197,6 +194,21 @@ pub async fn http(dir: &Path, opts: HttpOpts) {
             );
         }
     }
+}
+
+/// A closed loop of `requests` to `url` with the CPU the server (`server`,
+/// a pid) and this load generator spent on it.
+async fn measured(
+    client: &HttpClient,
+    url: &str,
+    requests: Arc<Vec<bytes::Bytes>>,
+    concurrency: usize,
+    server: u32,
+) -> (Duration, CpuUse) {
+    let n = requests.len();
+    let cpu = Cpu::start(server);
+    let took = closed_loop(client, url, CE_JSON, requests, concurrency).await;
+    (took, cpu.per_request(n, took))
 }
 
 /// CPU time of a server and of this load generator over one timed loop.
