@@ -52,9 +52,10 @@ pub struct StorageConfig {
     pub synchronous: String,
     /// Most journal commands committed in one transaction (group commit).
     pub group_commit_max: usize,
-    /// SQLite: the write-ahead log's size, MiB, past which the
-    /// checkpointer restarts it (a short pause of the writer) rather than
-    /// let it grow under steady load.
+    /// SQLite: the write-ahead log's size, MiB, past which it is copied
+    /// whole into the database and started again from its beginning
+    /// (the writer pauses for the last frames only) rather than let it
+    /// grow under steady load.
     pub wal_max_mb: u64,
     /// NATS: partitions of the case space, fixed for the deployment's life.
     pub nats_partitions: u32,

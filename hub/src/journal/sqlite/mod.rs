@@ -19,7 +19,7 @@ use crate::router::Target;
 use govhub_sdk::{cloudevents, Event};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -281,7 +281,7 @@ pub struct SqliteJournal {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     reader: Arc<Mutex<Connection>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+    checkpointer: Mutex<Option<(mpsc::Sender<Nudge>, std::thread::JoinHandle<()>)>>,
     stats: Arc<Stats>,
     feed: tokio::sync::broadcast::Sender<Arc<FeedItem>>,
     /// How far the case tracker has taken the journal's events (ahead of
@@ -303,39 +303,138 @@ fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)
     })
 }
 
-fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+/// What the writer asks of the checkpointer.
+enum Nudge {
+    /// The log is past its size: copy it into the database until little
+    /// is left, then hand the restart to the writer.
+    CatchUp,
+    /// Stopping.
+    Stop,
+}
+
+/// Between the writer and the checkpointer: the log's restart, prepared
+/// by the checkpointer so that the writer's own part (what was written
+/// since the checkpointer's last pass, the readers leaving the log) is
+/// short.
+#[derive(Default)]
+struct Rewind {
+    /// Writer to checkpointer: the log is past its size, catch up.
+    wanted: AtomicBool,
+    /// Checkpointer to writer: caught up, and idle until the writer has
+    /// restarted the log.
+    ready: AtomicBool,
+}
+
+/// Pause between the checkpointer's passes while it catches up.
+const CATCH_UP_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+/// The checkpointer has caught up when a pass copies no more frames
+/// (pages) than this: 1 MiB of 4 KiB pages.
+const CATCH_UP_FRAMES: i64 = 256;
+/// Passes after which the checkpointer hands the restart over anyway
+/// (on a disk slower than the writes it would never catch up).
+const CATCH_UP_PASSES: u32 = 200;
+
+fn checkpoint_loop(
+    conn: Connection,
+    db: Option<std::fs::File>,
+    nudges: mpsc::Receiver<Nudge>,
+    rewind: Arc<Rewind>,
+) {
+    let mut passes = 0u32;
+    // Frames checkpointed by the last pass.
+    let mut copied_to = 0i64;
     loop {
-        match stop.recv_timeout(CHECKPOINT_EVERY) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Err(e) = checkpoint(&conn, "PASSIVE") {
-                    tracing::warn!("journal checkpoint failed: {e}");
-                }
-            }
+        let catching_up = rewind.wanted.load(Ordering::Acquire);
+        let wait = if catching_up {
+            CATCH_UP_PAUSE
+        } else {
+            CHECKPOINT_EVERY
+        };
+        match nudges.recv_timeout(wait) {
+            Ok(Nudge::CatchUp) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             // Stopping: one last full checkpoint so the WAL is small at
             // the next start.
-            _ => {
+            Ok(Nudge::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = checkpoint(&conn, "TRUNCATE");
                 return;
             }
+        }
+        // The writer has the restart in hand: stay off its locks.
+        if rewind.ready.load(Ordering::Acquire) {
+            continue;
+        }
+        let pass = checkpoint(&conn, "PASSIVE");
+        // SQLite syncs the database only after a pass that finds no
+        // commit made meanwhile, under steady writes the restart's: then
+        // it would flush everything copied since the last such pass (the
+        // whole log, tens of milliseconds with the writer waiting). Synced
+        // here, beside the writer, the restart flushes only its own pages.
+        if let (Some(db), Ok((_, _, done))) = (&db, &pass) {
+            if *done > 0 && *done != copied_to {
+                if let Err(e) = db.sync_data() {
+                    tracing::warn!("journal checkpoint: cannot sync the database: {e}");
+                }
+            }
+        }
+        match pass {
+            Ok((_, _, done)) if rewind.wanted.load(Ordering::Acquire) => {
+                passes += 1;
+                // A pass that had little to copy was short, so little was
+                // written meanwhile: what is left for the writer is small.
+                let copied = done - std::mem::replace(&mut copied_to, done);
+                if (0..=CATCH_UP_FRAMES).contains(&copied) || passes >= CATCH_UP_PASSES {
+                    passes = 0;
+                    rewind.ready.store(true, Ordering::Release);
+                }
+            }
+            Ok((_, _, done)) => {
+                passes = 0;
+                copied_to = done;
+            }
+            Err(e) => tracing::warn!("journal checkpoint failed: {e}"),
         }
     }
 }
 
 /// Under steady writes a passive checkpoint never catches the writer, so
-/// SQLite never rewinds the log; once it passes its size the writer itself
-/// (which holds the write lock between groups; another connection asking
-/// for it would starve) restarts it: what the checkpointer has not copied
-/// yet is copied, the readers finish with the log (milliseconds), and the
-/// next group writes from the log's beginning, the file cut back to the
-/// size by `journal_size_limit`.
+/// SQLite never rewinds the log. Once it passes its size the writer asks
+/// the checkpointer to catch up (beside the writes, blocking nothing).
+/// When it has, the writer copies the few frames written since (between
+/// groups, so nothing new is written meanwhile): the log is then wholly in
+/// the database, and the next group's transaction starts it again from
+/// its beginning, SQLite's own rewind, which waits for nobody (a reader
+/// still on the log puts the copy off to the next group), the file cut
+/// back to the size by `journal_size_limit`.
+///
+/// A `RESTART` checkpoint here did the same in one step: it copied what
+/// the checkpointer had not yet (up to half a second of writes) and synced
+/// the database, which flushed every page copied since the last complete
+/// pass, the whole log: 17-60 ms with every request of the moment
+/// waiting, p99 at half load 18-26 ms against 7-10 ms without restarts
+/// (BENCHMARKS.md 12e). Now the checkpointer syncs after each pass.
 fn restart_log_past_its_size(conn: &Connection, w: &Writing) {
-    if !std::fs::metadata(&w.wal).is_ok_and(|m| m.len() > w.wal_max_bytes) {
+    let size = || std::fs::metadata(&w.wal).map_or(0, |m| m.len());
+    if !w.rewind.wanted.load(Ordering::Acquire) {
+        if size() > w.wal_max_bytes {
+            w.rewind.wanted.store(true, Ordering::Release);
+            let _ = w.nudges.send(Nudge::CatchUp);
+        }
         return;
     }
-    match checkpoint(conn, "RESTART") {
-        Ok((0, _, _)) => {
+    // The writer takes over once the checkpointer has caught up, or once
+    // the log has grown to twice its size meanwhile (writes faster than
+    // the disk takes the copies: the pause is longer, the log bounded).
+    if !w.rewind.ready.load(Ordering::Acquire) && size() <= w.wal_max_bytes.saturating_mul(2) {
+        return;
+    }
+    match checkpoint(conn, "PASSIVE") {
+        Ok((0, log, done)) if log == done => {
             w.stats.log_restarts.fetch_add(1, Ordering::Relaxed);
+            w.rewind.wanted.store(false, Ordering::Release);
+            w.rewind.ready.store(false, Ordering::Release);
         }
+        // A reader (or the checkpointer's pass) still holds part of the
+        // log: again after the next group.
         Ok(_) => tracing::debug!("journal log restart deferred: a reader is still on it"),
         Err(e) => tracing::warn!("journal checkpoint failed: {e}"),
     }
@@ -348,7 +447,8 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Commands applied (each append, record, ... counts one).
     pub commands: AtomicU64,
-    /// Times the write-ahead log passed `wal_max_bytes` and was restarted.
+    /// Times the write-ahead log passed `wal_max_bytes` and was copied
+    /// whole into the database, for the next write to start it again.
     pub log_restarts: AtomicU64,
 }
 
@@ -544,10 +644,15 @@ impl SqliteJournal {
         )?;
         let reader = open(&config.path, config.synchronous)?;
         let checkpoints = open(&config.path, config.synchronous)?;
-        let (stop, stopped) = mpsc::channel();
+        let (nudges, nudged) = mpsc::channel();
+        let rewind = Arc::new(Rewind::default());
         let checkpointer = std::thread::Builder::new()
             .name("govhub-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpoints, stopped))
+            .spawn({
+                let rewind = rewind.clone();
+                let db = std::fs::File::open(&config.path).ok();
+                move || checkpoint_loop(checkpoints, db, nudged, rewind)
+            })
             .map_err(|e| JournalError::Storage(format!("cannot start the checkpointer: {e}")))?;
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
@@ -558,6 +663,8 @@ impl SqliteJournal {
             max_group: config.max_group.max(1),
             wal: wal.into(),
             wal_max_bytes: config.wal_max_bytes.max(1),
+            rewind,
+            nudges: nudges.clone(),
             stats: stats.clone(),
             feed: feed.clone(),
             feed_retain: config.feed_retain.max(1) as i64,
@@ -570,7 +677,7 @@ impl SqliteJournal {
             tx: Mutex::new(Some(tx)),
             reader: Arc::new(Mutex::new(reader)),
             writer: Mutex::new(Some(handle)),
-            checkpointer: Mutex::new(Some((stop, checkpointer))),
+            checkpointer: Mutex::new(Some((nudges, checkpointer))),
             stats,
             feed,
             case_taken: Arc::new(std::sync::atomic::AtomicI64::new(0)),
@@ -613,7 +720,7 @@ impl SqliteJournal {
             let _ = handle.join();
         }
         if let Some((stop, handle)) = self.checkpointer.lock().ok().and_then(|mut c| c.take()) {
-            let _ = stop.send(());
+            let _ = stop.send(Nudge::Stop);
             let _ = handle.join();
         }
     }
@@ -662,6 +769,9 @@ struct Writing {
     /// The log file and its size limit.
     wal: PathBuf,
     wal_max_bytes: u64,
+    /// The restart, prepared with the checkpointer.
+    rewind: Arc<Rewind>,
+    nudges: mpsc::Sender<Nudge>,
     stats: Arc<Stats>,
     feed: tokio::sync::broadcast::Sender<Arc<FeedItem>>,
     feed_retain: i64,
