@@ -11,7 +11,7 @@ rustup target add wasm32-wasip2
 # The real parts the tests drive, from Debian's packages: Python for the
 # http.server department stand-in, Chromium and its WebDriver for the
 # cockpit, a CJK font so the cockpit's Chinese renders in screenshots,
-# libfaketime to step one hub's system clock.
+# libfaketime to step one hub's system clock, Prometheus and its promtool.
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v chromium >/dev/null || need+=(chromium)
@@ -19,6 +19,8 @@ command -v chromedriver >/dev/null || need+=(chromium-driver)
 fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || need+=(fonts-wqy-microhei)
 # libfaketime steps the system clock under one hub (tests/bad_day.rs).
 compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need+=(libfaketime)
+# promtool lints /metrics and a Prometheus server scrapes it (tests/observe.rs).
+command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         echo "==> installing ${need[*]}"

@@ -1,5 +1,6 @@
-//! `GET /metrics`: what flows, what is slow, what is stuck, in the
-//! Prometheus text format (prometheus-client).
+//! `GET /metrics`: what flows, what is slow, what is stuck, in
+//! OpenMetrics 1.0 (prometheus-client) or the Prometheus text format 0.0.4,
+//! as the scraper's `Accept` asks.
 //!
 //! Counted as it happens: events received (per origin) and duplicates,
 //! deliveries per adapter and outcome (`delivered`, `retry`, `dead`), the
@@ -159,13 +160,21 @@ impl Metrics {
         })
     }
 
-    /// The text exposition.
+    /// The OpenMetrics exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if let Ok(r) = self.registry.lock() {
             let _ = prometheus_client::encoding::text::encode(&mut out, &r);
         }
         out
+    }
+
+    /// The exposition in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Text => openmetrics_to_text(&self.encode()),
+        }
     }
 }
 
@@ -335,5 +344,203 @@ impl Collector for HubCollector {
             &quarantined,
         )?;
         Ok(())
+    }
+}
+
+/// The two text formats `GET /metrics` answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 (`application/openmetrics-text`), what Prometheus
+    /// asks for first.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`),
+    /// for every client that does not ask for OpenMetrics: older
+    /// scrapers, Telegraf, Zabbix, curl.
+    Text,
+}
+
+impl Format {
+    /// The answer's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// The format an `Accept` header asks for: OpenMetrics when it names
+    /// `application/openmetrics-text` (version 1.0.0, 0.0.1 or none) with
+    /// a weight above the text format's (or the same weight, named
+    /// first); the text format otherwise, and with no header.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Text;
+        };
+        // (weight, position) of the best range for each format.
+        let mut open: Option<(f32, usize)> = None;
+        let mut text: Option<(f32, usize)> = None;
+        for (at, range) in accept.split(',').enumerate() {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let (mut q, mut version) = (1.0f32, None);
+            for p in parts {
+                let Some((k, v)) = p.split_once('=') else {
+                    continue;
+                };
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.parse().unwrap_or(0.0),
+                    "version" => version = Some(v.to_string()),
+                    _ => {}
+                }
+            }
+            if q <= 0.0 {
+                continue;
+            }
+            let slot = match media.as_str() {
+                "application/openmetrics-text"
+                    if version
+                        .as_deref()
+                        .is_none_or(|v| v == "1.0.0" || v == "0.0.1") =>
+                {
+                    &mut open
+                }
+                "text/plain" if version.as_deref().is_none_or(|v| v == "0.0.4") => &mut text,
+                "text/*" | "*/*" => &mut text,
+                _ => continue,
+            };
+            if slot.is_none_or(|(best, _)| q > best) {
+                *slot = Some((q, at));
+            }
+        }
+        match (open, text) {
+            (Some(_), None) => Format::OpenMetrics,
+            (Some((qo, ao)), Some((qt, at))) if qo > qt || (qo == qt && ao < at) => {
+                Format::OpenMetrics
+            }
+            _ => Format::Text,
+        }
+    }
+}
+
+/// The OpenMetrics exposition rewritten in the text format 0.0.4: a
+/// counter's `# HELP` and `# TYPE` name its `_total` series (OpenMetrics
+/// names the family without the suffix), `# UNIT` and `# EOF` go (0.0.4
+/// has neither), and `\"` in help text becomes `"` (0.0.4 escapes only
+/// backslash and line feed there). Samples are the same in both.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 8 * counters.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match described {
+            Some((p, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(p);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                if p == "# HELP " {
+                    out.push_str(&tail.replace("\\\"", "\""));
+                } else {
+                    out.push_str(tail);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_header_picks_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for (accept, want) in [
+            (None, Format::Text),
+            (Some(prometheus), Format::OpenMetrics),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (
+                Some("application/openmetrics-text; version=0.0.1"),
+                Format::OpenMetrics,
+            ),
+            (Some("text/plain;version=0.0.4"), Format::Text),
+            (Some("text/plain"), Format::Text),
+            (Some("*/*"), Format::Text),
+            (Some("application/json"), Format::Text),
+            // Ranked below the text format, or refused outright.
+            (
+                Some("application/openmetrics-text;q=0.3, text/plain"),
+                Format::Text,
+            ),
+            (Some("application/openmetrics-text;q=0"), Format::Text),
+            // The same rank: the first named.
+            (
+                Some("text/plain, application/openmetrics-text"),
+                Format::Text,
+            ),
+            (
+                Some("application/openmetrics-text, text/plain"),
+                Format::OpenMetrics,
+            ),
+            // A version this hub does not write.
+            (
+                Some("application/openmetrics-text;version=2.0.0"),
+                Format::Text,
+            ),
+            (
+                Some("Application/OpenMetrics-Text; Version=\"1.0.0\""),
+                Format::OpenMetrics,
+            ),
+        ] {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn counters_are_named_by_their_total_series_in_the_text_format() {
+        let om = "# HELP x_events Events \\\"in\\\".\n# TYPE x_events counter\nx_events_total{origin=\"a\"} 3\n# HELP x_seconds Durations.\n# TYPE x_seconds histogram\n# UNIT x_seconds seconds\nx_seconds_bucket{le=\"+Inf\"} 1\nx_seconds_sum 0.5\nx_seconds_count 1\n# HELP x_depth Depth.\n# TYPE x_depth gauge\nx_depth 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(om),
+            "# HELP x_events_total Events \"in\".\n# TYPE x_events_total counter\nx_events_total{origin=\"a\"} 3\n# HELP x_seconds Durations.\n# TYPE x_seconds histogram\nx_seconds_bucket{le=\"+Inf\"} 1\nx_seconds_sum 0.5\nx_seconds_count 1\n# HELP x_depth Depth.\n# TYPE x_depth gauge\nx_depth 2\n"
+        );
+    }
+
+    #[test]
+    fn both_formats_carry_the_same_samples() {
+        let m = Metrics::new();
+        m.received(Some("police"), false);
+        m.received(Some("police"), true);
+        m.delivery("police", "delivered", 0.004);
+        let om = m.encode();
+        let text = m.encode_as(Format::Text);
+        assert!(om.ends_with("# EOF\n"));
+        let samples = |s: &str| -> Vec<String> {
+            s.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(samples(&om), samples(&text));
+        assert!(
+            text.contains("# TYPE govhub_events_received_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
     }
 }

@@ -84,13 +84,22 @@ pub fn router(hub: Arc<Hub>) -> anyhow::Result<axum::Router> {
         .fallback(not_found))
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl axum::response::IntoResponse {
+/// OpenMetrics when the scraper's `Accept` asks for it (Prometheus does),
+/// the text format 0.0.4 otherwise.
+async fn metrics(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+) -> impl axum::response::IntoResponse {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::negotiate(accept);
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.hub.metrics.encode(),
+        [
+            (axum::http::header::CONTENT_TYPE, format.content_type()),
+            (axum::http::header::VARY, "accept"),
+        ],
+        app.hub.metrics.encode_as(format),
     )
 }
 

@@ -1,0 +1,445 @@
+//! Observability in the ecosystem's own terms, checked with the
+//! ecosystem's own tools: `GET /metrics` in the Prometheus text format
+//! 0.0.4 (linted by the real `promtool`) and in OpenMetrics 1.0 (scraped
+//! by a real Prometheus server), chosen by the `Accept` header; the
+//! Grafana dashboard in `examples/grafana/`, every query of which names a
+//! metric the hub exports and answers in that Prometheus.
+//!
+//! `promtool` and `prometheus` come from Debian's `prometheus` package,
+//! which `tests/run.sh` installs.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+/// What Prometheus 2.42 sends when it scrapes (read off the wire).
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// A tool of Debian's `prometheus` package.
+fn tool(name: &str) -> PathBuf {
+    let path = PathBuf::from("/usr/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: install Debian's `prometheus` package (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The source the quota test's principal may send for.
+const PATROL_SOURCE: &str = "urn:govhub:video-patrol";
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// A hub with one department (the webhook adapter to a stand-in) whose
+/// every metric family has been moved: events received and duplicated,
+/// deliveries delivered, retried and dead, delivery durations, events
+/// shed for a full queue, requests refused by authentication and events
+/// refused by a quota.
+struct Moved {
+    hub: HubProcess,
+    _dir: HubDir,
+    _department: Receiver,
+}
+
+fn event(id: &str, source: &str) -> serde_json::Value {
+    serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": source,
+        "type": "gov.alert.issued",
+        "datacontenttype": "application/json",
+        "data": { "text": "东风街道: 积水路段提醒" },
+    })
+}
+
+fn post_event(hub: &HubProcess, e: &serde_json::Value, headers: &[(&str, &str)]) -> u16 {
+    let mut h = vec![("content-type", "application/cloudevents+json")];
+    h.extend_from_slice(headers);
+    request("POST", &hub.url("/v1/events"), &h, e.to_string().as_bytes())
+        .expect("the hub answers")
+        .0
+}
+
+fn every_metric_moved() -> Moved {
+    let department = Receiver::start();
+    let patrol = token();
+    let spec = AdapterSpec::new("police", "webhook-adapter")
+        .top("subscribe = [\"gov.alert.*\"]")
+        .tables(&format!(
+            "[limits]\nconcurrency = 1\n[capabilities]\noutbound_hosts = [\"{h}\"]\n[config]\nurl = \"http://{h}/events\"",
+            h = department.host()
+        ));
+    let config = format!(
+        r#"
+[delivery]
+max_attempts = 2
+backoff_base_ms = 20
+backoff_cap_ms = 50
+queue_depth = 4
+
+[auth]
+metrics_open = true
+
+[[auth.principals]]
+name = "patrol"
+role = "department"
+token_sha256 = "{hash}"
+sources = ["{PATROL_SOURCE}"]
+events_per_s = 0.01
+burst = 1
+"#,
+        hash = sha256_hex(&patrol)
+    );
+    let dir = HubDir::new(&[spec], &config);
+    let hub = dir.start_with_env(&[("GOVHUB_ADMIN_TOKEN", &token())]);
+    let base = hub.base.clone();
+    let metric = |name: &str, labels: &[(&str, &str)]| hub.metric(name, labels);
+    let wait_metric = |name: &str, labels: &[(&str, &str)], at_least: f64| {
+        eventually(Duration::from_secs(60), || {
+            let v = metric(name, labels);
+            match v >= at_least {
+                true => Ok(()),
+                false => Err(format!("{name}{labels:?} stayed at {v}, below {at_least}")),
+            }
+        })
+    };
+
+    // Refused by the department until dead: a retry, then a dead letter.
+    department.answer(503);
+    assert_eq!(
+        send_event(&base, &event("om-dead", "urn:test:observe"))
+            .unwrap()
+            .0,
+        202
+    );
+    let dead = [("adapter", "police"), ("outcome", "dead")];
+    wait_metric("govhub_deliveries_total", &dead, 1.0);
+    department.answer(200);
+    // Delivered, and one sent twice.
+    let mut accepted = Vec::new();
+    for i in 0..3 {
+        let e = event(&format!("om-{i}"), "urn:test:observe");
+        assert_eq!(send_event(&base, &e).unwrap().0, 202);
+        accepted.push(format!("om-{i}"));
+    }
+    let e = event("om-0", "urn:test:observe");
+    assert_eq!(send_event(&base, &e).unwrap().0, 202, "a duplicate is 202");
+    let delivered = [("adapter", "police"), ("outcome", "delivered")];
+    wait_metric("govhub_deliveries_total", &delivered, 3.0);
+    // A slow department and a queue of four: some are shed.
+    department.delay(800);
+    let mut shed = 0;
+    for i in 0..12 {
+        match send_event(&base, &event(&format!("om-slow-{i}"), "urn:test:observe"))
+            .unwrap()
+            .0
+        {
+            202 => accepted.push(format!("om-slow-{i}")),
+            503 => shed += 1,
+            s => panic!("om-slow-{i}: {s}"),
+        }
+    }
+    assert!(shed > 0, "nothing was shed with a queue of 4");
+    department.delay(0);
+    // A wrong token, and a principal over its quota.
+    let wrong = post_event(
+        &hub,
+        &event("om-wrong", "urn:test:observe"),
+        &[("authorization", "Bearer not-a-token")],
+    );
+    assert_eq!(wrong, 401);
+    let bearer = format!("Bearer {patrol}");
+    let statuses: Vec<u16> = (0..3)
+        .map(|i| {
+            let id = format!("om-patrol-{i}");
+            let status = post_event(
+                &hub,
+                &event(&id, PATROL_SOURCE),
+                &[("authorization", &bearer)],
+            );
+            if status == 202 {
+                accepted.push(id);
+            }
+            status
+        })
+        .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // Everything accepted reaches the department, and its outcome is
+    // committed (the queue is empty).
+    department.wait_for_ids("police", &accepted, Duration::from_secs(60));
+    eventually(Duration::from_secs(30), || {
+        match metric("govhub_queue_depth", &[("adapter", "police")]) {
+            0.0 => Ok(()),
+            d => Err(format!("{d} deliveries still queued")),
+        }
+    });
+    for (name, labels) in [
+        ("govhub_events_received_total", vec![]),
+        ("govhub_events_duplicate_total", vec![]),
+        ("govhub_deliveries_total", vec![("outcome", "retry")]),
+        ("govhub_delivery_duration_seconds_count", vec![]),
+        ("govhub_events_shed_total", vec![]),
+        (
+            "govhub_auth_refused_total",
+            vec![("reason", "unauthenticated")],
+        ),
+        (
+            "govhub_quota_refused_events_total",
+            vec![("principal", "patrol")],
+        ),
+        ("govhub_adapter_calls_total", vec![("adapter", "police")]),
+    ] {
+        assert!(metric(name, &labels) > 0.0, "{name}{labels:?} did not move");
+    }
+    Moved {
+        hub,
+        _dir: dir,
+        _department: department,
+    }
+}
+
+/// `GET /metrics` with these headers → (content type, body).
+fn scrape(hub: &HubProcess, headers: &[(&str, &str)]) -> (String, String) {
+    let (status, headers, body) =
+        request("GET", &hub.url("/metrics"), headers, b"").expect("the hub answers");
+    assert_eq!(status, 200, "{body}");
+    (headers["content-type"].clone(), body)
+}
+
+/// The names of the samples of an exposition.
+fn sample_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+/// `promtool check metrics` over `text` → (success, what it printed).
+fn promtool_check(text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A Prometheus server on loopback scraping the hub every second, its
+/// data in a temporary folder; killed on drop.
+struct Prometheus {
+    child: Child,
+    base: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn scraping(hub: &HubProcess) -> Prometheus {
+        let data = tempfile::tempdir().unwrap();
+        let target = hub.base.trim_start_matches("http://");
+        let config = data.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: govhub\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new(tool("prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                data.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts");
+        Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _data: data,
+        }
+    }
+
+    /// An instant query → its result vector (`None` if the server is not
+    /// up yet; a failed query panics with Prometheus's error).
+    fn query(&self, promql: &str) -> Option<Vec<serde_json::Value>> {
+        let url = url::Url::parse_with_params(
+            &format!("{}/api/v1/query", self.base),
+            &[("query", promql)],
+        )
+        .unwrap();
+        let (status, _, body) = request("GET", url.as_str(), &[], b"")?;
+        let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+        assert!(
+            status == 200 && answer["status"] == "success",
+            "Prometheus refused `{promql}`: {status} {body}"
+        );
+        answer["data"]["result"].as_array().cloned()
+    }
+
+    /// The hub's scrape target as Prometheus sees it.
+    fn target(&self) -> Option<serde_json::Value> {
+        let (_, _, body) = request("GET", &format!("{}/api/v1/targets", self.base), &[], b"")?;
+        let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+        answer["data"]["activeTargets"].get(0).cloned()
+    }
+}
+
+/// The dashboard's queries, with its panels' titles.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = root().join("examples/grafana/govhub-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            queries.push((
+                panel["title"].as_str().unwrap().to_string(),
+                target["expr"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    queries
+}
+
+/// The hub's metric names a PromQL expression reads.
+fn metrics_named(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("govhub_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn metrics_speak_both_formats_that_prometheus_tooling_accepts_and_the_dashboard_reads_them() {
+    let moved = every_metric_moved();
+    let hub = &moved.hub;
+
+    // Negotiation: the text format 0.0.4 by default and when asked for,
+    // OpenMetrics for what Prometheus sends.
+    let (text_type, text) = scrape(hub, &[]);
+    assert_eq!(text_type, "text/plain; version=0.0.4; charset=utf-8");
+    let (asked_type, asked) = scrape(hub, &[("accept", "text/plain;version=0.0.4")]);
+    assert_eq!(asked_type, text_type);
+    assert_eq!(sample_names(&asked), sample_names(&text));
+    let (om_type, om) = scrape(hub, &[("accept", PROMETHEUS_ACCEPT)]);
+    assert_eq!(
+        om_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(om.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    assert!(!text.contains("# EOF"), "{text}");
+    // The same series in both.
+    assert_eq!(sample_names(&om), sample_names(&text));
+    // 0.0.4 names a counter's _total series in HELP and TYPE.
+    assert!(
+        text.contains("# TYPE govhub_deliveries_total counter\n"),
+        "{text}"
+    );
+    assert!(om.contains("# TYPE govhub_deliveries counter\n"), "{om}");
+
+    // promtool's linter: clean on the text format, not a word.
+    let (ok, said) = promtool_check(&text);
+    assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+    // It reads only the text format (prometheus/prometheus#8932), so on
+    // OpenMetrics it names every counter: the reason 0.0.4 is the default.
+    let (_, said) = promtool_check(&om);
+    assert!(
+        said.contains("govhub_deliveries_total no help text"),
+        "{said}"
+    );
+
+    // Every dashboard query names metrics the hub exports.
+    let exported = sample_names(&text);
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 10, "{queries:?}");
+    for (panel, expr) in &queries {
+        let names = metrics_named(expr);
+        assert!(
+            !names.is_empty(),
+            "{panel}: `{expr}` reads no govhub metric"
+        );
+        for name in names {
+            assert!(
+                exported.contains(&name),
+                "{panel}: `{expr}` reads {name}, which /metrics does not export:\n{text}"
+            );
+        }
+    }
+
+    // A real Prometheus scrapes the hub (asking for OpenMetrics), takes
+    // every series, and answers every dashboard query with data.
+    let prometheus = Prometheus::scraping(hub);
+    let target = eventually(Duration::from_secs(60), || match prometheus.target() {
+        Some(t) if t["health"] == "up" => Ok(t),
+        t => Err(format!("the hub's target is not up in Prometheus: {t:?}")),
+    });
+    assert_eq!(target["lastError"], "", "{target}");
+    let dead = prometheus
+        .query("govhub_deliveries_total{outcome=\"dead\"}")
+        .unwrap();
+    assert_eq!(dead[0]["value"][1], "1", "{dead:?}");
+    // rate() needs two scrapes; every panel's query then has data.
+    eventually(Duration::from_secs(60), || {
+        let empty: Vec<&(String, String)> = queries
+            .iter()
+            .filter(|(_, expr)| {
+                let expr = expr.replace("$__rate_interval", "1m");
+                prometheus.query(&expr).is_none_or(|r| r.is_empty())
+            })
+            .collect();
+        match empty.is_empty() {
+            true => Ok(()),
+            false => Err(format!("queries with no data: {empty:?}")),
+        }
+    });
+    let scraped = prometheus.query("scrape_samples_scraped").unwrap();
+    let samples: usize = scraped[0]["value"][1].as_str().unwrap().parse().unwrap();
+    let series = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    assert_eq!(samples, series, "Prometheus took every series");
+}
