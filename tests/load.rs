@@ -144,6 +144,13 @@ fn durable_phase_measures_the_hub_beside_the_sqlite_ceiling() {
         line_with(&out, "batched requests").contains("% of the ceiling"),
         "{out}"
     );
+    // What bounds each: its CPU, and the journal writer's.
+    assert!(line_with(&out, "CPU per row:").contains("µs"), "{out}");
+    let batch_cpu = line_with(&out, "CPU per event: the hub");
+    assert!(
+        batch_cpu.contains("the journal writer thread busy") && !batch_cpu.contains("NaN"),
+        "{out}"
+    );
     assert!(
         line_with(&out, "half the single maximum").contains("p99"),
         "{out}"

@@ -392,6 +392,9 @@ struct Durable {
     /// Events per batched request.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Concurrent connections of the batched phase.
+    #[arg(long, default_value_t = 8)]
+    batch_concurrency: usize,
     /// Seconds of the half-load latency phase.
     #[arg(long, default_value_t = 5)]
     latency_seconds: u64,
@@ -414,6 +417,7 @@ async fn durable(dir: &Path, opts: Durable) {
         events,
         concurrency,
         batch,
+        batch_concurrency,
         latency_seconds,
         event_type,
         phases,
@@ -428,13 +432,23 @@ async fn durable(dir: &Path, opts: Durable) {
         dir.display()
     );
     let ceiling = if run("ceiling") {
+        let rows = events.max(50_000);
+        // In this process: its CPU over the run is the ceiling's.
+        let cpu = path::Cpu::start(std::process::id());
+        let started = Instant::now();
         let c = tokio::task::spawn_blocking({
             let dir = dir.to_path_buf();
-            move || sqlite_ceiling(&dir, events.max(50_000))
+            move || sqlite_ceiling(&dir, rows)
         })
         .await
         .unwrap();
+        let used = cpu.per_request(rows, started.elapsed());
         println!("raw SQLite ceiling (1 KB rows, synchronous=FULL, 256/txn): {c:.0} rows/s");
+        println!(
+            "  CPU per row: {:.1} µs (cores busy {:.2})",
+            used.client_us,
+            used.busy / 2.0
+        );
         c
     } else {
         f64::NAN
@@ -490,7 +504,10 @@ async fn durable(dir: &Path, opts: Durable) {
             })
             .collect();
         let n_batches = batches.len();
-        let batch_conc = concurrency.min(8);
+        let batch_conc = batch_concurrency.max(1);
+        let cpu = path::Cpu::start(hub.child.id());
+        let writer = path::thread_named(hub.child.id(), "govhub-journal");
+        let writer_before = writer.map(|t| path::thread_ticks(hub.child.id(), t));
         let took = closed_loop(
             &client,
             &url,
@@ -504,6 +521,21 @@ async fn durable(dir: &Path, opts: Durable) {
         "govhub batched requests ({batch} events each, {batch_conc} connections): {batch_rate:.0} events/s = {:.0}% of the ceiling",
         100.0 * batch_rate / ceiling
     );
+        let used = cpu.per_request(n_batches * batch, took);
+        // The journal's writer is one thread: busy 1.0 is its limit.
+        let writer_busy = writer.zip(writer_before).map_or(f64::NAN, |(t, before)| {
+            (path::thread_ticks(hub.child.id(), t) - before) as f64
+                / path::ticks_per_second()
+                / took.as_secs_f64()
+        });
+        println!(
+            "  CPU per event: the hub {:.1} µs, this load generator {:.1} µs; cores busy {:.2} of {}; the journal writer thread busy {:.2}",
+            used.server_us,
+            used.client_us,
+            used.busy,
+            cores(),
+            writer_busy
+        );
     }
 
     if !run("latency") {

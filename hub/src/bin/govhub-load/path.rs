@@ -212,28 +212,28 @@ async fn measured(
 }
 
 /// CPU time of a server and of this load generator over one timed loop.
-struct Cpu {
+pub(crate) struct Cpu {
     server: u32,
     before: (u64, u64),
 }
 
 /// What [`Cpu`] measured, per request.
-struct CpuUse {
-    server_us: f64,
-    client_us: f64,
+pub(crate) struct CpuUse {
+    pub(crate) server_us: f64,
+    pub(crate) client_us: f64,
     /// Cores the two kept busy on average (the rest: idle, or other work).
-    busy: f64,
+    pub(crate) busy: f64,
 }
 
 impl Cpu {
-    fn start(server: u32) -> Cpu {
+    pub(crate) fn start(server: u32) -> Cpu {
         Cpu {
             server,
             before: (cpu_ticks(server), cpu_ticks(std::process::id())),
         }
     }
 
-    fn per_request(self, requests: usize, took: Duration) -> CpuUse {
+    pub(crate) fn per_request(self, requests: usize, took: Duration) -> CpuUse {
         let tick_us = 1e6 / ticks_per_second();
         let server = (cpu_ticks(self.server) - self.before.0) as f64 * tick_us;
         let client = (cpu_ticks(std::process::id()) - self.before.1) as f64 * tick_us;
@@ -500,7 +500,7 @@ fn stat_ticks(path: &str) -> u64 {
 }
 
 /// The id of `pid`'s thread named `name` (Linux), if it has one.
-fn thread_named(pid: u32, name: &str) -> Option<u32> {
+pub(crate) fn thread_named(pid: u32, name: &str) -> Option<u32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
         .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -511,12 +511,12 @@ fn thread_named(pid: u32, name: &str) -> Option<u32> {
 }
 
 /// User and system CPU time of one thread so far, in clock ticks (Linux).
-fn thread_ticks(pid: u32, tid: u32) -> u64 {
+pub(crate) fn thread_ticks(pid: u32, tid: u32) -> u64 {
     stat_ticks(&format!("/proc/{pid}/task/{tid}/stat"))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux we run).
-fn ticks_per_second() -> f64 {
+pub(crate) fn ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
