@@ -31,11 +31,6 @@ const NAMES: [&str; 7] = [
     "ops",
 ];
 
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
-}
-
 impl Principals {
     /// A hub with two departments bound to their adapters (webhooks to
     /// their receivers), a reporting department bound to none, a viewer,

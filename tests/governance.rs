@@ -165,11 +165,6 @@ fn leaks(text: &str, allowed: &[&str]) -> Vec<&'static str> {
         .collect()
 }
 
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
-}
-
 /// The sha256 of the payload an adapter was handed, from what its
 /// department received: a structured-mode body is the payload itself; a
 /// binary-mode request is read back into the event and written as

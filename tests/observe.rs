@@ -33,11 +33,6 @@ fn tool(name: &str) -> PathBuf {
 /// The source the quota test's principal may send for.
 const PATROL_SOURCE: &str = "urn:govhub:video-patrol";
 
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
-}
-
 /// A hub with one department (the webhook adapter to a stand-in) whose
 /// every metric family has been moved: events received and duplicated,
 /// deliveries delivered, retried and dead, delivery durations, events

@@ -141,6 +141,12 @@ pub fn wasm(crate_name: &str) -> PathBuf {
     path
 }
 
+/// The SHA-256 of `text`, in hex: a principal's `token_sha256`.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
 /// Hex sha256 of a file.
 pub fn sha256(path: &Path) -> String {
     use sha2::Digest;
