@@ -19,7 +19,7 @@ use crate::router::Target;
 use govhub_sdk::{cloudevents, Event};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -211,12 +211,11 @@ pub struct SqliteConfig {
     /// among more requests; 1024 keeps one transaction's latency within a
     /// few milliseconds on an SSD.
     pub max_group: usize,
-    /// The write-ahead log's size past which the checkpointer restarts
-    /// it. Under steady writes a passive checkpoint never catches the
-    /// writer, so SQLite never rewinds the log and it grows without end
-    /// (1.7 GB for 85,000 events in a one-minute soak); a restart
-    /// checkpoint waits for the writer and the readers (milliseconds) and
-    /// the log starts again from its beginning, truncated to this size.
+    /// The write-ahead log's size past which it is copied whole into the
+    /// database and started again from its beginning, truncated to this
+    /// size. Under steady writes a passive checkpoint never catches the
+    /// writer, so SQLite never rewinds the log on its own and it grows
+    /// without end (1.7 GB for 85,000 events in a one-minute soak).
     pub wal_max_bytes: u64,
     /// Feed items kept for replay; older ones are pruned.
     pub feed_retain: usize,
@@ -287,6 +286,9 @@ pub struct SqliteJournal {
     /// How far the case tracker has taken the journal's events (ahead of
     /// the stored `case_feed` until a settle stores it).
     case_taken: Arc<std::sync::atomic::AtomicI64>,
+    /// The checkpointer's handle on the database file: last, so that it
+    /// is closed after the reader's connection (fields drop in order).
+    _db_handle: Option<Arc<std::fs::File>>,
 }
 
 /// How often the checkpointer moves the WAL into the database file.
@@ -314,21 +316,41 @@ enum Nudge {
 
 /// Between the writer and the checkpointer: the log's restart, prepared
 /// by the checkpointer so that the writer's own part (what was written
-/// since the checkpointer's last pass, the readers leaving the log) is
-/// short.
+/// since the checkpointer's last pass) is short. One state, so that
+/// neither thread can undo the other's step.
 #[derive(Default)]
-struct Rewind {
+struct Rewind(std::sync::atomic::AtomicU8);
+
+impl Rewind {
+    /// The log is within its size.
+    const IDLE: u8 = 0;
     /// Writer to checkpointer: the log is past its size, catch up.
-    wanted: AtomicBool,
+    const WANTED: u8 = 1;
     /// Checkpointer to writer: caught up, and idle until the writer has
-    /// restarted the log.
-    ready: AtomicBool,
+    /// copied the rest.
+    const READY: u8 = 2;
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Release);
+    }
+
+    /// `from` → `to`, unless the other thread moved it meanwhile.
+    fn step(&self, from: u8, to: u8) {
+        let _ = self
+            .0
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire);
+    }
 }
 
 /// Pause between the checkpointer's passes while it catches up.
 const CATCH_UP_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
-/// The checkpointer has caught up when a pass copies no more frames
-/// (pages) than this: 1 MiB of 4 KiB pages.
+/// The checkpointer has caught up when a pass leaves no more frames
+/// (pages) than this behind and copied no more than this (a short pass,
+/// so little was written meanwhile): 1 MiB of 4 KiB pages.
 const CATCH_UP_FRAMES: i64 = 256;
 /// Passes after which the checkpointer hands the restart over anyway
 /// (on a disk slower than the writes it would never catch up).
@@ -336,7 +358,7 @@ const CATCH_UP_PASSES: u32 = 200;
 
 fn checkpoint_loop(
     conn: Connection,
-    db: Option<std::fs::File>,
+    db: Option<Arc<std::fs::File>>,
     nudges: mpsc::Receiver<Nudge>,
     rewind: Arc<Rewind>,
 ) {
@@ -344,11 +366,9 @@ fn checkpoint_loop(
     // Frames checkpointed by the last pass.
     let mut copied_to = 0i64;
     loop {
-        let catching_up = rewind.wanted.load(Ordering::Acquire);
-        let wait = if catching_up {
-            CATCH_UP_PAUSE
-        } else {
-            CHECKPOINT_EVERY
+        let wait = match rewind.get() {
+            Rewind::WANTED => CATCH_UP_PAUSE,
+            _ => CHECKPOINT_EVERY,
         };
         match nudges.recv_timeout(wait) {
             Ok(Nudge::CatchUp) | Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -360,15 +380,16 @@ fn checkpoint_loop(
             }
         }
         // The writer has the restart in hand: stay off its locks.
-        if rewind.ready.load(Ordering::Acquire) {
+        if rewind.get() == Rewind::READY {
             continue;
         }
         let pass = checkpoint(&conn, "PASSIVE");
-        // SQLite syncs the database only after a pass that finds no
-        // commit made meanwhile, under steady writes the restart's: then
-        // it would flush everything copied since the last such pass (the
-        // whole log, tens of milliseconds with the writer waiting). Synced
-        // here, beside the writer, the restart flushes only its own pages.
+        // SQLite syncs the database only after a pass that copies the
+        // whole log (no commit meanwhile, no reader holding part of it),
+        // under steady writes only the restart's: that sync would flush
+        // everything copied since the last such pass (the whole log, tens
+        // of milliseconds with the writer waiting). Synced here, beside
+        // the writer, the restart flushes only its own pages.
         if let (Some(db), Ok((_, _, done))) = (&db, &pass) {
             if *done > 0 && *done != copied_to {
                 if let Err(e) = db.sync_data() {
@@ -377,14 +398,13 @@ fn checkpoint_loop(
             }
         }
         match pass {
-            Ok((_, _, done)) if rewind.wanted.load(Ordering::Acquire) => {
+            Ok((_, log, done)) if rewind.get() == Rewind::WANTED => {
                 passes += 1;
-                // A pass that had little to copy was short, so little was
-                // written meanwhile: what is left for the writer is small.
                 let copied = done - std::mem::replace(&mut copied_to, done);
-                if (0..=CATCH_UP_FRAMES).contains(&copied) || passes >= CATCH_UP_PASSES {
+                let caught_up = log - done <= CATCH_UP_FRAMES && copied <= CATCH_UP_FRAMES;
+                if caught_up || passes >= CATCH_UP_PASSES {
                     passes = 0;
-                    rewind.ready.store(true, Ordering::Release);
+                    rewind.step(Rewind::WANTED, Rewind::READY);
                 }
             }
             Ok((_, _, done)) => {
@@ -402,9 +422,9 @@ fn checkpoint_loop(
 /// When it has, the writer copies the few frames written since (between
 /// groups, so nothing new is written meanwhile): the log is then wholly in
 /// the database, and the next group's transaction starts it again from
-/// its beginning, SQLite's own rewind, which waits for nobody (a reader
-/// still on the log puts the copy off to the next group), the file cut
-/// back to the size by `journal_size_limit`.
+/// its beginning, SQLite's own rewind, which waits for nobody, the file
+/// cut back to the size by `journal_size_limit`. A reader still on the
+/// log puts the copy, or the rewind, off; the size check asks again.
 ///
 /// A `RESTART` checkpoint here did the same in one step: it copied what
 /// the checkpointer had not yet (up to half a second of writes) and synced
@@ -414,24 +434,25 @@ fn checkpoint_loop(
 /// (BENCHMARKS.md 12e). Now the checkpointer syncs after each pass.
 fn restart_log_past_its_size(conn: &Connection, w: &Writing) {
     let size = || std::fs::metadata(&w.wal).map_or(0, |m| m.len());
-    if !w.rewind.wanted.load(Ordering::Acquire) {
-        if size() > w.wal_max_bytes {
-            w.rewind.wanted.store(true, Ordering::Release);
-            let _ = w.nudges.send(Nudge::CatchUp);
+    match w.rewind.get() {
+        Rewind::IDLE => {
+            if size() > w.wal_max_bytes {
+                w.rewind.set(Rewind::WANTED);
+                let _ = w.nudges.send(Nudge::CatchUp);
+            }
+            return;
         }
-        return;
-    }
-    // The writer takes over once the checkpointer has caught up, or once
-    // the log has grown to twice its size meanwhile (writes faster than
-    // the disk takes the copies: the pause is longer, the log bounded).
-    if !w.rewind.ready.load(Ordering::Acquire) && size() <= w.wal_max_bytes.saturating_mul(2) {
-        return;
+        // The writer takes over once the checkpointer has caught up, or
+        // once the log has grown to twice its size meanwhile (writes
+        // faster than the disk takes the copies: the pause is longer, the
+        // log bounded).
+        Rewind::WANTED if size() <= w.wal_max_bytes.saturating_mul(2) => return,
+        _ => {}
     }
     match checkpoint(conn, "PASSIVE") {
         Ok((0, log, done)) if log == done => {
             w.stats.log_restarts.fetch_add(1, Ordering::Relaxed);
-            w.rewind.wanted.store(false, Ordering::Release);
-            w.rewind.ready.store(false, Ordering::Release);
+            w.rewind.set(Rewind::IDLE);
         }
         // A reader (or the checkpointer's pass) still holds part of the
         // log: again after the next group.
@@ -646,11 +667,16 @@ impl SqliteJournal {
         let checkpoints = open(&config.path, config.synchronous)?;
         let (nudges, nudged) = mpsc::channel();
         let rewind = Arc::new(Rewind::default());
+        // The checkpointer's own handle for syncing the database. Closing
+        // any handle on the file drops every POSIX lock this process holds
+        // on it, the connections' too, so the journal keeps it until its
+        // connections are gone (its last field).
+        let db_handle = std::fs::File::open(&config.path).ok().map(Arc::new);
         let checkpointer = std::thread::Builder::new()
             .name("govhub-checkpoint".into())
             .spawn({
                 let rewind = rewind.clone();
-                let db = std::fs::File::open(&config.path).ok();
+                let db = db_handle.clone();
                 move || checkpoint_loop(checkpoints, db, nudged, rewind)
             })
             .map_err(|e| JournalError::Storage(format!("cannot start the checkpointer: {e}")))?;
@@ -681,6 +707,7 @@ impl SqliteJournal {
             stats,
             feed,
             case_taken: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            _db_handle: db_handle,
         };
         journal.rewind_case_feed();
         Ok(journal)
