@@ -383,35 +383,34 @@ fn checkpoint_loop(
         if rewind.get() == Rewind::READY {
             continue;
         }
-        let pass = checkpoint(&conn, "PASSIVE");
+        let (log, done) = match checkpoint(&conn, "PASSIVE") {
+            Ok((_, log, done)) => (log, done),
+            Err(e) => {
+                tracing::warn!("journal checkpoint failed: {e}");
+                continue;
+            }
+        };
+        let copied = done - std::mem::replace(&mut copied_to, done);
         // SQLite syncs the database only after a pass that copies the
         // whole log (no commit meanwhile, no reader holding part of it),
         // under steady writes only the restart's: that sync would flush
         // everything copied since the last such pass (the whole log, tens
         // of milliseconds with the writer waiting). Synced here, beside
         // the writer, the restart flushes only its own pages.
-        if let (Some(db), Ok((_, _, done))) = (&db, &pass) {
-            if *done > 0 && *done != copied_to {
-                if let Err(e) = db.sync_data() {
-                    tracing::warn!("journal checkpoint: cannot sync the database: {e}");
-                }
+        if let Some(db) = db.as_ref().filter(|_| done > 0 && copied != 0) {
+            if let Err(e) = db.sync_data() {
+                tracing::warn!("journal checkpoint: cannot sync the database: {e}");
             }
         }
-        match pass {
-            Ok((_, log, done)) if rewind.get() == Rewind::WANTED => {
-                passes += 1;
-                let copied = done - std::mem::replace(&mut copied_to, done);
-                let caught_up = log - done <= CATCH_UP_FRAMES && copied <= CATCH_UP_FRAMES;
-                if caught_up || passes >= CATCH_UP_PASSES {
-                    passes = 0;
-                    rewind.step(Rewind::WANTED, Rewind::READY);
-                }
-            }
-            Ok((_, _, done)) => {
-                passes = 0;
-                copied_to = done;
-            }
-            Err(e) => tracing::warn!("journal checkpoint failed: {e}"),
+        if rewind.get() != Rewind::WANTED {
+            passes = 0;
+            continue;
+        }
+        passes += 1;
+        let caught_up = log - done <= CATCH_UP_FRAMES && copied <= CATCH_UP_FRAMES;
+        if caught_up || passes >= CATCH_UP_PASSES {
+            passes = 0;
+            rewind.step(Rewind::WANTED, Rewind::READY);
         }
     }
 }
