@@ -434,7 +434,7 @@ async fn durable(dir: &Path, opts: Durable) {
     let ceiling = if run("ceiling") {
         let rows = events.max(50_000);
         // In this process: its CPU over the run is the ceiling's.
-        let cpu = path::Cpu::start(std::process::id());
+        let cpu_before = path::own_cpu_us();
         let started = Instant::now();
         let c = tokio::task::spawn_blocking({
             let dir = dir.to_path_buf();
@@ -442,12 +442,12 @@ async fn durable(dir: &Path, opts: Durable) {
         })
         .await
         .unwrap();
-        let used = cpu.per_request(rows, started.elapsed());
+        let cpu_us = path::own_cpu_us() - cpu_before;
         println!("raw SQLite ceiling (1 KB rows, synchronous=FULL, 256/txn): {c:.0} rows/s");
         println!(
             "  CPU per row: {:.1} µs (cores busy {:.2})",
-            used.client_us,
-            used.busy / 2.0
+            cpu_us / rows as f64,
+            cpu_us / 1e6 / started.elapsed().as_secs_f64()
         );
         c
     } else {
@@ -506,8 +506,6 @@ async fn durable(dir: &Path, opts: Durable) {
         let n_batches = batches.len();
         let batch_conc = batch_concurrency.max(1);
         let cpu = path::Cpu::start(hub.child.id());
-        let writer = path::thread_named(hub.child.id(), "govhub-journal");
-        let writer_before = writer.map(|t| path::thread_ticks(hub.child.id(), t));
         let took = closed_loop(
             &client,
             &url,
@@ -523,11 +521,7 @@ async fn durable(dir: &Path, opts: Durable) {
     );
         let used = cpu.per_request(n_batches * batch, took);
         // The journal's writer is one thread: busy 1.0 is its limit.
-        let writer_busy = writer.zip(writer_before).map_or(f64::NAN, |(t, before)| {
-            (path::thread_ticks(hub.child.id(), t) - before) as f64
-                / path::ticks_per_second()
-                / took.as_secs_f64()
-        });
+        let writer_busy = used.writer_busy.unwrap_or(f64::NAN);
         println!(
             "  CPU per event: the hub {:.1} µs, this load generator {:.1} µs; cores busy {:.2} of {}; the journal writer thread busy {:.2}",
             used.server_us,

@@ -211,18 +211,25 @@ async fn measured(
     (took, cpu.per_request(n, took))
 }
 
-/// CPU time of a server and of this load generator over one timed loop.
+/// CPU time of a server, of its journal writer thread (a hub's) and of
+/// this load generator over one timed loop.
 pub(crate) struct Cpu {
     server: u32,
     before: (u64, u64),
+    /// The writer thread's id and its ticks at the start.
+    writer: Option<(u32, u64)>,
 }
 
 /// What [`Cpu`] measured, per request.
 pub(crate) struct CpuUse {
     pub(crate) server_us: f64,
     pub(crate) client_us: f64,
+    /// The server's `govhub-journal` thread, if it has one.
+    pub(crate) writer_us: Option<f64>,
     /// Cores the two kept busy on average (the rest: idle, or other work).
     pub(crate) busy: f64,
+    /// The writer thread's share of one core (it runs on one at most).
+    pub(crate) writer_busy: Option<f64>,
 }
 
 impl Cpu {
@@ -230,6 +237,7 @@ impl Cpu {
         Cpu {
             server,
             before: (cpu_ticks(server), cpu_ticks(std::process::id())),
+            writer: thread_named(server, "govhub-journal").map(|t| (t, thread_ticks(server, t))),
         }
     }
 
@@ -237,12 +245,23 @@ impl Cpu {
         let tick_us = 1e6 / ticks_per_second();
         let server = (cpu_ticks(self.server) - self.before.0) as f64 * tick_us;
         let client = (cpu_ticks(std::process::id()) - self.before.1) as f64 * tick_us;
+        let writer = self
+            .writer
+            .map(|(t, before)| (thread_ticks(self.server, t) - before) as f64 * tick_us);
+        let took_us = took.as_secs_f64() * 1e6;
         CpuUse {
             server_us: server / requests as f64,
             client_us: client / requests as f64,
-            busy: (server + client) / took.as_secs_f64() / 1e6,
+            writer_us: writer.map(|w| w / requests as f64),
+            busy: (server + client) / took_us,
+            writer_busy: writer.map(|w| w / took_us),
         }
     }
+}
+
+/// CPU time of this process so far, in microseconds.
+pub(crate) fn own_cpu_us() -> f64 {
+    cpu_ticks(std::process::id()) as f64 * 1e6 / ticks_per_second()
 }
 
 /// The load sender's token.
@@ -500,7 +519,7 @@ fn stat_ticks(path: &str) -> u64 {
 }
 
 /// The id of `pid`'s thread named `name` (Linux), if it has one.
-pub(crate) fn thread_named(pid: u32, name: &str) -> Option<u32> {
+fn thread_named(pid: u32, name: &str) -> Option<u32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
         .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -511,12 +530,12 @@ pub(crate) fn thread_named(pid: u32, name: &str) -> Option<u32> {
 }
 
 /// User and system CPU time of one thread so far, in clock ticks (Linux).
-pub(crate) fn thread_ticks(pid: u32, tid: u32) -> u64 {
+fn thread_ticks(pid: u32, tid: u32) -> u64 {
     stat_ticks(&format!("/proc/{pid}/task/{tid}/stat"))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux we run).
-pub(crate) fn ticks_per_second() -> f64 {
+fn ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -651,14 +670,12 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         );
     }
     let requests = bodies("max", events);
-    let cpu_before = (cpu_ticks(pid), cpu_ticks(std::process::id()));
-    let writer = thread_named(pid, "govhub-journal");
-    let writer_before = writer.map(|t| thread_ticks(pid, t));
+    let cpu = Cpu::start(pid);
     let started = Instant::now();
     windowed(requests).await;
     let complete = wait_arrivals(&dept, warm + events, Duration::from_secs(300)).await;
     let took = started.elapsed();
-    let cpu_after = (cpu_ticks(pid), cpu_ticks(std::process::id()));
+    let cpu = cpu.per_request(events, took);
     let delivered = dept.arrivals.load(Ordering::SeqCst) - warm;
     assert!(
         complete,
@@ -675,19 +692,13 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         warm + events,
         1000.0 * opened as f64 / (warm + events) as f64
     );
-    let tick_s = 1.0 / ticks_per_second();
-    let per_event = |ticks: u64| ticks as f64 * tick_s * 1e6 / events as f64;
-    let writer_use = match (writer, writer_before) {
-        (Some(t), Some(before)) => format!(
-            " (its journal writer thread {:.1} µs)",
-            per_event(thread_ticks(pid, t) - before)
-        ),
-        _ => String::new(),
-    };
+    let writer_use = cpu
+        .writer_us
+        .map(|w| format!(" (its journal writer thread {w:.1} µs)"))
+        .unwrap_or_default();
     println!(
         "CPU during it: the hub {:.1} µs per event{writer_use}, this load generator (senders, department, subscribers) {:.1} µs per event",
-        per_event(cpu_after.0 - cpu_before.0),
-        per_event(cpu_after.1 - cpu_before.1)
+        cpu.server_us, cpu.client_us
     );
     let rss_max = crate::footprint::rss_kib(pid);
     println!(
