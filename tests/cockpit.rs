@@ -8,7 +8,7 @@ mod support;
 
 use std::io::BufRead;
 use std::time::{Duration, Instant};
-use support::browser::{errors, requests, until, with_page};
+use support::browser::{click, errors, requests, until, with_page};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -191,14 +191,7 @@ fn the_typhoon_story_appears_within_two_seconds_counts_down_and_closes_with_seve
             "return document.querySelector('#cases li.case[data-case=\"{case}\"].band-closed');"),
         )
         .await;
-        c.find(fantoccini::Locator::Css(&format!(
-            "#cases li.case[data-case=\"{case}\"]"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+        click(&c, &format!("#cases li.case[data-case=\"{case}\"]"), WAIT).await;
         let steps = until(&c, "its timeline", WAIT,
             "const n = document.querySelectorAll('#detail .timeline .step').length; return n >= 7 ? n : 0;").await;
         assert_eq!(
@@ -273,14 +266,7 @@ fn a_click_on_a_grid_filters_the_feed_and_the_cases_and_a_reload_keeps_it() {
             "return document.querySelectorAll('#cases li.case').length >= 2;",
         )
         .await;
-        c.find(fantoccini::Locator::Css(
-            "#map path[data-grid=\"yingfeng/yingyi/2\"]",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+        click(&c, "#map path[data-grid=\"yingfeng/yingyi/2\"]", WAIT).await;
         let check = "const cases = [...document.querySelectorAll('#cases li.case')].map(l => l.dataset.grid);
             const feed = [...document.querySelectorAll('#feed li.item')].map(l => l.dataset.grid);
             return cases.length > 0 && feed.length > 0

@@ -205,3 +205,26 @@ pub async fn until(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Clicks the element `css` selects. The live cockpit redraws its lists
+/// and map as events arrive, so an element found can be replaced before
+/// the click reaches it: then it is found again, until `timeout`.
+pub async fn click(c: &fantoccini::Client, css: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let clicked = match c.find(fantoccini::Locator::Css(css)).await {
+            Ok(e) => e.click().await,
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(w))
+                if w.error == fantoccini::error::ErrorStatus::StaleElementReference
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot click {css}: {e}"),
+        }
+    }
+}
