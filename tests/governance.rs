@@ -184,6 +184,8 @@ fn payload_sha256(r: &Received) -> String {
 
 struct Canary {
     hub: HubProcess,
+    /// Where the hub exports its traces.
+    otlp: otlp::Receiver,
     receivers: HashMap<&'static str, Receiver>,
     tokens: HashMap<&'static str, String>,
     dir: HubDir,
@@ -259,9 +261,11 @@ impl Canary {
         config.push('\n');
         config.push_str(&grant_toml("governance.viewers", &g["viewers"]));
         let dir = HubDir::new(&adapters, &config);
-        let hub = dir.start();
+        let otlp = otlp::Receiver::start(otlp::Otlp::Http);
+        let hub = start_exporting(&dir, &otlp);
         Canary {
             hub,
+            otlp,
             receivers,
             tokens,
             dir,
@@ -303,8 +307,15 @@ impl Canary {
 
     fn restart(&mut self) {
         self.hub.terminate(Duration::from_secs(20));
-        self.hub = self.dir.start();
+        self.hub = start_exporting(&self.dir, &self.otlp);
     }
+}
+
+/// `dir`'s hub, exporting its traces to `otlp`.
+fn start_exporting(dir: &HubDir, otlp: &otlp::Receiver) -> HubProcess {
+    let env = otlp.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    dir.start_with_env(&env)
 }
 
 /// What a receiver got, headers and body, as one text.
@@ -469,6 +480,29 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
         "the chatty adapter's lines are missing from the hub's log:\n{log}"
     );
     check("the hub's log".into(), &log, &[]);
+    // The spans the hub exported: the adapter's lines are there as span
+    // events, scrubbed; no attribute or event carries a canary.
+    let spans = c.otlp.wait_for(Duration::from_secs(20), |spans| {
+        let text = format!("{spans:?}");
+        match [
+            "chatty got canary-1",
+            "chatty: reporter 欧阳**",
+            "chatty: the scene is at",
+        ]
+        .iter()
+        .all(|line| text.contains(line))
+        {
+            true => Ok(text),
+            false => Err(format!(
+                "the chatty adapter's lines are not span events: {text}"
+            )),
+        }
+    });
+    assert!(
+        spans.contains("adapter.call") && spans.contains("canary-1"),
+        "{spans}"
+    );
+    check("the exported spans".into(), &spans, &[]);
     let db = rusqlite::Connection::open(c.dir.dir.path().join("data/govhub.db")).unwrap();
     let audit: String = db
         .prepare("SELECT actor || ' ' || action || ' ' || target || ' ' || detail FROM audit")

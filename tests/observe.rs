@@ -438,3 +438,411 @@ fn metrics_speak_both_formats_that_prometheus_tooling_accepts_and_the_dashboard_
         .count();
     assert_eq!(samples, series, "Prometheus took every series");
 }
+
+// Traces: OpenTelemetry over OTLP, the W3C trace context in and out.
+
+/// The sender's span: a patrol system's, say, that saw the incident.
+const SENDER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const SENDER_SPAN: &str = "00f067aa0ba902b7";
+
+fn sender_traceparent() -> String {
+    format!("00-{SENDER_TRACE}-{SENDER_SPAN}-01")
+}
+
+/// The names of `pid`'s threads.
+fn threads(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+/// The batch span processor's thread (`OpenTelemetry.Traces.BatchProcessor`,
+/// cut to 15 bytes by the kernel).
+fn exporter_threads(pid: u32) -> Vec<String> {
+    threads(pid)
+        .into_iter()
+        .filter(|t| t.starts_with("OpenTelemetry"))
+        .collect()
+}
+
+/// A report of e-trikes jamming the gate of 望江家园 (Yingfeng's first
+/// story): the traffic police, the police and the village committee must
+/// act.
+fn etrike_report(id: &str, extensions: serde_json::Value) -> serde_json::Value {
+    let mut e = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "urn:test:video-patrol",
+        "type": "gov.incident.reported",
+        "category": "traffic.congestion",
+        "severity": "major",
+        "grid": "yingfeng/wangjiang/1",
+        "data": { "description": "电动三轮车堵塞望江家园东门", "address": "望江家园东门" },
+    });
+    for (k, v) in extensions.as_object().unwrap() {
+        e[k] = v.clone();
+    }
+    e
+}
+
+fn send(d: &Deployment, e: &serde_json::Value, headers: &[(&str, &str)]) -> String {
+    let mut h = vec![("content-type", "application/cloudevents+json")];
+    h.extend_from_slice(headers);
+    let (status, _, body) =
+        try_post(&d.hub.url("/v1/events"), &h, e.to_string().as_bytes()).unwrap();
+    assert_eq!(status, 202, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["accepted"][0]["caseid"].as_str().unwrap().to_string()
+}
+
+/// A department's request's header, from the mock departments' record.
+fn header(record: &serde_json::Value, name: &str) -> String {
+    record["headers"][name]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The trace id of a `traceparent`.
+fn trace_of(traceparent: &str) -> &str {
+    traceparent.get(3..35).unwrap_or_default()
+}
+
+/// The parent id of a `traceparent`.
+fn parent_of(traceparent: &str) -> &str {
+    traceparent.get(36..52).unwrap_or_default()
+}
+
+/// Checks one incident's trace as received: the ingest span is the
+/// sender's span's child; routing and the commit are the ingest's; one
+/// delivered `deliver` span per department follows from the routing,
+/// each with its adapter call; and each department's request names that
+/// call as its parent. Returns the spans of the trace.
+fn check_one_trace(
+    otlp: &otlp::Receiver,
+    trace: &str,
+    sender_span: &str,
+    event_id: &str,
+    case: &str,
+    requests: &[(&str, String)],
+) -> Vec<otlp::Span> {
+    let departments: Vec<&str> = requests.iter().map(|(d, _)| *d).collect();
+    let spans = otlp.wait_for(Duration::from_secs(20), |all| {
+        let spans: Vec<otlp::Span> = all
+            .iter()
+            .filter(|s| s.trace_id == trace)
+            .cloned()
+            .collect();
+        let delivered = |d: &str| {
+            spans.iter().any(|s| {
+                s.name == "deliver"
+                    && s.attr("govhub.adapter") == d
+                    && s.attr("govhub.outcome") == "delivered"
+            })
+        };
+        let calls = spans.iter().filter(|s| s.name == "adapter.call").count();
+        match departments.iter().all(|d| delivered(d)) && calls >= departments.len() {
+            true => Ok(spans),
+            false => Err(format!(
+                "trace {trace} lacks a delivered span for one of {departments:?}: {:#?}",
+                spans
+                    .iter()
+                    .map(|s| (&s.name, &s.attributes))
+                    .collect::<Vec<_>>()
+            )),
+        }
+    });
+    let one = |name: &str| -> &otlp::Span {
+        let found: Vec<&otlp::Span> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(found.len(), 1, "one {name} span: {spans:#?}");
+        found[0]
+    };
+    let ingest = one("ingest");
+    assert_eq!(
+        ingest.parent_span_id, sender_span,
+        "the ingest follows the sender's span"
+    );
+    assert_eq!(ingest.attr("govhub.route"), "/v1/events");
+    assert_eq!(ingest.attr("govhub.outcome"), "accepted");
+    assert_eq!(
+        ingest.resource.get("service.name").map(String::as_str),
+        Some("govhub")
+    );
+    let route = one("route");
+    assert_eq!(route.parent_span_id, ingest.span_id);
+    assert_eq!(route.attr("govhub.event.id"), event_id);
+    assert_eq!(route.attr("govhub.case.id"), case);
+    assert_eq!(route.attr("govhub.targets"), departments.len().to_string());
+    let commit = one("journal.commit");
+    assert_eq!(commit.parent_span_id, ingest.span_id);
+    assert_eq!(commit.attr("govhub.outcome"), "stored");
+    assert_eq!(commit.attr("govhub.event.id"), event_id);
+    for (department, traceparent) in requests {
+        let deliver = spans
+            .iter()
+            .find(|s| s.name == "deliver" && s.attr("govhub.adapter") == *department)
+            .unwrap();
+        assert_eq!(
+            deliver.parent_span_id, route.span_id,
+            "{department}: the delivery follows the routing"
+        );
+        assert_eq!(deliver.attr("govhub.event.id"), event_id);
+        assert_eq!(deliver.attr("govhub.case.id"), case);
+        assert_eq!(deliver.attr("govhub.attempt"), "1");
+        let call = spans
+            .iter()
+            .find(|s| s.name == "adapter.call" && s.parent_span_id == deliver.span_id)
+            .unwrap_or_else(|| panic!("{department}: no adapter call under its delivery"));
+        assert_eq!(call.attr("govhub.adapter"), *department);
+        assert_eq!(call.attr("govhub.function"), "deliver");
+        assert_eq!(call.attr("govhub.outcome"), "ok");
+        assert_eq!(
+            trace_of(traceparent),
+            trace,
+            "{department}'s request is in the trace"
+        );
+        assert_eq!(
+            parent_of(traceparent),
+            call.span_id,
+            "{department}'s request names the adapter call as its parent"
+        );
+    }
+    spans
+}
+
+#[test]
+fn one_incident_is_one_trace_from_the_sender_through_the_hub_into_every_department_over_http() {
+    let otlp = otlp::Receiver::start(otlp::Otlp::Http);
+    let d = Deployment::start_with_env(&otlp.env());
+    let pid = d.hub.child.id();
+    assert_eq!(
+        exporter_threads(pid).len(),
+        1,
+        "one exporter thread: {:?}",
+        threads(pid)
+    );
+    let tp = sender_traceparent();
+    let case = send(
+        &d,
+        &etrike_report("trace-http-1", serde_json::json!({})),
+        &[("traceparent", &tp)],
+    );
+    let requests: Vec<(&str, String)> = ["traffic", "police", "village"]
+        .into_iter()
+        .map(|dep| {
+            (
+                dep,
+                header(&d.mock.wait_received(dep, &case)[0], "traceparent"),
+            )
+        })
+        .collect();
+    let spans = check_one_trace(
+        &otlp,
+        SENDER_TRACE,
+        SENDER_SPAN,
+        "trace-http-1",
+        &case,
+        &requests,
+    );
+    // The village gets CloudEvents (binary mode): the event's own
+    // distributed-tracing extension names the routing.
+    let village = &d.mock.wait_received("village", &case)[0];
+    let extension = header(village, "ce-traceparent");
+    let route = spans.iter().find(|s| s.name == "route").unwrap();
+    assert_eq!(trace_of(&extension), SENDER_TRACE);
+    assert_eq!(parent_of(&extension), route.span_id);
+    // The stored event carries it too, for deliveries after a restart.
+    let (_, stored) = d
+        .hub
+        .get_json("/v1/events/trace-http-1?source=urn:test:video-patrol");
+    assert!(stored.to_string().contains(&extension), "{stored}");
+    assert!(
+        otlp.seen()
+            .iter()
+            .all(|(p, t)| p == "/v1/traces" && t == "application/x-protobuf"),
+        "{:?}",
+        otlp.seen()
+    );
+}
+
+#[test]
+fn over_grpc_a_traceparent_in_the_cloudevent_itself_is_the_parent() {
+    let otlp = otlp::Receiver::start(otlp::Otlp::Grpc);
+    let d = Deployment::start_with_env(&otlp.env());
+    // No header: the sender's context travels in the event (structured
+    // mode, the CloudEvents distributed-tracing extension).
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let span = "b7ad6b7169203331";
+    let e = etrike_report(
+        "trace-grpc-1",
+        serde_json::json!({ "traceparent": format!("00-{trace}-{span}-01"), "tracestate": "yingfeng=patrol" }),
+    );
+    let case = send(&d, &e, &[]);
+    let requests: Vec<(&str, String)> = ["traffic", "police", "village"]
+        .into_iter()
+        .map(|dep| {
+            (
+                dep,
+                header(&d.mock.wait_received(dep, &case)[0], "traceparent"),
+            )
+        })
+        .collect();
+    check_one_trace(&otlp, trace, span, "trace-grpc-1", &case, &requests);
+    let village = &d.mock.wait_received("village", &case)[0];
+    assert_eq!(header(village, "tracestate"), "yingfeng=patrol");
+    assert!(
+        otlp.seen()
+            .iter()
+            .all(|(p, t)| p.ends_with("TraceService/Export") && t.starts_with("application/grpc")),
+        "{:?}",
+        otlp.seen()
+    );
+}
+
+#[test]
+fn with_telemetry_off_nothing_is_exported_no_exporter_thread_runs_and_the_senders_context_still_travels(
+) {
+    let otlp = otlp::Receiver::start(otlp::Otlp::Http);
+    // Everything but the switch: the endpoint is there, and unused.
+    let env: Vec<(String, String)> = otlp
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "GOVHUB__TELEMETRY__ENABLED")
+        .collect();
+    let d = Deployment::start_with_env(&env);
+    let tp = sender_traceparent();
+    let case = send(
+        &d,
+        &etrike_report("trace-off-1", serde_json::json!({})),
+        &[("traceparent", &tp)],
+    );
+    for dep in ["traffic", "police", "village"] {
+        let got = &d.mock.wait_received(dep, &case)[0];
+        assert_eq!(
+            header(got, "traceparent"),
+            tp,
+            "{dep} gets the sender's context as it came"
+        );
+    }
+    let village = &d.mock.wait_received("village", &case)[0];
+    assert_eq!(header(village, "ce-traceparent"), tp);
+    // Five times the batch delay the endpoint was given: a running
+    // exporter would have sent by now.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(otlp.requests(), 0, "exported with telemetry off");
+    let pid = d.hub.child.id();
+    assert!(exporter_threads(pid).is_empty(), "{:?}", threads(pid));
+    // The log says nothing about an exporter either.
+    assert!(!d.hub.log().contains("telemetry: exporting traces"));
+}
+
+#[test]
+fn a_collector_that_hangs_holds_nothing_up_and_the_log_says_so() {
+    // A collector that takes connections (the kernel's backlog) and never
+    // answers one.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let department = Receiver::start();
+    let spec = AdapterSpec::new("police", "webhook-adapter")
+        .top("subscribe = [\"gov.alert.*\"]")
+        .tables(&format!(
+            "[capabilities]\noutbound_hosts = [\"{h}\"]\n[config]\nurl = \"http://{h}/events\"",
+            h = department.host()
+        ));
+    // The keys in the file this time, the queue and deadline small.
+    let config = format!(
+        "[telemetry]\nenabled = true\nendpoint = \"http://{}\"\ntimeout_ms = 300\nbatch_delay_ms = 50\nmax_queue = 8\n",
+        hung.local_addr().unwrap()
+    );
+    let dir = HubDir::new(&[spec], &config);
+    let hub = dir.start();
+    let mut slowest = Duration::ZERO;
+    let ids: Vec<String> = (0..40).map(|i| format!("hung-{i}")).collect();
+    for id in &ids {
+        let started = std::time::Instant::now();
+        let traceparent = format!("00-{SENDER_TRACE}-{SENDER_SPAN}-01");
+        assert_eq!(
+            post_event(
+                &hub,
+                &event(id, "urn:test:observe"),
+                &[("traceparent", &traceparent)]
+            ),
+            202
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    department.wait_for_ids("the department", &ids, Duration::from_secs(30));
+    assert!(
+        slowest < Duration::from_secs(2),
+        "an event took {slowest:?} to be accepted while the collector hung"
+    );
+    hub.wait_log("telemetry: spans not exported", Duration::from_secs(20));
+    let log = hub.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("telemetry: spans not exported"))
+        .unwrap();
+    assert!(
+        line.contains(&hung.local_addr().unwrap().to_string())
+            && line.contains("no answer within 300 ms"),
+        "{line}"
+    );
+    // Said once for the whole outage, not once a batch.
+    assert_eq!(
+        log.matches("telemetry: spans not exported").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn a_telemetry_setting_that_cannot_work_stops_the_start_naming_it() {
+    for (toml, env, says) in [
+        (
+            "[telemetry]\nenabled = true\nprotocol = \"http/json\"\n",
+            vec![],
+            "telemetry.protocol `http/json`",
+        ),
+        (
+            "[telemetry]\nenabled = true\nendpoint = \"collector:4317\"\n",
+            vec![],
+            "telemetry.endpoint `collector:4317`",
+        ),
+        (
+            "[telemetry]\nsample_ratio = 2.0\n",
+            vec![],
+            "telemetry.sample_ratio 2",
+        ),
+        (
+            "[telemetry]\nmax_queue = 0\n",
+            vec![],
+            "telemetry.max_queue must be positive",
+        ),
+        (
+            "[telemetry]\nenabled = true\n",
+            vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")],
+            "OTEL_EXPORTER_OTLP_PROTOCOL `thrift`",
+        ),
+    ] {
+        let dir = HubDir::new(&[], toml);
+        let config = dir.config();
+        let (ok, _, stderr) = govhub_with_env(
+            &["check-config", "--config", config.to_str().unwrap()],
+            &env,
+        );
+        assert!(!ok && stderr.contains(says), "{toml}: {stderr}");
+    }
+    // And the standard switch turns a configured exporter off.
+    let otlp = otlp::Receiver::start(otlp::Otlp::Http);
+    let dir = HubDir::new(
+        &[],
+        &format!(
+            "[telemetry]\nenabled = true\nendpoint = \"{}\"\nbatch_delay_ms = 50\n",
+            otlp.endpoint
+        ),
+    );
+    let hub = dir.start_with_env(&[("OTEL_SDK_DISABLED", "true")]);
+    assert!(exporter_threads(hub.child.id()).is_empty());
+    assert_eq!(get(&hub.url("/healthz")).0, 200);
+}

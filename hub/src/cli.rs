@@ -176,7 +176,6 @@ pub fn main() -> ExitCode {
         Command::Demo { .. } => "warn",
         _ => "info,wasmtime=warn,cranelift=warn",
     };
-    init_tracing(cli.log_json, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -187,7 +186,42 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    // `run` reads its config before the log starts: when it turns traces
+    // on, the exporting layer is there from the first span.
+    let mut loaded = None;
+    let mut telemetry = None;
+    if let Command::Run { config } = &cli.command {
+        let _inside = runtime.enter();
+        let started = Config::load(config).and_then(|c| {
+            let t =
+                crate::telemetry::Telemetry::start(&c.telemetry, &c.tls).context("telemetry")?;
+            Ok((c, t))
+        });
+        match started {
+            Ok((c, t)) => {
+                loaded = Some(c);
+                telemetry = t;
+            }
+            Err(e) => {
+                eprintln!("govhub: error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    init_tracing(cli.log_json, default_filter, telemetry.as_ref());
+    if let Some(t) = &telemetry {
+        tracing::info!(
+            endpoint = %t.target.endpoint,
+            protocol = t.target.protocol.as_str(),
+            "telemetry: exporting traces"
+        );
+    }
+    let result = runtime.block_on(dispatch(cli.command, loaded));
+    // The last spans, sent on the runtime while it still runs.
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("govhub: error: {e:#}");
@@ -196,22 +230,38 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(json: bool, default_filter: &str) {
+/// The log (stderr, text or JSON, filtered by `GOVHUB_LOG`) and, when
+/// traces are on, the layer exporting the hub's spans with its own filter
+/// (`crate::telemetry::exported`), whatever `GOVHUB_LOG` says.
+fn init_tracing(json: bool, default_filter: &str, telemetry: Option<&crate::telemetry::Telemetry>) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("GOVHUB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = if json {
+        log.json().boxed()
     } else {
-        builder.init();
-    }
+        log.boxed()
+    };
+    let traces = telemetry.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t.tracer())
+            .with_filter(tracing_subscriber::filter::filter_fn(
+                crate::telemetry::exported,
+            ))
+    });
+    tracing_subscriber::registry()
+        .with(traces)
+        .with(log.with_filter(filter))
+        .init();
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+async fn dispatch(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {
     match command {
-        Command::Run { config } => run(&config).await,
+        Command::Run { config } => match loaded {
+            Some(c) => run(c).await,
+            None => run(Config::load(&config)?).await,
+        },
         Command::CheckConfig { config } => check_config(&config).await,
         Command::Demo {
             wasm_dir,
@@ -253,8 +303,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
+async fn run(config: Config) -> anyhow::Result<()> {
     let hub = Hub::start(config).await?;
     let addr: std::net::SocketAddr = hub.config.server.listen.parse()?;
     hub.auth.check_exposure(&addr)?;

@@ -358,6 +358,76 @@ impl Default for TlsConfig {
     }
 }
 
+/// `[telemetry]`: traces exported over OTLP (off by default). A key left
+/// out here falls to the standard `OTEL_EXPORTER_OTLP_*` variables, then
+/// to OpenTelemetry's defaults; see `crate::telemetry`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Export traces. `OTEL_SDK_DISABLED=true` turns them off again.
+    pub enabled: bool,
+    /// `grpc` or `http/protobuf`; else `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`, then `http/protobuf`.
+    pub protocol: Option<String>,
+    /// The collector, `http://host:port` (`https` for TLS, trusting what
+    /// `[tls]` trusts). Over `http/protobuf` the hub posts to its
+    /// `/v1/traces` unless the path already names it. Else
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (as is),
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, then `localhost:4318` / `:4317`.
+    pub endpoint: Option<String>,
+    /// Headers (gRPC metadata) on every export, an API key say; merged
+    /// with `OTEL_EXPORTER_OTLP_HEADERS`. Never logged.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// One export's deadline, ms; else `OTEL_EXPORTER_OTLP_TIMEOUT`, then
+    /// 10 s.
+    pub timeout_ms: Option<u64>,
+    /// The `service.name` of the hub's spans; else `OTEL_SERVICE_NAME`,
+    /// then `govhub`.
+    pub service_name: Option<String>,
+    /// Of the traces the hub starts itself (no sender's `traceparent`),
+    /// the share recorded, 0 to 1; a sender's sampling decision is kept.
+    pub sample_ratio: f64,
+    /// Finished spans are sent at least this often, ms.
+    pub batch_delay_ms: u64,
+    /// Finished spans waiting to be sent at most; past it new ones are
+    /// dropped (and counted in the exporter's own log), never the hub's
+    /// work held up.
+    pub max_queue: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: false,
+            protocol: None,
+            endpoint: None,
+            headers: Default::default(),
+            timeout_ms: None,
+            service_name: None,
+            sample_ratio: 1.0,
+            batch_delay_ms: 5_000,
+            max_queue: 2_048,
+        }
+    }
+}
+
+impl std::fmt::Debug for TelemetryConfig {
+    // The headers' values are credentials: their names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryConfig")
+            .field("enabled", &self.enabled)
+            .field("protocol", &self.protocol)
+            .field("endpoint", &self.endpoint)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("timeout_ms", &self.timeout_ms)
+            .field("service_name", &self.service_name)
+            .field("sample_ratio", &self.sample_ratio)
+            .field("batch_delay_ms", &self.batch_delay_ms)
+            .field("max_queue", &self.max_queue)
+            .finish()
+    }
+}
+
 /// `[outbound]`: the connections adapters keep to departments.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -537,6 +607,9 @@ pub struct Config {
     /// `[outbound]`.
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// `[telemetry]`.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// `[stream]`.
     #[serde(default)]
     pub stream: StreamConfig,
@@ -647,6 +720,7 @@ impl Config {
 
     /// Checks values the types cannot.
     pub fn check(&self) -> anyhow::Result<()> {
+        crate::telemetry::check(&self.telemetry)?;
         if self.server.max_body_bytes == 0 {
             anyhow::bail!("server.max_body_bytes must be positive");
         }

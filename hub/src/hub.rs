@@ -400,10 +400,17 @@ impl Hub {
             .adapter(name)
             .with_context(|| format!("no adapter `{name}`"))?;
         let cursor = self.journal.cursor(name)?;
-        let result = adapter.poll(cursor.as_deref()).await?;
+        let mut result = adapter.poll(cursor.as_deref()).await?;
         let n = result.events.len();
         if n > 0 {
-            self.accept(result.events, Some(name)).await?;
+            let span = tracing::debug_span!(
+                "ingest",
+                govhub.route = "poll",
+                govhub.adapter = name,
+                govhub.events = n,
+            );
+            crate::telemetry::adopt(&span, &http::HeaderMap::new(), &mut result.events);
+            tracing::Instrument::instrument(self.accept(result.events, Some(name)), span).await?;
         }
         if let Some(c) = result.cursor {
             self.journal.set_cursor(name, &c).await?;
@@ -491,7 +498,22 @@ impl Hub {
             self.assign_grid(&mut event);
             // The labels are the hub's: what a producer set is overwritten.
             self.governance.label(&mut event);
-            let targets = self.route(&event, origin);
+            let span = tracing::debug_span!(
+                "route",
+                govhub.event.id = %event.id,
+                govhub.case.id = tracing::field::Empty,
+                govhub.targets = tracing::field::Empty,
+            );
+            if let Some(case) = &event.caseid {
+                span.record("govhub.case.id", case.as_str());
+            }
+            let targets = span.in_scope(|| self.route(&event, origin));
+            span.record("govhub.targets", targets.len());
+            // Traces on: the deliveries follow from this span (the context
+            // is stored with the event); off, the sender's context stays.
+            if let Some(context) = crate::telemetry::TraceContext::of_span(&span) {
+                context.store(&mut event);
+            }
             tracing::debug!(
                 event = %event.id,
                 source = %event.source,
@@ -533,7 +555,26 @@ impl Hub {
             .iter()
             .map(|n| (n.event.clone(), n.targets.clone()))
             .collect();
-        let appended = self.journal.append(batch).await?;
+        let span = tracing::debug_span!(
+            "journal.commit",
+            govhub.events = batch.len(),
+            govhub.event.id = tracing::field::Empty,
+            govhub.outcome = tracing::field::Empty,
+        );
+        if let [one] = &batch[..] {
+            span.record("govhub.event.id", one.event.id.as_str());
+        }
+        let appended =
+            tracing::Instrument::instrument(self.journal.append(batch), span.clone()).await;
+        span.record(
+            "govhub.outcome",
+            match &appended {
+                Ok(stored) if stored.iter().all(|s| s.duplicate) => "duplicate",
+                Ok(_) => "stored",
+                Err(_) => "failed",
+            },
+        );
+        let appended = appended?;
         let mut accepted = Vec::with_capacity(summary.len());
         for ((event, targets), stored) in summary.into_iter().zip(appended) {
             self.metrics.received(origin, stored.duplicate);
@@ -634,12 +675,22 @@ impl crate::delivery::Host for Hub {
     fn count(&self, target: &str, outcome: &str, seconds: f64) {
         self.metrics.delivery(target, outcome, seconds)
     }
-    fn answered(self: Arc<Self>, events: Vec<Event>, origin: String) {
-        tokio::spawn(async move {
+    fn answered(self: Arc<Self>, mut events: Vec<Event>, origin: String) {
+        // In the trace of the delivery they answer (their context, when
+        // the adapter gave none, is the delivered event's).
+        let span = tracing::debug_span!(
+            "ingest",
+            govhub.route = "answer",
+            govhub.adapter = %origin,
+            govhub.events = events.len(),
+        );
+        crate::telemetry::adopt(&span, &http::HeaderMap::new(), &mut events);
+        let accept = async move {
             if let Err(e) = self.accept(events, Some(&origin)).await {
                 tracing::warn!(adapter = %origin, "events answered by deliver were not accepted: {e}");
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(accept, span));
     }
 }
 

@@ -34,3 +34,4 @@ pub mod metrics;
 pub mod router;
 pub mod runtime;
 pub mod stream;
+pub mod telemetry;

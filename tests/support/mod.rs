@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod otlp;
 pub mod sse;
 pub mod wire;
 
@@ -459,6 +460,14 @@ impl MockDepartments {
 /// the returned `TempDir`. The helpers read as the command room, operate
 /// as the duty officer and send as the test sender.
 pub fn yingfeng(departments: &str) -> (HubProcess, tempfile::TempDir) {
+    yingfeng_with_env(departments, &[])
+}
+
+/// [`yingfeng`] with more of the hub's environment.
+pub fn yingfeng_with_env(
+    departments: &str,
+    more: &[(String, String)],
+) -> (HubProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     govhub::demo::render(
         &root().join("examples/yingfeng"),
@@ -488,6 +497,7 @@ pub fn yingfeng(departments: &str) -> (HubProcess, tempfile::TempDir) {
     }
     let sender = token();
     env.extend(test_sender(&sender));
+    env.extend(more.iter().cloned());
     let creds = Credentials {
         sender: Some(sender),
         reader: tokens.get("command-room").cloned(),
@@ -522,8 +532,13 @@ pub struct Deployment {
 impl Deployment {
     /// Renders `examples/yingfeng` and starts it.
     pub fn start() -> Deployment {
+        Deployment::start_with_env(&[])
+    }
+
+    /// [`Deployment::start`] with more of the hub's environment.
+    pub fn start_with_env(env: &[(String, String)]) -> Deployment {
         let mock = MockDepartments::start();
-        let (hub, dir) = yingfeng(&mock.url);
+        let (hub, dir) = yingfeng_with_env(&mock.url, env);
         let (code, _, _) = post(
             &format!("{}/_control/hub", mock.url),
             &[("content-type", "application/json")],

@@ -282,11 +282,27 @@ async fn call(
     scrub: Option<crate::runtime::Scrub>,
 ) -> Result<govhub_sdk::Outcome, crate::runtime::CallError> {
     let config = &hub.deliveries().config;
-    let span =
-        tracing::info_span!("deliver", adapter = %d.target, event = %event.id, attempt = attempts);
+    // One attempt; its parent the trace context stored with the event.
+    let span = tracing::info_span!(
+        "deliver",
+        govhub.adapter = %d.target,
+        govhub.event.id = %event.id,
+        govhub.case.id = tracing::field::Empty,
+        govhub.attempt = attempts,
+        govhub.outcome = tracing::field::Empty,
+    );
+    if let Some(case) = &event.caseid {
+        span.record("govhub.case.id", case.as_str());
+    }
+    if crate::telemetry::active() {
+        crate::telemetry::propagate::follow(
+            &span,
+            crate::telemetry::TraceContext::from_event(event).as_ref(),
+        );
+    }
     let started = std::time::Instant::now();
     let result =
-        tracing::Instrument::instrument(adapter.deliver_scrubbed(event, scrub), span).await;
+        tracing::Instrument::instrument(adapter.deliver_scrubbed(event, scrub), span.clone()).await;
     let health = match &result {
         Err(crate::runtime::CallError::Adapter(govhub_sdk::AdapterError::Unavailable(_))) => {
             Health::Unavailable
@@ -300,6 +316,7 @@ async fn call(
         Err(e) if e.disposition() == Disposition::Fail || attempts >= config.max_attempts => "dead",
         Err(_) => "retry",
     };
+    span.record("govhub.outcome", outcome);
     hub.count(&d.target, outcome, started.elapsed().as_secs_f64());
     result
 }
@@ -416,7 +433,12 @@ async fn send(
         Ok(outcome) => {
             tracing::debug!(adapter = %d.target, event = %event.id, attempts, "delivered");
             if !outcome.events.is_empty() {
-                hub.clone().answered(outcome.events, d.target.clone());
+                let mut answers = outcome.events;
+                crate::telemetry::inherit(
+                    crate::telemetry::TraceContext::from_event(event).as_ref(),
+                    &mut answers,
+                );
+                hub.clone().answered(answers, d.target.clone());
             }
             DeliveryUpdate::Delivered {
                 id: d.id,

@@ -34,7 +34,7 @@ pub(super) async fn post_events(
             .iter()
             .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
     };
-    let events = if cloudevents::is_binary(headers()) {
+    let mut events = if cloudevents::is_binary(headers()) {
         vec![cloudevents::from_binary(headers(), &body).map_err(invalid)?]
     } else {
         let content_type = parts
@@ -66,10 +66,27 @@ pub(super) async fn post_events(
     let metrics = &app.hub.metrics.auth;
     super::senders::check_sources(metrics, &caller, &events)?;
     super::senders::take_quota(metrics, &caller, &events)?;
-    let accepted = app
-        .hub
-        .accept(events, None)
-        .await
-        .map_err(|e| accept_problem(&e))?;
+    // The request's span: the sender's trace its parent.
+    let span = tracing::debug_span!(
+        "ingest",
+        govhub.route = "/v1/events",
+        govhub.events = events.len(),
+        govhub.outcome = tracing::field::Empty,
+    );
+    crate::telemetry::adopt(&span, &parts.headers, &mut events);
+    let accepted =
+        tracing::Instrument::instrument(app.hub.accept(events, None), span.clone()).await;
+    span.record("govhub.outcome", outcome(&accepted));
+    let accepted = accepted.map_err(|e| accept_problem(&e))?;
     Ok((StatusCode::ACCEPTED, Json(super::Answer { accepted })).into_response())
+}
+
+/// An `ingest` span's outcome.
+pub(super) fn outcome<T>(accepted: &Result<T, crate::hub::AcceptError>) -> &'static str {
+    match accepted {
+        Ok(_) => "accepted",
+        Err(crate::hub::AcceptError::Invalid { .. }) => "invalid",
+        Err(crate::hub::AcceptError::Backpressure { .. }) => "backpressure",
+        Err(crate::hub::AcceptError::Journal(_)) => "journal-unavailable",
+    }
 }

@@ -61,18 +61,31 @@ pub(super) async fn ingest(
         body: body.to_vec(),
     };
     // One span for the request: the adapter's own log lines and the
-    // routing lines of the events it produced carry the adapter's name.
-    let span = tracing::info_span!("ingest", adapter = %name);
+    // routing lines of the events it produced carry the adapter's name;
+    // the sender's trace is its parent.
+    let span = tracing::info_span!(
+        "ingest",
+        adapter = %name,
+        govhub.route = "/v1/ingest",
+        govhub.adapter = %name,
+        govhub.events = tracing::field::Empty,
+        govhub.outcome = tracing::field::Empty,
+    );
+    let request = crate::telemetry::adopt(&span, &parts.headers, &mut []);
     let accepted = tracing::Instrument::instrument(
         async {
-            let events = adapter
-                .ingest(&message)
-                .await
-                .map_err(|e| call_problem(&name, &e))?;
+            let mut events = adapter.ingest(&message).await.map_err(|e| {
+                tracing::Span::current().record("govhub.outcome", "adapter-error");
+                call_problem(&name, &e)
+            })?;
+            tracing::Span::current().record("govhub.events", events.len());
+            crate::telemetry::inherit(request.as_ref(), &mut events);
             // The adapter names the sources (it is the department's own
             // translator); the quota counts what it made.
             super::senders::take_quota(&hub.metrics.auth, &caller, &events)?;
-            hub.accept(events, Some(&name)).await.map_err(|e| match e {
+            let accepted = hub.accept(events, Some(&name)).await;
+            tracing::Span::current().record("govhub.outcome", super::events::outcome(&accepted));
+            accepted.map_err(|e| match e {
                 AcceptError::Invalid { .. } => Problem::new(
                     StatusCode::BAD_GATEWAY,
                     "adapter produced an invalid event",

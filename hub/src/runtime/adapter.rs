@@ -42,6 +42,18 @@ enum Request<'a> {
     Poll(Option<&'a str>),
 }
 
+impl Request<'_> {
+    /// The WIT function it calls.
+    fn function(&self) -> &'static str {
+        match self {
+            Request::Describe => "describe",
+            Request::Ingest(_) => "ingest",
+            Request::Deliver(_) => "deliver",
+            Request::Poll(_) => "poll",
+        }
+    }
+}
+
 enum Reply {
     Describe(Description),
     Ingest(Result<Vec<Event>, AdapterError>),
@@ -275,6 +287,24 @@ impl Adapter {
         };
         let limit = self.deadline();
         let started = Instant::now();
+        // The call's span (its log lines become its events). A poll that
+        // nothing asked for starts no trace of its own: most find nothing.
+        let span = match request {
+            Request::Poll(_) if tracing::Span::current().is_none() => tracing::Span::none(),
+            _ => tracing::debug_span!(
+                "adapter.call",
+                govhub.adapter = %self.name(),
+                govhub.function = request.function(),
+                govhub.event.id = event_id.unwrap_or_default(),
+                govhub.outcome = tracing::field::Empty,
+            ),
+        };
+        // What its requests to the department carry: this span's context,
+        // or with traces off the one the event came with.
+        let trace = crate::telemetry::TraceContext::of_span(&span).or_else(|| match request {
+            Request::Deliver(event) => crate::telemetry::TraceContext::from_event(event),
+            _ => None,
+        });
         {
             let data = instance.store.data_mut();
             data.call = CallState {
@@ -284,6 +314,7 @@ impl Adapter {
                 ..CallState::default()
             };
             data.outbound.reset();
+            data.outbound.trace = trace.map(|t| t.headers()).unwrap_or_default();
             data.memory.refused = None;
         }
         // The deadline is relative to the current epoch: re-arm it for
@@ -293,7 +324,22 @@ impl Adapter {
         // timeout stops a call parked in host I/O (a department that never
         // answers), where no wasm runs and no epoch check happens.
         let until = tokio::time::Instant::from_std(started + limit + 2 * EPOCH_TICK);
-        let result = tokio::time::timeout_at(until, invoke(&mut instance, request)).await;
+        let result = tracing::Instrument::instrument(
+            tokio::time::timeout_at(until, invoke(&mut instance, request)),
+            span.clone(),
+        )
+        .await;
+        span.record(
+            "govhub.outcome",
+            match &result {
+                Err(_) => "deadline",
+                Ok(Err(_)) => "trap",
+                Ok(Ok(Reply::Ingest(Err(_)) | Reply::Deliver(Err(_)) | Reply::Poll(Err(_)))) => {
+                    "adapter-error"
+                }
+                Ok(Ok(_)) => "ok",
+            },
+        );
         let elapsed = started.elapsed();
         self.stats
             .call_micros

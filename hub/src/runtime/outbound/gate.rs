@@ -63,6 +63,9 @@ pub struct Gate {
     pub denied: Option<String>,
     /// The last transport failure in the current call.
     pub failure: Failure,
+    /// The trace context the current call's requests carry
+    /// (`traceparent`, `tracestate`), unless the adapter set its own.
+    pub trace: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Gate {
@@ -72,6 +75,7 @@ impl Gate {
             failure: Failure::new(&policy.adapter),
             policy,
             denied: None,
+            trace: Vec::new(),
         }
     }
 
@@ -79,13 +83,14 @@ impl Gate {
     pub fn reset(&mut self) {
         self.denied = None;
         self.failure.take();
+        self.trace.clear();
     }
 }
 
 impl WasiHttpHooks for Gate {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<
@@ -112,6 +117,14 @@ impl WasiHttpHooks for Gate {
             tracing::warn!(adapter = %self.policy.adapter, host = %authority, "outbound HTTP denied: host not in outbound_hosts");
             self.denied = Some(authority);
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        if !request
+            .headers()
+            .contains_key(crate::telemetry::TRACEPARENT)
+        {
+            for (name, value) in &self.trace {
+                request.headers_mut().insert(name.clone(), value.clone());
+            }
         }
         let mut timeouts = self.policy.timeouts;
         if let Some(o) = options {

@@ -18,7 +18,7 @@
 //! or follow a request anywhere the manifest does not allow.
 
 pub mod client;
-mod connect;
+pub mod connect;
 pub mod gate;
 pub mod tls;
 
