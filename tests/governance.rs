@@ -480,28 +480,45 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
         "the chatty adapter's lines are missing from the hub's log:\n{log}"
     );
     check("the hub's log".into(), &log, &[]);
-    // The spans the hub exported: the adapter's lines are there as span
-    // events, scrubbed; no attribute or event carries a canary.
-    let spans = c.otlp.wait_for(Duration::from_secs(20), |spans| {
-        let text = format!("{spans:?}");
-        match [
-            "chatty got canary-1",
-            "chatty: reporter 欧阳**",
-            "chatty: the scene is at",
-        ]
-        .iter()
-        .all(|line| text.contains(line))
+    // The spans the hub exported, once every delivery's span is in: the
+    // adapter's lines are events of its call's span, scrubbed; no
+    // attribute or event carries a canary.
+    c.otlp.wait_for(Duration::from_secs(20), |spans| {
+        let delivered: Vec<&str> = spans
+            .iter()
+            .filter(|s| s.name == "deliver" && s.attr("govhub.event.id") == "canary-1")
+            .map(|s| s.attr("govhub.adapter"))
+            .collect();
+        match ["police", "village", "traffic", "echo"]
+            .iter()
+            .all(|r| delivered.contains(r))
         {
-            true => Ok(text),
-            false => Err(format!(
-                "the chatty adapter's lines are not span events: {text}"
-            )),
+            true => Ok(()),
+            false => Err(format!("delivery spans so far: {delivered:?}")),
         }
     });
+    let call = c
+        .otlp
+        .spans()
+        .into_iter()
+        .find(|s| {
+            s.name == "adapter.call"
+                && s.attr("govhub.adapter") == "police"
+                && s.attr("govhub.event.id") == "canary-1"
+        })
+        .expect("the police's adapter call is exported");
+    let lines = format!("{:?}", call.events);
     assert!(
-        spans.contains("adapter.call") && spans.contains("canary-1"),
-        "{spans}"
+        [
+            "chatty got canary-1",
+            "chatty: reporter 欧阳**",
+            "chatty: the scene is at"
+        ]
+        .iter()
+        .all(|line| lines.contains(line)),
+        "the chatty adapter's lines are not events of its call's span: {lines}"
     );
+    let spans = c.otlp.text();
     check("the exported spans".into(), &spans, &[]);
     let db = rusqlite::Connection::open(c.dir.dir.path().join("data/govhub.db")).unwrap();
     let audit: String = db

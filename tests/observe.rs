@@ -673,11 +673,13 @@ fn over_grpc_a_traceparent_in_the_cloudevent_itself_is_the_parent() {
     let d = Deployment::start_with_env(&otlp.env());
     // No header: the sender's context travels in the event (structured
     // mode, the CloudEvents distributed-tracing extension).
+    // With W3C level 2's random-trace-id flag, which OpenTelemetry does
+    // not know: still the parent.
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let span = "b7ad6b7169203331";
     let e = etrike_report(
         "trace-grpc-1",
-        serde_json::json!({ "traceparent": format!("00-{trace}-{span}-01"), "tracestate": "yingfeng=patrol" }),
+        serde_json::json!({ "traceparent": format!("00-{trace}-{span}-03"), "tracestate": "yingfeng=patrol" }),
     );
     let case = send(&d, &e, &[]);
     let requests: Vec<(&str, String)> = ["traffic", "police", "village"]
@@ -712,11 +714,13 @@ fn with_telemetry_off_nothing_is_exported_no_exporter_thread_runs_and_the_sender
         .filter(|(k, _)| k != "GOVHUB__TELEMETRY__ENABLED")
         .collect();
     let d = Deployment::start_with_env(&env);
-    let tp = sender_traceparent();
+    // W3C level 2's random-trace-id flag, and a vendor's state: handed on
+    // exactly as they came.
+    let tp = format!("00-{SENDER_TRACE}-{SENDER_SPAN}-03");
     let case = send(
         &d,
         &etrike_report("trace-off-1", serde_json::json!({})),
-        &[("traceparent", &tp)],
+        &[("traceparent", &tp), ("tracestate", "yingfeng=patrol")],
     );
     for dep in ["traffic", "police", "village"] {
         let got = &d.mock.wait_received(dep, &case)[0];
@@ -725,9 +729,22 @@ fn with_telemetry_off_nothing_is_exported_no_exporter_thread_runs_and_the_sender
             tp,
             "{dep} gets the sender's context as it came"
         );
+        assert_eq!(header(got, "tracestate"), "yingfeng=patrol", "{dep}");
     }
     let village = &d.mock.wait_received("village", &case)[0];
     assert_eq!(header(village, "ce-traceparent"), tp);
+    // The next event, sent without one, reaches the same adapters'
+    // instances with none: nothing of the first call's context stays.
+    let next = send(
+        &d,
+        &etrike_report("trace-off-2", serde_json::json!({})),
+        &[],
+    );
+    for dep in ["traffic", "police", "village"] {
+        let got = &d.mock.wait_received(dep, &next)[0];
+        assert_eq!(header(got, "traceparent"), "", "{dep}: {got}");
+        assert_eq!(header(got, "tracestate"), "", "{dep}: {got}");
+    }
     // Five times the batch delay the endpoint was given: a running
     // exporter would have sent by now.
     std::thread::sleep(Duration::from_millis(500));

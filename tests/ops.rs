@@ -694,10 +694,21 @@ fn metrics_parse_and_move_with_traffic_and_json_logs_carry_the_event() {
         .collect();
     let own = lines
         .iter()
-        .find(|l| l["fields"]["message"] == "marking as v1" && l["span"]["event"] == "m-0")
+        .find(|l| {
+            l["fields"]["message"] == "marking as v1" && l["span"]["govhub.event.id"] == "m-0"
+        })
         .unwrap_or_else(|| panic!("no adapter line inside the deliver span of m-0:\n{log}"));
-    assert_eq!(own["span"]["name"], "deliver");
-    assert_eq!(own["span"]["adapter"], "marker");
+    // At `debug` the innermost span is the adapter call, inside the
+    // delivery attempt.
+    assert_eq!(own["span"]["name"], "adapter.call");
+    assert_eq!(own["span"]["govhub.function"], "deliver");
+    let deliver = own["spans"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "deliver"))
+        .unwrap_or_else(|| panic!("no deliver span around the line: {own}"));
+    assert_eq!(deliver["govhub.adapter"], "marker");
+    assert_eq!(deliver["govhub.event.id"], "m-0");
+    assert_eq!(deliver["govhub.attempt"], 1);
     assert!(
         lines
             .iter()

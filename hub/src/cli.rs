@@ -232,28 +232,55 @@ pub fn main() -> ExitCode {
 
 /// The log (stderr, text or JSON, filtered by `GOVHUB_LOG`) and, when
 /// traces are on, the layer exporting the hub's spans with its own filter
-/// (`crate::telemetry::exported`), whatever `GOVHUB_LOG` says.
+/// (`crate::telemetry::exported`), whatever `GOVHUB_LOG` says. Without
+/// traces the subscriber is the log alone, as cheap as before them.
 fn init_tracing(json: bool, default_filter: &str, telemetry: Option<&crate::telemetry::Telemetry>) {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("GOVHUB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let log = if json {
-        log.json().boxed()
+    let log_level = filter.max_level_hint();
+    match telemetry {
+        None => tracing_subscriber::registry()
+            .with(log_layer(json).with_filter(filter))
+            .init(),
+        Some(t) => {
+            let traces = tracing_opentelemetry::layer()
+                .with_tracer(t.tracer())
+                .with_filter(
+                    tracing_subscriber::filter::filter_fn(crate::telemetry::exported)
+                        .with_max_level_hint(tracing::level_filters::LevelFilter::DEBUG),
+                );
+            tracing_subscriber::registry()
+                .with(traces)
+                .with(log_layer(json).with_filter(filter))
+                .init();
+            // The `log` crate's records (wasmtime, cranelift) are wanted
+            // by the log alone: they stay as cheap as its level makes
+            // them, not raised to the spans' `debug`.
+            log::set_max_level(match log_level {
+                Some(tracing::level_filters::LevelFilter::OFF) => log::LevelFilter::Off,
+                Some(tracing::level_filters::LevelFilter::ERROR) => log::LevelFilter::Error,
+                Some(tracing::level_filters::LevelFilter::WARN) => log::LevelFilter::Warn,
+                Some(tracing::level_filters::LevelFilter::INFO) => log::LevelFilter::Info,
+                Some(tracing::level_filters::LevelFilter::DEBUG) => log::LevelFilter::Debug,
+                _ => log::LevelFilter::Trace,
+            });
+        }
+    }
+}
+
+/// The log's layer: stderr, text or JSON.
+fn log_layer<S>(json: bool) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if json {
+        layer.json().boxed()
     } else {
-        log.boxed()
-    };
-    let traces = telemetry.map(|t| {
-        tracing_opentelemetry::layer()
-            .with_tracer(t.tracer())
-            .with_filter(tracing_subscriber::filter::filter_fn(
-                crate::telemetry::exported,
-            ))
-    });
-    tracing_subscriber::registry()
-        .with(traces)
-        .with(log.with_filter(filter))
-        .init();
+        layer.boxed()
+    }
 }
 
 async fn dispatch(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {

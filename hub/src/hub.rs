@@ -501,17 +501,20 @@ impl Hub {
             let span = tracing::debug_span!(
                 "route",
                 govhub.event.id = %event.id,
-                govhub.case.id = tracing::field::Empty,
+                govhub.case.id = event.caseid.as_deref(),
                 govhub.targets = tracing::field::Empty,
             );
-            if let Some(case) = &event.caseid {
-                span.record("govhub.case.id", case.as_str());
-            }
             let targets = span.in_scope(|| self.route(&event, origin));
             span.record("govhub.targets", targets.len());
             // Traces on: the deliveries follow from this span (the context
-            // is stored with the event); off, the sender's context stays.
+            // is stored with the event; one the event came with in a
+            // different trace is linked); off, the sender's context stays.
             if let Some(context) = crate::telemetry::TraceContext::of_span(&span) {
+                if let Some(own) = crate::telemetry::TraceContext::from_event(&event) {
+                    if own.trace_id() != context.trace_id() {
+                        crate::telemetry::propagate::link(&span, &own);
+                    }
+                }
                 context.store(&mut event);
             }
             tracing::debug!(

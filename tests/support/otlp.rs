@@ -47,6 +47,9 @@ pub struct Span {
     pub events: Vec<(String, BTreeMap<String, String>)>,
     /// The trace ids of its links.
     pub links: Vec<String>,
+    /// Its `tracestate`, its status message and its links' attributes:
+    /// the rest of what a span can carry, for leak checks.
+    pub rest: String,
     /// The resource of the batch it came in.
     pub resource: BTreeMap<String, String>,
 }
@@ -117,6 +120,15 @@ fn decode(body: &[u8]) -> Result<Vec<Span>, String> {
                         .map(|e| (e.name.clone(), attributes(&e.attributes)))
                         .collect(),
                     links: s.links.iter().map(|l| hex::encode(&l.trace_id)).collect(),
+                    rest: format!(
+                        "{} {:?} {:?}",
+                        s.trace_state,
+                        s.status.as_ref().map(|st| &st.message),
+                        s.links
+                            .iter()
+                            .map(|l| attributes(&l.attributes))
+                            .collect::<Vec<_>>()
+                    ),
                     resource: resource.clone(),
                 });
             }

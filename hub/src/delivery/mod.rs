@@ -280,20 +280,20 @@ async fn call(
     adapter: &Adapter,
     attempts: u32,
     scrub: Option<crate::runtime::Scrub>,
-) -> Result<govhub_sdk::Outcome, crate::runtime::CallError> {
+) -> (
+    Result<govhub_sdk::Outcome, crate::runtime::CallError>,
+    tracing::Span,
+) {
     let config = &hub.deliveries().config;
     // One attempt; its parent the trace context stored with the event.
     let span = tracing::info_span!(
         "deliver",
         govhub.adapter = %d.target,
         govhub.event.id = %event.id,
-        govhub.case.id = tracing::field::Empty,
+        govhub.case.id = event.caseid.as_deref(),
         govhub.attempt = attempts,
         govhub.outcome = tracing::field::Empty,
     );
-    if let Some(case) = &event.caseid {
-        span.record("govhub.case.id", case.as_str());
-    }
     if crate::telemetry::active() {
         crate::telemetry::propagate::follow(
             &span,
@@ -318,7 +318,7 @@ async fn call(
     };
     span.record("govhub.outcome", outcome);
     hub.count(&d.target, outcome, started.elapsed().as_secs_f64());
-    result
+    (result, span)
 }
 
 /// One delivery attempt, its outcome recorded before the lane moves on.
@@ -429,15 +429,19 @@ async fn send(
         Arc::new(move |text: &str| g.scrub(text, &clear(&v))) as crate::runtime::Scrub
     });
     let scrubbed = |e: &dyn std::fmt::Display| governance.scrub(&e.to_string(), &clear(&values));
-    match call(hub, d, view, adapter, attempts, scrub).await {
+    let (result, span) = call(hub, d, view, adapter, attempts, scrub).await;
+    // What is said of the attempt is said in its span.
+    let _in = span.enter();
+    match result {
         Ok(outcome) => {
             tracing::debug!(adapter = %d.target, event = %event.id, attempts, "delivered");
             if !outcome.events.is_empty() {
+                // The answers follow from this attempt (traces off: from
+                // the event's own context).
                 let mut answers = outcome.events;
-                crate::telemetry::inherit(
-                    crate::telemetry::TraceContext::from_event(event).as_ref(),
-                    &mut answers,
-                );
+                let context = crate::telemetry::TraceContext::of_span(&span)
+                    .or_else(|| crate::telemetry::TraceContext::from_event(event));
+                crate::telemetry::inherit(context.as_ref(), &mut answers);
                 hub.clone().answered(answers, d.target.clone());
             }
             DeliveryUpdate::Delivered {

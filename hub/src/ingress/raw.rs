@@ -65,7 +65,6 @@ pub(super) async fn ingest(
     // the sender's trace is its parent.
     let span = tracing::info_span!(
         "ingest",
-        adapter = %name,
         govhub.route = "/v1/ingest",
         govhub.adapter = %name,
         govhub.events = tracing::field::Empty,

@@ -390,7 +390,10 @@ impl Adapter {
         drop(instance);
         if let Err(e) = &outcome {
             self.count(e);
-            tracing::warn!(adapter = %self.name(), error = %e, "adapter call failed; instance dropped");
+            // The error may quote the adapter (a trap's or panic's text):
+            // in the log, not in the caller's span (the span's outcome
+            // says what happened).
+            tracing::warn!(parent: None, adapter = %self.name(), error = %e, "adapter call failed; instance dropped");
         }
         outcome
     }

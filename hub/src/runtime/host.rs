@@ -174,6 +174,22 @@ impl WasiHttpView for HostState {
 
 impl super::bindings::govhub::adapter::types::Host for HostState {}
 
+impl HostState {
+    /// No personal data in the hub's log: what the call's event holds
+    /// (when the hub knows it), and any phone, ID number or plate.
+    fn clean(&self, text: String) -> String {
+        let text = match &self.call.scrub {
+            Some(scrub) => scrub(&text),
+            None => text,
+        };
+        if crate::governance::functions::has_patterns(&text) {
+            crate::governance::functions::mask_text(&text)
+        } else {
+            text
+        }
+    }
+}
+
 impl host::Host for HostState {
     fn log(&mut self, level: Level, message: String, fields: Vec<Header>) {
         let is_panic = fields
@@ -185,11 +201,14 @@ impl host::Host for HostState {
                 .find(|f| f.name == "location")
                 .map(|f| f.value.as_str())
                 .unwrap_or_default();
-            self.call.panic = Some(if location.is_empty() {
+            // Kept for the call's error, which reaches log lines and
+            // answers: scrubbed like the line itself.
+            let text = if location.is_empty() {
                 message.clone()
             } else {
                 format!("{message} at {location}")
-            });
+            };
+            self.call.panic = Some(self.clean(text));
         }
         self.call.log_lines += 1;
         if self.call.log_lines > self.shared.log_lines_per_call && !is_panic {
@@ -203,27 +222,28 @@ impl host::Host for HostState {
             .map(|f| format!("{}={:?}", f.name, f.value))
             .collect::<Vec<_>>()
             .join(" ");
-        // No personal data in the hub's log: what the call's event holds
-        // (when the hub knows it), and any phone, ID number or plate.
-        let clean = |text: String| -> String {
-            let text = match &self.call.scrub {
-                Some(scrub) => scrub(&text),
-                None => text,
+        let message = self.clean(message);
+        let fields = self.clean(fields);
+        // A line of a call handed an event (deliver) was scrubbed of what
+        // the event's labels mark personal, and becomes an event of the
+        // call's span too; a line of any other call (ingest, poll: there
+        // is no event to scrub against yet) is only masked, so it stays in
+        // the log alone and is not exported.
+        macro_rules! line {
+            ($level:ident) => {
+                if self.call.event_id.is_some() {
+                    tracing::$level!(target: "adapter", adapter, event, fields, "{message}")
+                } else {
+                    tracing::$level!(target: "adapter", parent: None, adapter, event, fields, "{message}")
+                }
             };
-            if crate::governance::functions::has_patterns(&text) {
-                crate::governance::functions::mask_text(&text)
-            } else {
-                text
-            }
-        };
-        let message = clean(message);
-        let fields = clean(fields);
+        }
         match level {
-            Level::Trace => tracing::trace!(target: "adapter", adapter, event, fields, "{message}"),
-            Level::Debug => tracing::debug!(target: "adapter", adapter, event, fields, "{message}"),
-            Level::Info => tracing::info!(target: "adapter", adapter, event, fields, "{message}"),
-            Level::Warn => tracing::warn!(target: "adapter", adapter, event, fields, "{message}"),
-            Level::Error => tracing::error!(target: "adapter", adapter, event, fields, "{message}"),
+            Level::Trace => line!(trace),
+            Level::Debug => line!(debug),
+            Level::Info => line!(info),
+            Level::Warn => line!(warn),
+            Level::Error => line!(error),
         }
     }
 

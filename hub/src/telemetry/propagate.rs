@@ -28,14 +28,21 @@ pub struct TraceContext {
 impl TraceContext {
     /// The context a `traceparent` (and `tracestate`) names, when the
     /// `traceparent` is well formed with non-zero ids; `None` otherwise
-    /// (a malformed one is ignored, as W3C asks).
+    /// (a malformed one is ignored, as W3C asks). Both are kept as they
+    /// came, flags and later versions' fields included: handed on, they
+    /// are what the sender sent.
     pub fn parse(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<TraceContext> {
         let traceparent = traceparent?.trim();
         if !well_formed(traceparent) {
             return None;
         }
-        let cx = extract(traceparent, tracestate);
-        TraceContext::of(&cx)
+        Some(TraceContext {
+            traceparent: traceparent.to_string(),
+            tracestate: tracestate
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        })
     }
 
     /// The context of the span `cx` holds, when it is valid.
@@ -71,9 +78,14 @@ impl TraceContext {
         TraceContext::parse(event.extension(TRACEPARENT), event.extension(TRACESTATE))
     }
 
-    /// The OpenTelemetry context whose remote parent this is.
+    /// The OpenTelemetry context whose remote parent this is. Read as
+    /// version `00` with only the sampled flag (OpenTelemetry refuses the
+    /// flags it does not know, W3C's random-trace-id flag among them).
     pub fn context(&self) -> Context {
-        extract(&self.traceparent, self.tracestate.as_deref())
+        let t = &self.traceparent;
+        let flags = u8::from_str_radix(&t[53..55], 16).unwrap_or(0) & 1;
+        let known = format!("00-{}-{flags:02x}", &t[3..52]);
+        extract(&known, self.tracestate.as_deref())
     }
 
     /// Writes it into `event`'s extensions, replacing what was there.
@@ -112,26 +124,31 @@ impl TraceContext {
 }
 
 /// W3C's form, strictly: `version-traceid-parentid-flags`, lower-case
-/// hex of 2, 32, 16 and 2 digits, version `ff` invalid, and nothing after
-/// the flags in version `00` (a later version may add fields).
+/// hex of 2, 32, 16 and 2 digits, neither id all zeros, version `ff`
+/// invalid, and nothing after the flags in version `00` (a later version
+/// may add fields after a `-`).
 fn well_formed(traceparent: &str) -> bool {
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    let b = traceparent.as_bytes();
+    let hex = |r: std::ops::Range<usize>| {
+        b[r].iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
     };
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    match parts.as_slice() {
-        [version, trace, parent, flags, rest @ ..] => {
-            hex(version, 2)
-                && *version != "ff"
-                && (rest.is_empty() || *version != "00")
-                && hex(trace, 32)
-                && hex(parent, 16)
-                && hex(flags, 2)
+    let zero = |r: std::ops::Range<usize>| b[r].iter().all(|c| *c == b'0');
+    b.len() >= 55
+        && b[2] == b'-'
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(0..2)
+        && &b[0..2] != b"ff"
+        && hex(3..35)
+        && !zero(3..35)
+        && hex(36..52)
+        && !zero(36..52)
+        && hex(53..55)
+        && match (&b[0..2], b.len()) {
+            (b"00", n) => n == 55,
+            (_, n) => n == 55 || b[55] == b'-',
         }
-        _ => false,
-    }
 }
 
 fn extract(traceparent: &str, tracestate: Option<&str>) -> Context {
@@ -188,6 +205,37 @@ mod tests {
         let mut map = http::HeaderMap::new();
         map.extend(headers);
         assert_eq!(TraceContext::from_headers(&map), Some(t));
+    }
+
+    #[test]
+    fn what_the_sender_sent_is_kept_as_it_came_and_read_as_a_parent_all_the_same() {
+        for (tp, sampled) in [
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03",
+                true,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02",
+                false,
+            ),
+            (
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later",
+                true,
+            ),
+        ] {
+            let t = TraceContext::parse(Some(tp), Some(" a=1 ")).unwrap();
+            assert_eq!(t.traceparent, tp);
+            assert_eq!(t.tracestate.as_deref(), Some("a=1"));
+            let cx = t.context();
+            let sc = cx.span().span_context().clone();
+            assert!(sc.is_valid() && sc.is_remote(), "{tp}");
+            assert_eq!(
+                sc.trace_id().to_string(),
+                "4bf92f3577b34da6a3ce929d0e0e4736"
+            );
+            assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+            assert_eq!(sc.is_sampled(), sampled, "{tp}");
+        }
     }
 
     #[test]

@@ -118,12 +118,15 @@ impl WasiHttpHooks for Gate {
             self.denied = Some(authority);
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        // The call's trace context, unless the adapter gave its own.
         if !request
             .headers()
             .contains_key(crate::telemetry::TRACEPARENT)
         {
             for (name, value) in &self.trace {
-                request.headers_mut().insert(name.clone(), value.clone());
+                if !request.headers().contains_key(name) {
+                    request.headers_mut().insert(name.clone(), value.clone());
+                }
             }
         }
         let mut timeouts = self.policy.timeouts;
