@@ -344,6 +344,11 @@ pub struct E2eOpts {
     /// photos dropped, free text masked), a flow record per delivery.
     #[arg(long)]
     policy: bool,
+    /// Export the hub's traces (`[telemetry]` on, OTLP/HTTP protobuf) to
+    /// a sink in this process that reads each export and answers 200, as
+    /// a collector does; prints what it received.
+    #[arg(long)]
+    traces: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -499,6 +504,50 @@ async fn department(window: Arc<Semaphore>) -> Department {
     }
 }
 
+/// What the OTLP sink received: export requests and their bytes.
+struct Sink {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Sink {
+    fn line(&self) -> String {
+        format!(
+            "traces: the OTLP sink received {} exports, {:.1} MB",
+            self.requests.load(Ordering::SeqCst),
+            self.bytes.load(Ordering::SeqCst) as f64 / 1e6
+        )
+    }
+}
+
+/// An OTLP/HTTP sink: reads each `POST /v1/traces` whole and answers 200
+/// with an empty `ExportTraceServiceResponse` (zero bytes of protobuf).
+async fn otlp_sink() -> Sink {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let (r, b) = (requests.clone(), bytes.clone());
+    let app = axum::Router::new().fallback(move |body: bytes::Bytes| {
+        let (r, b) = (r.clone(), b.clone());
+        async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            b.fetch_add(body.len(), Ordering::SeqCst);
+            (
+                [("content-type", "application/x-protobuf")],
+                bytes::Bytes::new(),
+            )
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Sink {
+        addr,
+        requests,
+        bytes,
+    }
+}
+
 async fn wait_arrivals(dept: &Department, n: usize, timeout: Duration) -> bool {
     wait_for(timeout, || dept.arrivals.load(Ordering::SeqCst) >= n).await
 }
@@ -596,6 +645,7 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         subscriber_kind,
         policy,
         events_kind,
+        traces,
         ..
     } = opts;
     if events_kind == Events::Report {
@@ -610,12 +660,23 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
     let permits = Arc::new(Semaphore::new(0));
     let dept = department(permits.clone()).await;
     write_department(dir, &module, dept.addr, adapter_concurrency as usize);
+    let sink = match traces {
+        true => Some(otlp_sink().await),
+        false => None,
+    };
     let config = format!(
-        "[stream]\nmax_subscribers = 1024\n{}",
+        "[stream]\nmax_subscribers = 1024\n{}{}",
         if policy {
             yingfeng_policy()
         } else {
             String::new()
+        },
+        match &sink {
+            Some(s) => format!(
+                "\n[telemetry]\nenabled = true\nprotocol = \"http/protobuf\"\nendpoint = \"http://{}\"\n",
+                s.addr
+            ),
+            None => String::new(),
         }
     );
     let hub = start_hub_with(
@@ -788,5 +849,8 @@ pub async fn e2e(dir: &Path, opts: E2eOpts) {
         ms(percentile(&lat, 0.99)),
         ms(*lat.last().unwrap())
     );
+    if let Some(sink) = &sink {
+        println!("{}", sink.line());
+    }
     drop(hub);
 }
