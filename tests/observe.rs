@@ -522,6 +522,7 @@ fn parent_of(traceparent: &str) -> &str {
 /// call as its parent. Returns the spans of the trace.
 fn check_one_trace(
     otlp: &otlp::Receiver,
+    route_path: &str,
     trace: &str,
     sender_span: &str,
     event_id: &str,
@@ -564,7 +565,7 @@ fn check_one_trace(
         ingest.parent_span_id, sender_span,
         "the ingest follows the sender's span"
     );
-    assert_eq!(ingest.attr("govhub.route"), "/v1/events");
+    assert_eq!(ingest.attr("govhub.route"), route_path);
     assert_eq!(ingest.attr("govhub.outcome"), "accepted");
     assert_eq!(
         ingest.resource.get("service.name").map(String::as_str),
@@ -640,6 +641,7 @@ fn one_incident_is_one_trace_from_the_sender_through_the_hub_into_every_departme
         .collect();
     let spans = check_one_trace(
         &otlp,
+        "/v1/events",
         SENDER_TRACE,
         SENDER_SPAN,
         "trace-http-1",
@@ -658,6 +660,45 @@ fn one_incident_is_one_trace_from_the_sender_through_the_hub_into_every_departme
         .hub
         .get_json("/v1/events/trace-http-1?source=urn:test:video-patrol");
     assert!(stored.to_string().contains(&extension), "{stored}");
+    // A department's raw payload (`POST /v1/ingest/{adapter}`): the
+    // adapter's ingest call is in the trace, under the request's span.
+    let trace = "5b8efff798038103d269b633813fc60c";
+    let span = "eee19b7ec3c1b174";
+    let (status, _, body) = try_post(
+        &d.hub.url("/v1/ingest/video-patrol"),
+        &[
+            ("content-type", "application/json"),
+            ("traceparent", &format!("00-{trace}-{span}-01")),
+        ],
+        include_bytes!("../adapters/video-patrol/samples/detection-river.json"),
+    )
+    .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (id, river) = (
+        v["accepted"][0]["id"].as_str().unwrap().to_string(),
+        v["accepted"][0]["caseid"].as_str().unwrap().to_string(),
+    );
+    let requests: Vec<(&str, String)> = ["police", "four-platforms"]
+        .into_iter()
+        .map(|dep| {
+            (
+                dep,
+                header(&d.mock.wait_received(dep, &river)[0], "traceparent"),
+            )
+        })
+        .collect();
+    let spans = check_one_trace(&otlp, "/v1/ingest", trace, span, &id, &river, &requests);
+    let ingest = spans.iter().find(|s| s.name == "ingest").unwrap();
+    assert_eq!(ingest.attr("govhub.adapter"), "video-patrol");
+    assert!(
+        spans.iter().any(|s| s.name == "adapter.call"
+            && s.parent_span_id == ingest.span_id
+            && s.attr("govhub.function") == "ingest"
+            && s.attr("govhub.adapter") == "video-patrol"
+            && s.attr("govhub.outcome") == "ok"),
+        "no ingest call under the request: {spans:#?}"
+    );
     assert!(
         otlp.seen()
             .iter()
@@ -691,7 +732,15 @@ fn over_grpc_a_traceparent_in_the_cloudevent_itself_is_the_parent() {
             )
         })
         .collect();
-    check_one_trace(&otlp, trace, span, "trace-grpc-1", &case, &requests);
+    check_one_trace(
+        &otlp,
+        "/v1/events",
+        trace,
+        span,
+        "trace-grpc-1",
+        &case,
+        &requests,
+    );
     let village = &d.mock.wait_received("village", &case)[0];
     assert_eq!(header(village, "tracestate"), "yingfeng=patrol");
     assert!(
