@@ -240,12 +240,26 @@ fn init_tracing(json: bool, default_filter: &str, telemetry: Option<&crate::tele
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let log_level = filter.max_level_hint();
     match telemetry {
-        None => tracing_subscriber::registry()
-            .with(log_layer(json).with_filter(filter))
-            .init(),
+        // The log alone, its filter global: what the hub had before traces.
+        None => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            if json {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+        }
         Some(t) => {
+            // No busy/idle timing per poll of a future, no thread or
+            // source location per span: what a governance trace needs is
+            // the span's own times and attributes, at the least cost.
             let traces = tracing_opentelemetry::layer()
                 .with_tracer(t.tracer())
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                .with_location(false)
                 .with_filter(
                     tracing_subscriber::filter::filter_fn(crate::telemetry::exported)
                         .with_max_level_hint(tracing::level_filters::LevelFilter::DEBUG),

@@ -316,7 +316,10 @@ async fn call(
         Err(e) if e.disposition() == Disposition::Fail || attempts >= config.max_attempts => "dead",
         Err(_) => "retry",
     };
-    span.record("govhub.outcome", outcome);
+    // For the traces (the log says the outcome in its own lines).
+    if crate::telemetry::active() {
+        span.record("govhub.outcome", outcome);
+    }
     hub.count(&d.target, outcome, started.elapsed().as_secs_f64());
     (result, span)
 }
