@@ -505,6 +505,19 @@ fn header(record: &serde_json::Value, name: &str) -> String {
         .to_string()
 }
 
+/// The `traceparent` each of `departments` got with `case`.
+fn traceparents<'a>(d: &Deployment, case: &str, departments: &[&'a str]) -> Vec<(&'a str, String)> {
+    departments
+        .iter()
+        .map(|dep| {
+            (
+                *dep,
+                header(&d.mock.wait_received(dep, case)[0], "traceparent"),
+            )
+        })
+        .collect()
+}
+
 /// The trace id of a `traceparent`.
 fn trace_of(traceparent: &str) -> &str {
     traceparent.get(3..35).unwrap_or_default()
@@ -630,15 +643,7 @@ fn one_incident_is_one_trace_from_the_sender_through_the_hub_into_every_departme
         &etrike_report("trace-http-1", serde_json::json!({})),
         &[("traceparent", &tp)],
     );
-    let requests: Vec<(&str, String)> = ["traffic", "police", "village"]
-        .into_iter()
-        .map(|dep| {
-            (
-                dep,
-                header(&d.mock.wait_received(dep, &case)[0], "traceparent"),
-            )
-        })
-        .collect();
+    let requests = traceparents(&d, &case, &["traffic", "police", "village"]);
     let spans = check_one_trace(
         &otlp,
         "/v1/events",
@@ -679,15 +684,7 @@ fn one_incident_is_one_trace_from_the_sender_through_the_hub_into_every_departme
         v["accepted"][0]["id"].as_str().unwrap().to_string(),
         v["accepted"][0]["caseid"].as_str().unwrap().to_string(),
     );
-    let requests: Vec<(&str, String)> = ["police", "four-platforms"]
-        .into_iter()
-        .map(|dep| {
-            (
-                dep,
-                header(&d.mock.wait_received(dep, &river)[0], "traceparent"),
-            )
-        })
-        .collect();
+    let requests = traceparents(&d, &river, &["police", "four-platforms"]);
     let spans = check_one_trace(&otlp, "/v1/ingest", trace, span, &id, &river, &requests);
     let ingest = spans.iter().find(|s| s.name == "ingest").unwrap();
     assert_eq!(ingest.attr("govhub.adapter"), "video-patrol");
@@ -723,15 +720,7 @@ fn over_grpc_a_traceparent_in_the_cloudevent_itself_is_the_parent() {
         serde_json::json!({ "traceparent": format!("00-{trace}-{span}-03"), "tracestate": "yingfeng=patrol" }),
     );
     let case = send(&d, &e, &[]);
-    let requests: Vec<(&str, String)> = ["traffic", "police", "village"]
-        .into_iter()
-        .map(|dep| {
-            (
-                dep,
-                header(&d.mock.wait_received(dep, &case)[0], "traceparent"),
-            )
-        })
-        .collect();
+    let requests = traceparents(&d, &case, &["traffic", "police", "village"]);
     check_one_trace(
         &otlp,
         "/v1/events",
