@@ -593,6 +593,7 @@ fn check_one_trace(
     assert_eq!(commit.parent_span_id, ingest.span_id);
     assert_eq!(commit.attr("govhub.outcome"), "stored");
     assert_eq!(commit.attr("govhub.event.id"), event_id);
+    assert_eq!(commit.attr("govhub.case.id"), case);
     for (department, traceparent) in requests {
         let deliver = spans
             .iter()
@@ -611,6 +612,7 @@ fn check_one_trace(
             .unwrap_or_else(|| panic!("{department}: no adapter call under its delivery"));
         assert_eq!(call.attr("govhub.adapter"), *department);
         assert_eq!(call.attr("govhub.function"), "deliver");
+        assert_eq!(call.attr("govhub.case.id"), case);
         assert_eq!(call.attr("govhub.outcome"), "ok");
         assert_eq!(
             trace_of(traceparent),

@@ -562,10 +562,14 @@ impl Hub {
             "journal.commit",
             govhub.events = batch.len(),
             govhub.event.id = tracing::field::Empty,
+            govhub.case.id = tracing::field::Empty,
             govhub.outcome = tracing::field::Empty,
         );
         if let [one] = &batch[..] {
             span.record("govhub.event.id", one.event.id.as_str());
+            if let Some(case) = &one.event.caseid {
+                span.record("govhub.case.id", case.as_str());
+            }
         }
         let appended =
             tracing::Instrument::instrument(self.journal.append(batch), span.clone()).await;

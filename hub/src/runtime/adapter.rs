@@ -296,6 +296,10 @@ impl Adapter {
                 govhub.adapter = %self.name(),
                 govhub.function = request.function(),
                 govhub.event.id = event_id.unwrap_or_default(),
+                govhub.case.id = match request {
+                    Request::Deliver(event) => event.caseid.as_deref(),
+                    _ => None,
+                },
                 govhub.outcome = tracing::field::Empty,
             ),
         };

@@ -2165,8 +2165,12 @@ mod tests {
         reader.await.unwrap();
         let written = size(&path);
         assert!(j.stats().log_restarts.load(Ordering::Relaxed) > 0);
+        // A log never restarted holds all 48 MiB; before the writer took
+        // over at twice the size, sixteen writers drove it to 17 MB. With
+        // the test's neighbours on both cores (a fresh clone's first
+        // run), one run saw 9.4 MB: the bound leaves that room.
         assert!(
-            peak < 4 * limit,
+            peak < 6 * limit,
             "the log reached {peak} B (limit {limit} B) with {written} B in the database"
         );
     }
