@@ -52,10 +52,11 @@ pub fn active() -> bool {
 
 /// For a request bringing `events` in, in `span`: the sender's trace
 /// becomes the span's parent (the request's `traceparent` header, else
-/// the first event's extension), the other events' traces are linked,
-/// and an event without a trace context of its own takes the request's
-/// (stored with it, so its deliveries carry it on, traces on or off).
-/// Returns the request's context, for events made later in the span.
+/// the first event's extension), and an event without a trace context of
+/// its own takes the request's (stored with it, so its deliveries carry
+/// it on, traces on or off). An event in another trace is linked from its
+/// own `route` span. Returns the request's context, for events made later
+/// in the span.
 pub fn adopt(
     span: &tracing::Span,
     headers: &http::HeaderMap,
@@ -64,16 +65,10 @@ pub fn adopt(
     let request = TraceContext::from_headers(headers);
     inherit(request.as_ref(), events);
     if active() {
-        let mut contexts = events.iter().filter_map(TraceContext::from_event);
-        let parent = request.clone().or_else(|| contexts.next());
+        let parent = request
+            .clone()
+            .or_else(|| events.iter().find_map(TraceContext::from_event));
         propagate::follow(span, parent.as_ref());
-        let mut seen = vec![parent.map(|p| p.traceparent)];
-        for other in contexts {
-            if !seen.contains(&Some(other.traceparent.clone())) {
-                propagate::link(span, &other);
-                seen.push(Some(other.traceparent));
-            }
-        }
     }
     request
 }

@@ -171,7 +171,8 @@ pub fn follow(span: &tracing::Span, parent: Option<&TraceContext>) {
     }
 }
 
-/// Links `span` to another trace (a batch's other senders).
+/// Links `span` to another trace (an event's own, when the hub's
+/// context replaces it).
 pub fn link(span: &tracing::Span, other: &TraceContext) {
     let cx = other.context();
     span.add_link(cx.span().span_context().clone());
