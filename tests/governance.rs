@@ -376,6 +376,14 @@ fn no_canary_reaches_a_recipient_a_reader_a_log_a_metric_or_the_audit_chain_agai
     let dead_id = serde_json::from_str::<serde_json::Value>(&dead).unwrap()["dead_letters"][0]
         ["id"]
         .to_string();
+    // The case tracker opens the case from the journal on its own task:
+    // the reads below start once it has.
+    eventually(Duration::from_secs(20), || {
+        match c.get("ops", &format!("/v1/cases/{case}")) {
+            (200, _) => Ok(()),
+            (s, body) => Err(format!("the case is not open yet: {s} {body}")),
+        }
+    });
     let mut failures = Vec::new();
     let mut check = |place: String, text: &str, allowed: &[&str]| {
         let l = leaks(text, allowed);
